@@ -1,0 +1,155 @@
+"""fewstep's command line: a thin layer over functions a user can import. Mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+TRAIN_HELP = {
+    "dataset": "digits | 8gaussians | checkerboard | moons | swissroll | shapes | folder:PATH",
+    "resolution": "image size for shapes and folder:PATH (default 32)",
+    "arch": "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)",
+    "preset": "size and length: tiny (tests) | small (CPU) | base (GPU)",
+    "conditional": "train class-conditional when the dataset has labels (true/false)",
+    "label_dropout": "probability of the null label, for classifier-free guidance",
+    "steps": "optimiser steps",
+    "batch_size": "global batch size (split over processes)",
+    "lr": "Adam learning rate",
+    "lr_warmup_steps": "linear learning-rate warm-up",
+    "grad_clip": "gradient-norm clip (0 = off)",
+    "ema_halflife_steps": "EMA half-life in steps",
+    "p_mean": "mean of ln(sigma) during training (EDM)",
+    "p_std": "std of ln(sigma) during training (EDM)",
+    "sigma_min": "smallest sigma the model is sampled at",
+    "sigma_max": "largest sigma the model is sampled at",
+    "seed": "seed for initialisation, batches and noise",
+    "log_every": "steps between metrics.jsonl lines",
+    "sample_every": "steps between preview grids (0 = only at the end)",
+    "checkpoint_every": "steps between checkpoints",
+    "keep_checkpoints": "how many checkpoints to keep",
+    "max_rollbacks": "divergence guard: roll-backs (halving lr) before giving up",
+    "device": "auto | cpu | cuda",
+    "mixed_precision": "no | bf16 | fp16",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, help_text: dict[str, str]) -> None:
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=None, metavar=type(f.default).__name__.upper(),
+                            help=f"{help_text.get(f.name, f.name)} (default: preset or {f.default!r})")
+
+
+def _overrides(args: argparse.Namespace, cls: type) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewstep.config import TrainConfig, to_toml
+    from fewstep.train.teacher import resolve_train_config, train_teacher
+
+    cfg = resolve_train_config(_overrides(args, TrainConfig), args.config, args.out, args.resume)
+    if args.dry_run:
+        print(to_toml(cfg), end="")
+        return 0
+    model_dir = train_teacher(cfg, args.out, resume=args.resume)
+    print(f"model saved to {model_dir}; samples in {Path(args.out) / 'samples'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from fewstep.data.visualize import save_samples
+    from fewstep.sample import sample_model
+
+    labels = None
+    if args.class_label is not None:
+        labels = torch.full((args.n,), args.class_label, dtype=torch.long)
+    elif args.classes:
+        from fewstep.models.io import load_model
+        k = load_model(args.model).info.num_classes
+        labels = torch.arange(args.n) % k if k else None
+    result = sample_model(args.model, args.n, args.steps, args.sampler, args.schedule, args.seed, labels,
+                          args.batch_size, args.device)
+    path = save_samples(result.samples, args.out)
+    if args.save_tensor:
+        from safetensors.torch import save_file
+        save_file({"samples": result.samples.contiguous()}, args.save_tensor)
+    print(f"wrote {path} ({args.n} samples, NFE {result.nfe})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fewstep.demo import run_demo
+
+    run_demo(args.out, preset=args.preset, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fewstep import __version__
+    from fewstep.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="fewstep", description="Distill, accelerate and measure diffusion models.")
+    parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a teacher diffusion model", description=(
+        "Train a teacher with the EDM loss. Settings come from the preset, then --config, then flags."))
+    p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, samples, model)")
+    p.add_argument("--config", help="TOML file of config fields; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
+    _add_config_flags(p, TrainConfig, TRAIN_HELP)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a model into a PNG grid (images) or scatter plot (2-D)")
+    p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded setting)")
+    p.add_argument("--sampler", help="sampler name (default: the model's recorded sampler, e.g. heun)")
+    p.add_argument("--schedule", help="karras | loglinear | uniform (default: the model's recorded schedule)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
+    p.add_argument("--class-label", type=int, help="condition every sample on this class")
+    p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="the main job: train a small digits teacher and write its sample grid")
+    p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")
+    p.add_argument("--preset", default="small", help="tiny | small (default small: about 15 minutes on 2 cores)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fewstep` console script."""
+    from fewstep.core.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewstep: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a stopped training run: say where its checkpoint is
+        from fewstep.train.loop import Diverged, TrainingInterrupted
+
+        if isinstance(e, (TrainingInterrupted, Diverged)):
+            print(f"fewstep: {e}", file=sys.stderr)
+            return 130 if isinstance(e, TrainingInterrupted) else 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

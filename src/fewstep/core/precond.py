@@ -1,0 +1,48 @@
+"""EDM preconditioning (Karras et al. 2022, Table 1): a plain network F becomes a denoiser D."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fewstep.core.denoiser import Cond, SigmaRange, append_dims, as_sigma_batch
+
+NetworkCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class EDMPrecond(nn.Module):
+    """D(x, sigma) = c_skip * x + c_out * F(c_in * x, c_noise, labels), with c_noise = ln(sigma) / 4."""
+
+    def __init__(self, net: nn.Module, call: NetworkCall, sigma_data: float = 0.5, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0, num_classes: int = 0):
+        super().__init__()
+        self.net = net
+        self.call = call
+        self.sigma_data = float(sigma_data)
+        self.sigma_range = SigmaRange(float(sigma_min), float(sigma_max))
+        self.num_classes = int(num_classes)
+
+    def labels(self, cond: Cond, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Class labels for the network: given labels, or the null label num_classes when cond is None."""
+        if self.num_classes == 0:
+            return None
+        if cond is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        return torch.as_tensor(cond, device=device).long().reshape(batch)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+        sigma = as_sigma_batch(sigma, x)
+        s = append_dims(sigma, x.ndim)
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (s**2 + sd2)  # EDM eq. (7) and Table 1
+        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
+        c_in = 1 / (s**2 + sd2).sqrt()
+        c_noise = sigma.log() / 4
+        x = x.float()
+        f = self.call(self.net, c_in * x, c_noise, self.labels(cond, x.shape[0], x.device))
+        return (c_skip * x + c_out * f.float()).float()
+
+    def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(sigma_max)

@@ -1,0 +1,73 @@
+"""Sigma schedules: each returns a decreasing 1-D tensor of sigmas ending in 0 (samplers never choose them)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from fewstep.core.denoiser import SigmaRange
+from fewstep.core.errors import UserError
+
+
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """Append the final sigma = 0."""
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """EDM eq. (5): sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((hi + ramp * (lo - hi)) ** rho).float()
+
+
+def loglinear(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Sigmas evenly spaced in log(sigma)."""
+    if n == 1:
+        return append_zero(torch.tensor([sigma_max]))
+    return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp().float())
+
+
+def discrete_uniform(n: int, discrete_sigmas: torch.Tensor, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+    """Sigmas at timesteps evenly spaced over a discrete model's training steps, as diffusers' schedulers space them."""
+    num_train = len(discrete_sigmas)
+    if spacing == "leading":  # DDIMScheduler default: t = i * (T // n) + offset, descending
+        timesteps = (torch.arange(n) * (num_train // n)).flip(0) + steps_offset
+    elif spacing == "trailing":
+        timesteps = torch.arange(num_train, 0, -num_train / n).round().long() - 1
+    elif spacing == "linspace":
+        timesteps = torch.linspace(0, num_train - 1, n, dtype=torch.float64).round().long().flip(0)
+    else:
+        raise UserError(f"unknown timestep spacing {spacing!r}; use leading, trailing or linspace")
+    return append_zero(discrete_sigmas.double()[timesteps].float())
+
+
+def explicit(sigmas: Sequence[float]) -> torch.Tensor:
+    """An explicit decreasing list of sigmas (searched or distilled schedules); a final 0 is appended if missing."""
+    s = torch.as_tensor(list(sigmas), dtype=torch.float32)
+    if s.ndim != 1 or len(s) == 0 or (s < 0).any() or (s[1:] >= s[:-1]).any():
+        raise UserError("a sigma schedule must be a non-empty, strictly decreasing list of non-negative numbers")
+    return s if s[-1] == 0 else append_zero(s)
+
+
+SCHEDULES = ("karras", "loglinear", "uniform")
+
+
+def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: float | None = None,
+                  sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    """Build the named schedule with `steps` sigmas (plus the final 0) inside the denoiser's valid range."""
+    if steps < 1:
+        raise UserError(f"steps must be at least 1, got {steps}")
+    lo = max(sigma_min if sigma_min is not None else sigma_range.sigma_min, sigma_range.sigma_min)
+    hi = min(sigma_max if sigma_max is not None else sigma_range.sigma_max, sigma_range.sigma_max)
+    if name == "karras":
+        return karras(steps, lo, hi, rho)
+    if name == "loglinear":
+        return loglinear(steps, lo, hi)
+    if name == "uniform":
+        if not sigma_range.is_discrete:
+            raise UserError("schedule 'uniform' needs a discrete-time model; use karras or loglinear")
+        return discrete_uniform(steps, sigma_range.discrete)
+    raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,34 @@
+"""The in-memory dataset every trainer and metric uses: data tensor in model space, labels, and what it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Dataset:
+    """Training and held-out data; images live in [-1, 1] as [N, C, H, W], vectors as [N, D]."""
+
+    name: str
+    kind: str  # "image" or "vector"
+    train: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    num_classes: int = 0
+    log_density: Callable[[torch.Tensor], torch.Tensor] | None = None  # exact log p(x) where known
+    sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None  # fresh samples of the true law
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one item."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def sigma_data(self) -> float:
+        """Std of the training data (EDM's sigma_data), rounded for a stable config."""
+        return round(float(self.train.float().std()), 4)

@@ -1,0 +1,6 @@
+"""Samplers as short functions over the denoiser interface, a registry, and `generate`."""
+
+from fewstep.samplers.generate import SampleResult, generate, initial_latents
+from fewstep.samplers.registry import SAMPLERS, SamplerSpec, get_sampler, register
+
+__all__ = ["SAMPLERS", "SampleResult", "SamplerSpec", "generate", "get_sampler", "initial_latents", "register"]

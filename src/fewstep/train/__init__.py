@@ -1,0 +1,1 @@
+"""The shared training loop, EMA, checkpoints, and teacher training."""

@@ -1,0 +1,31 @@
+"""EDM's training objective (Karras et al. 2022, eq. 2 and Table 1) as a method of the shared loop."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewstep.core.denoiser import append_dims
+from fewstep.train.batch import Batch
+
+
+class EDMTraining:
+    """Denoising score matching with log-normal sigmas and weight lambda = (s^2 + sd^2) / (s * sd)^2."""
+
+    def __init__(self, denoiser: nn.Module, p_mean: float = -1.2, p_std: float = 1.2, label_dropout: float = 0.1):
+        self.modules = {"model": denoiser}  # the loop may swap in a wrapped (DDP) copy; attributes come from below
+        self.ema_modules = ("model",)
+        self.sigma_data, self.num_classes = denoiser.sigma_data, denoiser.num_classes
+        self.p_mean, self.p_std, self.label_dropout = p_mean, p_std, label_dropout
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        sigma_data = self.sigma_data
+        sigma = (batch.randn() * self.p_std + self.p_mean).exp()
+        noise = batch.randn(*batch.x.shape[1:])
+        labels = batch.labels
+        if labels is not None:  # the null label trains the unconditional model for classifier-free guidance
+            labels = torch.where(batch.rand() < self.label_dropout, torch.full_like(labels, self.num_classes), labels)
+        s = append_dims(sigma, batch.x.ndim)
+        weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+        denoised = self.modules["model"](batch.x + s * noise, sigma, labels)
+        return {"model": (weight * (denoised - batch.x) ** 2).mean()}

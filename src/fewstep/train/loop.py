@@ -1,0 +1,183 @@
+"""The one training loop: accelerate, optimisers, EMA, logging, progress, checkpoints, resume, divergence guard.
+
+A method is any object with `modules` (name -> trainable nn.Module, one Adam each), `ema_modules` (names to
+average) and `losses(batch) -> {name: loss}`. The loop never branches on what the method is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from fewstep.core.errors import UserError
+from fewstep.train.batch import Batch, draw_batch
+from fewstep.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fewstep.train.ema import EMA
+
+
+class Method(Protocol):
+    modules: dict[str, nn.Module]
+    ema_modules: tuple[str, ...]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the loop saved a checkpoint at the last finished step before stopping."""
+
+
+class Diverged(Exception):
+    """The loss stayed non-finite after the allowed roll-backs."""
+
+
+def make_accelerator(device: str, mixed_precision: str):
+    """An Accelerator for device auto | cpu | cuda[:N] and precision no | bf16 | fp16."""
+    from accelerate import Accelerator
+
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu")
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+
+
+def _lr(cfg: Any, step: int, scale: float) -> float:
+    return cfg.lr * scale * min(1.0, (step + 1) / max(cfg.lr_warmup_steps, 1))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step; resuming drops lines past the resumed step."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cfg: Any, run_dir: Path,
+             on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
+             stop_at: int | None = None) -> dict[str, nn.Module]:
+    """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped. `stop_at` simulates a kill."""
+    acc = accelerator or make_accelerator(cfg.device, cfg.mixed_precision)
+    main = acc.is_main_process
+    if cfg.batch_size % acc.num_processes:
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {acc.num_processes} processes")
+    names = list(method.modules)
+    raw = {n: method.modules[n] for n in names}
+    if hasattr(method, "to"):
+        method.to(acc.device)
+    optims = {n: torch.optim.Adam(raw[n].parameters(), lr=cfg.lr, betas=(0.9, 0.999)) for n in names}
+    prepared = acc.prepare(*[raw[n] for n in names], *[optims[n] for n in names])
+    models = dict(zip(names, prepared[: len(names)]))
+    optims = dict(zip(names, prepared[len(names):]))
+    raw = {n: acc.unwrap_model(models[n]) for n in names}
+    emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
+    ckpt_dir = run_dir / "checkpoints"
+
+    def restore(path: Path) -> tuple[int, dict[str, Any]]:
+        step, sds, opt_sds, state = load_checkpoint(path)
+        for n in names:
+            raw[n].load_state_dict(sds[n])
+            optims[n].load_state_dict(opt_sds[n])
+        for n, ema in emas.items():
+            ema.module.load_state_dict(sds[f"{n}-ema"])
+        return step, state
+
+    def checkpoint(step: int, state: dict[str, Any]) -> None:
+        acc.wait_for_everyone()
+        if main:
+            sds = {n: raw[n].state_dict() for n in names} | {f"{n}-ema": e.module.state_dict() for n, e in emas.items()}
+            save_checkpoint(ckpt_dir, step, sds, {n: o.state_dict() for n, o in optims.items()}, state,
+                            cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    start, state = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0}
+    found = latest_checkpoint(ckpt_dir)
+    if found is not None:
+        start, saved = restore(found)
+        state.update(saved)
+        if main:
+            print(f"resuming from {found} (step {start})", file=sys.stderr)
+    log = MetricsLog(run_dir / "metrics.jsonl", start, main)
+    for n in names:
+        models[n].train()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    step, t0, seconds0 = start, time.perf_counter(), state["train_seconds"]
+    try:
+        while step < cfg.steps:
+            if stop_at is not None and step >= stop_at:
+                break
+            batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
+                               acc.device)
+            lr = _lr(cfg, step, state["lr_scale"])
+            with acc.autocast():
+                losses = method.losses(batch)
+            reduced = {n: acc.reduce(loss.detach().float(), "mean").item() for n, loss in losses.items()}
+            if not all(math.isfinite(v) for v in reduced.values()):
+                step = _roll_back(step, reduced, state, cfg, ckpt_dir, restore, log, main)
+                continue
+            for n in names:
+                for o in optims.values():
+                    o.zero_grad(set_to_none=True)
+                acc.backward(losses[n], retain_graph=n != names[-1])
+                if cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
+                for group in optims[n].param_groups:
+                    group["lr"] = lr
+                optims[n].step()
+            step += 1
+            for n, ema in emas.items():
+                ema.update(raw[n], step)
+            state["train_seconds"] = seconds0 + time.perf_counter() - t0
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                record = {"step": step, "lr": lr, "seconds": round(state["train_seconds"], 2),
+                          **{f"loss_{n}": v for n, v in reduced.items()}}
+                log.write(record)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items()}, refresh=False)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint(step, state)
+            if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+                on_sample(step, {n: emas[n].module if n in emas else raw[n] for n in names})
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step, state)
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {ckpt_dir}") from None
+    bar.close()
+    checkpoint(step, state)
+    return {n: emas[n].module if n in emas else raw[n] for n in names}
+
+
+def _roll_back(step: int, reduced: dict[str, float], state: dict[str, Any], cfg: Any, ckpt_dir: Path,
+               restore: Callable[[Path], tuple[int, dict[str, Any]]], log: MetricsLog, main: bool) -> int:
+    """Divergence guard: reload the last good checkpoint with half the learning rate, or stop loudly."""
+    found = latest_checkpoint(ckpt_dir)
+    if found is None or state["rollbacks"] >= cfg.max_rollbacks:
+        raise Diverged(f"loss became non-finite at step {step} ({reduced}); "
+                       + ("no checkpoint to roll back to" if found is None else f"{state['rollbacks']} roll-backs spent")
+                       + "; lower --lr and train again")
+    back, saved = restore(found)
+    state["lr_scale"] = saved.get("lr_scale", 1.0) * 0.5
+    state["rollbacks"] += 1
+    log.write({"step": step, "event": "rollback", "to_step": back, "lr_scale": state["lr_scale"]})
+    if main:
+        print(f"non-finite loss at step {step}: rolled back to step {back} with lr x{state['lr_scale']}", file=sys.stderr)
+    return back
