@@ -72,11 +72,16 @@ class MetricsLog:
 def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cfg: Any, run_dir: Path,
              on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
              stop_at: int | None = None) -> dict[str, nn.Module]:
-    """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped. `stop_at` simulates a kill."""
+    """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped.
+
+    `stop_at` simulates a process killed after that many steps: the loop returns without a final checkpoint.
+    """
     acc = accelerator or make_accelerator(cfg.device, cfg.mixed_precision)
     main = acc.is_main_process
     if cfg.batch_size % acc.num_processes:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {acc.num_processes} processes")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     names = list(method.modules)
     raw = {n: method.modules[n] for n in names}
     if hasattr(method, "to"):
@@ -85,6 +90,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     prepared = acc.prepare(*[raw[n] for n in names], *[optims[n] for n in names])
     models = dict(zip(names, prepared[: len(names)]))
     optims = dict(zip(names, prepared[len(names):]))
+    method.modules.update(models)  # the method calls the wrapped (e.g. DDP) modules, so gradients are all-reduced
     raw = {n: acc.unwrap_model(models[n]) for n in names}
     emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
     ckpt_dir = run_dir / "checkpoints"
@@ -124,7 +130,8 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     try:
         while step < cfg.steps:
             if stop_at is not None and step >= stop_at:
-                break
+                bar.close()
+                return {n: emas[n].module if n in emas else raw[n] for n in names}
             batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
                                acc.device)
             lr = _lr(cfg, step, state["lr_scale"])
