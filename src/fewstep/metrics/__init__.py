@@ -1,0 +1,19 @@
+"""The ruler: quality against the data, agreement with the teacher, and cost, each quality metric with its floor."""
+
+from fewstep.metrics.agreement import rmse, teacher_agreement
+from fewstep.metrics.cache import cache_dir
+from fewstep.metrics.cost import PeakMemory, Timing, count_flops, flops_per_call, peak_memory, time_per_sample
+from fewstep.metrics.evaluate import evaluate_samples
+from fewstep.metrics.features import FeatureConfig, FeatureNet, feature_network
+from fewstep.metrics.floor import IDEAL, RealSplit, image_floor, is_tie, real_split, ties, toy_floor
+from fewstep.metrics.image import (class_agreement, frechet_distance, image_quality, precision_recall, real_images,
+                                   reference_features)
+from fewstep.metrics.toy import log_density, mmd2, sliced_wasserstein2, toy_quality
+
+__all__ = [
+    "IDEAL", "FeatureConfig", "FeatureNet", "PeakMemory", "RealSplit", "Timing", "cache_dir", "class_agreement",
+    "count_flops", "evaluate_samples", "feature_network", "flops_per_call", "frechet_distance", "image_floor",
+    "image_quality", "is_tie", "log_density", "mmd2", "peak_memory", "precision_recall", "real_images", "real_split",
+    "reference_features", "rmse", "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample", "toy_floor",
+    "toy_quality",
+]

@@ -1,0 +1,42 @@
+"""evaluate_samples: every applicable quality metric of a set of samples, each with its floor, as one flat dict."""
+
+from __future__ import annotations
+
+import torch
+
+from fewstep.core.errors import UserError
+from fewstep.data.base import Dataset
+from fewstep.metrics.agreement import teacher_agreement
+from fewstep.metrics.features import feature_network
+from fewstep.metrics.floor import MIN_SAMPLES, image_floor, real_split, toy_floor, toy_reference
+from fewstep.metrics.image import class_agreement, image_quality, reference_features
+from fewstep.metrics.toy import toy_quality
+
+
+def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor | None = None,
+                     teacher_samples: torch.Tensor | None = None, n_ref: int | None = None) -> dict:
+    """Quality (and teacher agreement) of samples against data, with floors at the same n; deterministic."""
+    samples = samples.detach().cpu()
+    teacher_samples = None if teacher_samples is None else teacher_samples.detach().cpu()
+    n = len(samples)
+    if n < MIN_SAMPLES:
+        raise UserError(f"evaluating needs at least {MIN_SAMPLES} samples, got {n}")
+    if tuple(samples.shape[1:]) != data.shape:
+        raise UserError(f"samples of shape {tuple(samples.shape[1:])} do not match {data.name}'s {data.shape}")
+    if labels is not None and len(labels) != n:
+        raise UserError(f"got {len(labels)} labels for {n} samples")
+    if data.kind == "vector":
+        n_ref = n_ref or n
+        out = {"n": n, "n_ref": n_ref, **toy_quality(data, samples, toy_reference(data, n_ref)),
+               **toy_floor(data, n, n_ref)}
+        return {**out, **(teacher_agreement(samples, teacher_samples) if teacher_samples is not None else {})}
+    net = feature_network(data)
+    split = real_split(len(data.train) + len(data.test), n, n_ref)
+    out = {"n": n, "n_ref": len(split.reference), "feature_net": net.settings_hash,
+           **image_quality(net.features(samples), reference_features(data, net)[split.reference]),
+           **image_floor(data, net, n, n_ref)}
+    if labels is None:  # unconditional samples: no requested class to check
+        del out["accuracy_floor"], out["confidence_floor"]
+    else:
+        out["accuracy"], out["confidence"] = class_agreement(net.logits(samples), labels)
+    return {**out, **(teacher_agreement(samples, teacher_samples, net) if teacher_samples is not None else {})}

@@ -1,0 +1,75 @@
+"""Noise floors: each metric with real data in place of the samples, at the same sample size; ties below it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fewstep.core.errors import UserError
+from fewstep.data.base import Dataset
+from fewstep.metrics.features import FeatureNet
+from fewstep.metrics.image import DEFAULT_K, class_agreement, image_quality, real_images, reference_features
+from fewstep.metrics.toy import fresh_samples, toy_quality
+
+MIN_SAMPLES = DEFAULT_K + 1  # k-NN radii need k other points; a covariance needs two
+SPLIT_SEED = 0  # fixed permutation of the real image pool
+REFERENCE_SEED, FLOOR_SEED = 1001, 1002  # fresh 2-D draws; distinct from load_toy's train/test seed 0
+
+# The value a perfect method would reach; a difference counts as a tie when smaller than |floor - ideal|.
+IDEAL = {"fd": 0.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0, "confidence": 1.0,
+         "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0}
+
+
+@dataclass(frozen=True)
+class RealSplit:
+    """Disjoint indices into the real pool: the reference set samples are compared with, and the floor's stand-in."""
+
+    reference: torch.Tensor
+    held_out: torch.Tensor
+
+
+def real_split(pool_size: int, n: int, n_ref: int | None = None) -> RealSplit:
+    """Reference of n_ref (default min(n, pool/2)) and held-out of min(n, what is left), from a fixed permutation."""
+    n_ref = n_ref or min(n, pool_size // 2)
+    if not MIN_SAMPLES <= n_ref <= pool_size - MIN_SAMPLES:
+        raise UserError(f"n_ref must be between {MIN_SAMPLES} and {pool_size - MIN_SAMPLES} "
+                        f"(the real pool holds {pool_size}), got {n_ref}")
+    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return RealSplit(order[:n_ref], order[n_ref:n_ref + min(n, pool_size - n_ref)])
+
+
+def image_floor(data: Dataset, net: FeatureNet, n: int, n_ref: int | None = None) -> dict[str, float]:
+    """fd, precision, recall, accuracy and confidence of held-out real images against the reference set."""
+    split = real_split(len(data.train) + len(data.test), n, n_ref)
+    pool = reference_features(data, net)
+    images, labels = real_images(data)
+    floor = image_quality(pool[split.held_out], pool[split.reference])
+    floor["accuracy"], floor["confidence"] = class_agreement(net.logits(images[split.held_out]), labels[split.held_out])
+    return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": len(split.held_out)}
+
+
+def toy_reference(data: Dataset, n_ref: int) -> torch.Tensor:
+    """The fresh draws of the true law that samples are compared with."""
+    return fresh_samples(data, n_ref, REFERENCE_SEED)
+
+
+def toy_floor(data: Dataset, n: int, n_ref: int | None = None) -> dict[str, float]:
+    """sw2, mmd, logp and logp_finite of n fresh true draws against the same reference as the samples."""
+    floor = toy_quality(data, fresh_samples(data, n, FLOOR_SEED), toy_reference(data, n_ref or n))
+    return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": n}
+
+
+def is_tie(a: float, b: float, floor: float, ideal: float = 0.0) -> bool:
+    """True when |a - b| is smaller than the floor's distance from the ideal value: real data cannot tell them apart."""
+    return abs(a - b) < abs(floor - ideal)
+
+
+def ties(row_a: dict, row_b: dict) -> dict[str, bool]:
+    """Per metric with an ideal value and a floor in both rows: is their difference a tie (under the looser floor)?"""
+    out = {}
+    for k, ideal in IDEAL.items():
+        if all(key in row for row in (row_a, row_b) for key in (k, f"{k}_floor")):
+            floor = max(row_a[f"{k}_floor"], row_b[f"{k}_floor"], key=lambda f: abs(f - ideal))
+            out[k] = is_tie(row_a[k], row_b[k], floor, ideal)
+    return out

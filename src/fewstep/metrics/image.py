@@ -1,0 +1,83 @@
+"""Image quality in the feature network's space: Fréchet distance, improved precision / recall, class accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from fewstep.data.base import Dataset
+from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
+from fewstep.metrics.features import FeatureNet, accuracy
+
+DEFAULT_K = 3  # Kynkäänniemi et al. 2019 use k = 3
+DISTANCE_CHUNK = 2048
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two feature sets, in float64.
+
+    The formula is torchmetrics' (`_compute_fid`, the trace of the square root taken from the eigenvalues of
+    S_a S_b); fewstep passes it precomputed means and covariances of its own features.
+    """
+    from torchmetrics.image.fid import _compute_fid
+
+    a, b = a.double(), b.double()
+    return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+
+
+def _distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distances (no matrix-product shortcut, so duplicates are at distance 0)."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row."""
+    return torch.cat([_distances(x[lo:lo + DISTANCE_CHUNK], x).kthvalue(k + 1, dim=1).values
+                      for lo in range(0, len(x), DISTANCE_CHUNK)])
+
+
+def _manifold_coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    """Fraction of points inside at least one ball (centre_i, radius_i)."""
+    inside = [(_distances(points[lo:lo + DISTANCE_CHUNK], centres) <= radii).any(1)
+              for lo in range(0, len(points), DISTANCE_CHUNK)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): manifolds as unions of k-NN balls.
+
+    precision = fraction of fake features inside the real manifold; recall = fraction of real inside the fake one.
+    """
+    fake, real = fake.double(), real.double()
+    return (_manifold_coverage(fake, real, _knn_radii(real, k)),
+            _manifold_coverage(real, fake, _knn_radii(fake, k)))
+
+
+def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Accuracy of the classifier on the requested labels, and its mean top-class softmax probability."""
+    return accuracy(logits, labels), float(logits.double().softmax(1).amax(1).mean())
+
+
+def image_quality(features: torch.Tensor, reference: torch.Tensor, k: int = DEFAULT_K) -> dict[str, float]:
+    """fd, precision and recall of a feature set against reference features of real data."""
+    precision, recall = precision_recall(features, reference, k)
+    return {"fd": frechet_distance(features, reference), "precision": precision, "recall": recall}
+
+
+def real_images(data: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All real images (train then test) and their labels: the pool references and floors are drawn from."""
+    labels = None if data.train_labels is None else torch.cat([data.train_labels, data.test_labels])
+    return torch.cat([data.train, data.test]), labels
+
+
+def reference_features(data: Dataset, net: FeatureNet) -> torch.Tensor:
+    """Features of real_images(data), computed once per (feature network, data) and cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    images, _ = real_images(data)
+    digest = settings_hash({"network": net.settings_hash, "real": tensor_digest(images)})
+    path = cache_path("reference", data.name, digest, ".safetensors")
+    if path.exists():
+        return load_file(path)["features"]
+    features = net.features(images)
+    write_atomically(path, lambda tmp: save_file({"features": features}, str(tmp), metadata={"hash": digest}))
+    return features
