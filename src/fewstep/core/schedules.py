@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from fewstep.core.denoiser import SigmaRange
@@ -35,10 +36,10 @@ def discrete_uniform(n: int, discrete_sigmas: torch.Tensor, spacing: str = "lead
     num_train = len(discrete_sigmas)
     if spacing == "leading":  # DDIMScheduler default: t = i * (T // n) + offset, descending
         timesteps = (torch.arange(n) * (num_train // n)).flip(0) + steps_offset
-    elif spacing == "trailing":
-        timesteps = torch.arange(num_train, 0, -num_train / n).round().long() - 1
+    elif spacing == "trailing":  # numpy, as diffusers computes it: its float rounding decides the .5 ties
+        timesteps = torch.from_numpy(np.arange(num_train, 0, -num_train / n).round()).long() - 1
     elif spacing == "linspace":
-        timesteps = torch.linspace(0, num_train - 1, n, dtype=torch.float64).round().long().flip(0)
+        timesteps = torch.from_numpy(np.linspace(0, num_train - 1, n).round()).long().flip(0)
     else:
         raise UserError(f"unknown timestep spacing {spacing!r}; use leading, trailing or linspace")
     return append_zero(discrete_sigmas.double()[timesteps].float())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.core.denoiser import Cond, Denoiser, append_dims
+from fewstep.core.denoiser import Cond, Denoiser, append_dims, as_sigma_batch
+from fewstep.core.noise import SampleNoise
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -12,28 +13,33 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
     return (x - denoised) / append_dims(sigma, x.ndim)
 
 
-def _sig(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return sigma.to(x.device).expand(x.shape[0])
+def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+              cond: Cond = None) -> torch.Tensor:
+    """EDM Algorithm 1 lines 4-8: one Heun step from sigma to sigma_next, plain Euler when sigma_next = 0."""
+    s = as_sigma_batch(sigma, x)
+    d = to_d(x, s, denoiser(x, s, cond))
+    x_next = x + d * (sigma_next - sigma)
+    if sigma_next > 0:  # Alg. 1 lines 6-8: correct with the slope at the end point
+        s_next = as_sigma_batch(sigma_next, x)
+        d_next = to_d(x_next, s_next, denoiser(x_next, s_next, cond))
+        x_next = x + (d + d_next) / 2 * (sigma_next - sigma)
+    return x_next
 
 
 @torch.no_grad()
-def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None, generator=None) -> torch.Tensor:
+def euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None,
+          generator: SampleNoise | None = None) -> torch.Tensor:
     """Euler's method in sigma; identical to DDIM (eta = 0) in EDM coordinates. NFE = len(sigmas) - 1."""
     for i in range(len(sigmas) - 1):
-        denoised = denoiser(x, _sig(sigmas[i], x), cond)
-        x = x + to_d(x, _sig(sigmas[i], x), denoised) * (sigmas[i + 1] - sigmas[i])
+        s = as_sigma_batch(sigmas[i], x)
+        x = x + to_d(x, s, denoiser(x, s, cond)) * (sigmas[i + 1] - sigmas[i])
     return x
 
 
 @torch.no_grad()
-def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None, generator=None) -> torch.Tensor:
-    """EDM Algorithm 1: Heun's 2nd-order step, Euler on the last step to sigma = 0. NFE = 2 (len(sigmas) - 1) - 1."""
+def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None,
+         generator: SampleNoise | None = None) -> torch.Tensor:
+    """EDM Algorithm 1: Heun's 2nd-order method, Euler on the last step to sigma = 0. NFE = 2 (len(sigmas) - 1) - 1."""
     for i in range(len(sigmas) - 1):
-        s, s_next = _sig(sigmas[i], x), sigmas[i + 1]
-        d = to_d(x, s, denoiser(x, s, cond))
-        x_next = x + d * (s_next - sigmas[i])
-        if s_next > 0:  # Alg. 1 lines 9-11: correct with the slope at the end point
-            d_next = to_d(x_next, _sig(s_next, x), denoiser(x_next, _sig(s_next, x), cond))
-            x_next = x + (d + d_next) / 2 * (s_next - sigmas[i])
-        x = x_next
+        x = heun_step(denoiser, x, sigmas[i], sigmas[i + 1], cond)
     return x

@@ -1,4 +1,4 @@
-"""Sampler registry: name -> function (denoiser, x, sigmas, cond, generator) -> x, with NFE per step count."""
+"""Sampler registry: name -> sampler (denoiser, x, sigmas, cond, generator, **options) -> x and its NFE per steps."""
 
 from __future__ import annotations
 
@@ -6,22 +6,38 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fewstep.core.errors import UserError
-from fewstep.samplers import ode
+from fewstep.samplers import multistep, ode, stochastic
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler and how many network evaluations it spends for a schedule of `steps` sigmas."""
+    """A sampler, how many network evaluations it spends for `steps` = len(sigmas) - 1, and whether it draws noise."""
 
     fn: Callable
     nfe: Callable[[int], int]
     stochastic: bool = False
 
 
+def one_per_step(steps: int) -> int:
+    """NFE of a sampler with one denoiser call per step."""
+    return steps
+
+
+def heun_nfe(steps: int) -> int:
+    """NFE of Heun-type samplers: two calls per step, one on the last step to sigma = 0."""
+    return 2 * steps - 1
+
+
 SAMPLERS: dict[str, SamplerSpec] = {
-    "euler": SamplerSpec(ode.euler, lambda steps: steps),
-    "ddim": SamplerSpec(ode.euler, lambda steps: steps),
-    "heun": SamplerSpec(ode.heun, lambda steps: 2 * steps - 1),
+    "euler": SamplerSpec(ode.euler, one_per_step),
+    "ddim": SamplerSpec(ode.euler, one_per_step),
+    "heun": SamplerSpec(ode.heun, heun_nfe),
+    "dpmpp_2m": SamplerSpec(multistep.dpmpp_2m, one_per_step),
+    "dpmpp_3m": SamplerSpec(multistep.dpmpp_3m, one_per_step),
+    "euler_ancestral": SamplerSpec(stochastic.euler_ancestral, one_per_step, stochastic=True),
+    "ddpm": SamplerSpec(stochastic.ddpm, one_per_step, stochastic=True),
+    "edm_stochastic": SamplerSpec(stochastic.edm_stochastic, heun_nfe, stochastic=True),
+    "consistency": SamplerSpec(stochastic.consistency, one_per_step, stochastic=True),
 }
 
 
