@@ -10,8 +10,9 @@ import torch
 from fewstep.core.errors import UserError
 from fewstep.models.io import LoadedModel, ModelInfo, _load_network
 
-SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
-                     "PNDMScheduler")
+SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                     "DPMSolverMultistepScheduler", "PNDMScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+                     "UniPCMultistepScheduler")
 
 
 def _find(folder: Path) -> tuple[Path, Path]:

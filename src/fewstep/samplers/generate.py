@@ -30,8 +30,11 @@ def initial_latents(denoiser: Denoiser, seed: int, indices: Sequence[int], shape
 
 def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Tensor, sampler: str = "heun",
              seed: int = 0, labels: torch.Tensor | None = None, batch_size: int = 256,
-             device: torch.device | str = "cpu", start_index: int = 0) -> SampleResult:
-    """Sample n items of `shape`; item i uses noise seeded by (seed, start_index + i) whatever the batch size."""
+             device: torch.device | str = "cpu", start_index: int = 0, options: dict | None = None) -> SampleResult:
+    """Sample n items of `shape`; item i uses noise seeded by (seed, start_index + i) whatever the batch size.
+
+    `options` go to the sampler (e.g. {"eta": 0.5} for euler_ancestral, {"S_churn": 10} for edm_stochastic).
+    """
     spec = get_sampler(sampler)
     counter = CountingDenoiser(denoiser)
     sigmas = sigmas.to(device)
@@ -41,6 +44,6 @@ def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Ten
         x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device)
         cond = None if labels is None else labels[lo:lo + len(idx)].to(device)
         counter.reset()
-        out.append(spec.fn(counter, x, sigmas, cond, SampleNoise(seed, idx, device, stream=1)).cpu())
+        out.append(spec.fn(counter, x, sigmas, cond, SampleNoise(seed, idx, device, stream=1), **(options or {})).cpu())
         nfe = counter.nfe
     return SampleResult(torch.cat(out), labels, nfe)
