@@ -13,6 +13,15 @@ def tiny_config(**overrides) -> TrainConfig:
     return resolve_train_config({"dataset": "digits", "preset": "tiny", "device": "cpu", **overrides})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fewstep_cache(tmp_path_factory):
+    """One temporary cache per test session: feature networks and references are built once, never in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("fewstep-cache")
+        mp.setenv("FEWSTEP_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
     """A run directory holding a tiny digits teacher trained for 20 steps."""

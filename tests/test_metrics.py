@@ -19,12 +19,10 @@ N = 360  # the size of the digits test split
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    """The digits set and its feature network (the real setting), trained once per session into a temporary cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEWSTEP_CACHE", str(tmp_path_factory.mktemp("cache")))
-        data = load_dataset("digits")
-        yield data, feature_network(data)
+def digits():
+    """The digits set and its feature network (the real setting), trained once per session into the test cache."""
+    data = load_dataset("digits")
+    yield data, feature_network(data)
 
 
 def noisy(x: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:

@@ -65,20 +65,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.data.visualize import save_samples
     from fewstep.sample import sample_model
 
-    labels = None
-    if args.class_label is not None:
-        labels = torch.full((args.n,), args.class_label, dtype=torch.long)
-    elif args.classes:
-        from fewstep.models.io import load_model
-        k = load_model(args.model).info.num_classes
-        labels = torch.arange(args.n) % k if k else None
+    labels = None if args.class_label is None else torch.full((args.n,), args.class_label, dtype=torch.long)
     result = sample_model(args.model, args.n, args.steps, args.sampler, args.schedule, args.seed, labels,
-                          args.batch_size, args.device)
+                          args.batch_size, args.device, cycle_classes=args.classes)
     path = save_samples(result.samples, args.out)
     if args.save_tensor:
         from safetensors.torch import save_file
         save_file({"samples": result.samples.contiguous()}, args.save_tensor)
     print(f"wrote {path} ({args.n} samples, NFE {result.nfe})")
+    return 0
+
+
+def _floats(text: str | None) -> list[float] | None:
+    return None if text is None else [float(v) for v in text.split(",") if v]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
+    from fewstep.core.errors import UserError
+
+    interval = _floats(args.cfg_interval)
+    if interval is not None and len(interval) != 2:
+        raise UserError("--cfg-interval takes two sigmas: LO,HI")
+    settings = EvalSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule, n=args.n, seed=args.seed,
+                            batch_size=args.batch_size, cfg_scale=args.cfg_scale,
+                            cfg_interval=tuple(interval) if interval else None, timing_batch=args.timing_batch,
+                            agreement=not args.no_agreement, dataset=args.dataset, device=args.device)
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.sweep:
+        nfes = [int(v) for v in _floats(args.nfe)]
+        rows = sweep(args.model, settings, args.samplers.split(","), nfes, args.schedules.split(","))
+    else:
+        rows = [evaluate_model(args.model, settings)]
+    append_results(rows, args.results)
+    if args.sweep:
+        stem = Path(args.results).with_suffix("")
+        write_csv(rows, f"{stem}-sweep.csv")
+        plot_sweep(rows, f"{stem}-sweep.png")
+        print(f"wrote {stem}-sweep.csv and {stem}-sweep.png")
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            q = "fd" if "fd" in row else "sw2"
+            print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
+                  f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample")
     return 0
 
 
@@ -120,6 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="measure a model + sampler on the ruler (quality, floors, agreement, cost)",
+                       description="Sample n items from fixed seeds and report quality against the data with its "
+                                   "noise floor, agreement with the teacher, NFE, FLOPs, seconds and memory.")
+    p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
+    p.add_argument("--sampler", default="heun", help="sampler name (default heun)")
+    p.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
+    p.add_argument("--schedule", default="karras", help="karras | loglinear | uniform (default karras)")
+    p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass while sampling")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI")
+    p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
+    p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")
+    p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--json", action="store_true", help="print each result row as one JSON object")
+    p.add_argument("--results", default="results.jsonl", help="results file to append to (default results.jsonl)")
+    p.add_argument("--sweep", action="store_true", help="evaluate --samplers x --schedules x --nfe; write CSV + plot")
+    p.add_argument("--samplers", default="euler,heun,dpmpp_2m", help="samplers of a sweep")
+    p.add_argument("--schedules", default="karras", help="schedules of a sweep")
+    p.add_argument("--nfe", default="4,8,16,32,64,128", help="NFE budgets of a sweep")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job: train a small digits teacher and write its sample grid")
     p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")

@@ -12,9 +12,11 @@ from fewstep.config import TRAIN_PRESETS, TrainConfig, build_config, read_toml, 
 from fewstep.core.errors import UserError
 from fewstep.core.precond import EDMPrecond
 from fewstep.data import Dataset, load_dataset
+from fewstep.data.toy2d import TOY_SETS
 from fewstep.data.visualize import save_curve, save_samples
 from fewstep.models.io import ModelInfo, save_model
 from fewstep.models.networks import arch_of, build_network, call_network
+from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
 from fewstep.train.loop import run_loop
 
@@ -34,7 +36,7 @@ def resolve_train_config(overrides: dict, config_file: str | None = None, out: s
             raise UserError(f"cannot change {', '.join(changed)} when resuming; start a new --out instead")
         return cfg
     layered = build_config(TrainConfig, file_layer, overrides)
-    kind = "vector" if layered.dataset in ("8gaussians", "checkerboard", "moons", "swissroll") else "image"
+    kind = "vector" if layered.dataset in TOY_SETS else "image"
     if (layered.preset, kind) not in TRAIN_PRESETS:
         raise UserError(f"unknown preset {layered.preset!r}; choose tiny, small or base")
     return build_config(TrainConfig, TRAIN_PRESETS[(layered.preset, kind)], file_layer, overrides)
@@ -86,7 +88,7 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]
-    state = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text() / "state.json").read_text())
+    state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
     info = ModelInfo(arch=arch_of(ema.net), network_class=type(ema.net).__name__, sigma_data=ema.sigma_data,
                      sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, num_classes=ema.num_classes,
                      dataset=cfg.dataset, kind=data.kind, shape=list(data.shape),

@@ -1,0 +1,160 @@
+"""`fewstep eval`: one model, one sampler setting, measured on the ruler; and sweeps of samplers x NFE."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from fewstep.bench.provenance import machine, model_hash, stamp, versions
+from fewstep.bench.reference import converged_samples
+from fewstep.core.errors import UserError
+from fewstep.core.noise import SampleNoise
+from fewstep.data import load_dataset
+from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
+from fewstep.models.io import load_model, resolve_model_dir
+from fewstep.sample import schedule_for
+from fewstep.samplers import generate, get_sampler, initial_latents
+from fewstep.samplers.guidance import CFGDenoiser
+
+
+@dataclass
+class EvalSettings:
+    """How to sample and measure: sampler, schedule, steps, n, seed, guidance, timing batch."""
+
+    sampler: str = "heun"
+    steps: int = 18
+    schedule: str = "karras"
+    n: int = 2000
+    seed: int = 0
+    batch_size: int = 256
+    cfg_scale: float = 1.0  # 1 = conditional only (no guidance)
+    cfg_interval: tuple[float, float] | None = None
+    timing_batch: int = 64
+    timing_repeats: int = 5
+    agreement: bool = True
+    dataset: str | None = None  # defaults to the dataset recorded in fewstep.json
+    device: str = "cpu"
+
+
+def _guided(model, s: EvalSettings):
+    if s.cfg_scale == 1.0 and s.cfg_interval is None:
+        return model.denoiser
+    return CFGDenoiser(model.denoiser, s.cfg_scale, s.cfg_interval)
+
+
+def _cost(denoiser, shape, sigmas, labels, s: EvalSettings) -> dict[str, object]:
+    """FLOPs per sample of a whole sampler run, median seconds per sample at timing_batch, peak memory."""
+    spec = get_sampler(s.sampler)
+    b = s.timing_batch
+    x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
+    lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
+    noise = SampleNoise(s.seed, range(b), s.device, stream=1)
+
+    def run() -> torch.Tensor:
+        return spec.fn(denoiser, x, sigmas, lab, noise)
+
+    flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, None if lab is None else lab[:4],
+                                        SampleNoise(s.seed, range(4), s.device, stream=1))) / 4
+    timing = time_per_sample(run, b, repeats=s.timing_repeats)
+    memory = peak_memory(run, s.device)
+    return {"flops_per_sample": flops, "seconds_per_sample": timing.seconds_per_sample, "timing_batch": b,
+            "timing_repeats_seconds": [round(t, 5) for t in timing.repeats_seconds],
+            "peak_memory_bytes": memory.peak_bytes, "memory_method": memory.method}
+
+
+def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, object]:
+    """Sample, score against the data (with floors) and the teacher, and cost; one reproducible result row."""
+    s = settings
+    if s.n < 2:
+        raise UserError(f"--n must be at least 2, got {s.n}")
+    model = load_model(model_path, s.device)
+    if not (s.dataset or model.info.dataset) or (s.dataset is None and model.info.extra.get("scheduler")):
+        raise UserError("this model records no fewstep dataset; pass --dataset to measure it against one")
+    data = load_dataset(s.dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
+    sigmas = schedule_for(model, s.steps, s.schedule).to(s.device)
+    labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
+    denoiser = _guided(model, s)
+    result = generate(denoiser, model.info.shape, s.n, sigmas, s.sampler, s.seed, labels, s.batch_size, s.device)
+    teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
+    reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
+    metrics = evaluate_samples(data, result.samples, labels, reference)
+    row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path), "method": "sampler",
+           **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,
+           "nfe": result.nfe, **metrics, **_cost(denoiser, model.info.shape, sigmas, labels, s),
+           "versions": versions(), "machine": machine(s.device), **stamp()}
+    return row
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The most steps whose NFE does not exceed `nfe` (at least 1)."""
+    spec = get_sampler(sampler)
+    steps = 1
+    while spec.nfe(steps + 1) <= nfe:
+        steps += 1
+    return steps
+
+
+def sweep(model_path: str | Path, base: EvalSettings, samplers: Iterable[str], nfes: Iterable[int],
+          schedules: Iterable[str] = ("karras",)) -> list[dict[str, object]]:
+    """evaluate_model over samplers x schedules x NFE budgets."""
+    rows = []
+    for sampler in samplers:
+        for schedule in schedules:
+            for nfe in nfes:
+                rows.append(evaluate_model(model_path, replace(base, sampler=sampler, schedule=schedule,
+                                                               steps=steps_for_nfe(sampler, nfe))))
+    return rows
+
+
+def append_results(rows: list[dict[str, object]], path: str | Path) -> Path:
+    """Append rows to a JSON-lines results file (results only grow)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_csv(rows: list[dict[str, object]], path: str | Path) -> Path:
+    """The scalar columns of rows as CSV."""
+    keys = [k for k in rows[0] if all(isinstance(r.get(k), (int, float, str, type(None))) for r in rows)]
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def quality_key(row: dict[str, object]) -> str:
+    """The headline quality metric of a row: fd for images, sw2 for 2-D data."""
+    return "fd" if "fd" in row else "sw2"
+
+
+def plot_sweep(rows: list[dict[str, object]], path: str | Path) -> Path:
+    """Quality vs NFE, one line per sampler/schedule, with the data floor as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = quality_key(rows[0])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name in dict.fromkeys((r["sampler"], r["schedule"]) for r in rows):
+        sel = sorted((r for r in rows if (r["sampler"], r["schedule"]) == name), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o", label=f"{name[0]} ({name[1]})")
+    ax.axhline(rows[0][f"{key}_floor"], color="k", ls="--", lw=1, label="data floor (real vs real)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(key.upper())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
