@@ -9,4 +9,5 @@ fewstep eval --model "$runs/digits-small" --sweep --samplers euler,heun,dpmpp_2m
   --nfe 4,8,16,32,64,128 --n 2000 --results "$runs/digits-sweep.jsonl"
 fewstep eval --model "$runs/8gaussians-small" --sweep --samplers euler,heun,dpmpp_2m,dpmpp_3m,euler_ancestral \
   --nfe 4,8,16,32,64,128 --n 2000 --results "$runs/8gaussians-sweep.jsonl"
+fewstep eval --model "$runs/digits-small" --sampler heun --steps 18 --n 2000 --results "$runs/digits-heun18.jsonl" --json
 python benchmarks/render_table.py "$runs/digits-sweep.jsonl" "$runs/8gaussians-sweep.jsonl"

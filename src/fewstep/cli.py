@@ -81,8 +81,6 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 
@@ -97,23 +95,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
         nfes = [int(v) for v in _floats(args.nfe)]
-        rows = sweep(args.model, settings, args.samplers.split(","), nfes, args.schedules.split(","))
+        found = sweep(args.model, settings, args.samplers.split(","), nfes, args.schedules.split(","))
     else:
-        rows = [evaluate_model(args.model, settings)]
-    append_results(rows, args.results)
+        found = iter([evaluate_model(args.model, settings)])
+    rows = []
+    for row in found:  # each row is appended as soon as it is measured, so a stopped sweep keeps its rows
+        append_results([row], args.results)
+        rows.append(row)
+        _print_row(row, args.json)
     if args.sweep:
         stem = Path(args.results).with_suffix("")
         write_csv(rows, f"{stem}-sweep.csv")
         plot_sweep(rows, f"{stem}-sweep.png")
         print(f"wrote {stem}-sweep.csv and {stem}-sweep.png")
-    for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        else:
-            q = "fd" if "fd" in row else "sw2"
-            print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
-                  f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample")
     return 0
+
+
+def _print_row(row: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(row), flush=True)
+    else:
+        q = "fd" if "fd" in row else "sw2"
+        print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
+              f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample", flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

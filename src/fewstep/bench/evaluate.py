@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -100,15 +100,13 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 
 def sweep(model_path: str | Path, base: EvalSettings, samplers: Iterable[str], nfes: Iterable[int],
-          schedules: Iterable[str] = ("karras",)) -> list[dict[str, object]]:
-    """evaluate_model over samplers x schedules x NFE budgets."""
-    rows = []
+          schedules: Iterable[str] = ("karras",)) -> Iterator[dict[str, object]]:
+    """evaluate_model over samplers x schedules x NFE budgets, yielding each row as soon as it is measured."""
     for sampler in samplers:
         for schedule in schedules:
             for nfe in nfes:
-                rows.append(evaluate_model(model_path, replace(base, sampler=sampler, schedule=schedule,
-                                                               steps=steps_for_nfe(sampler, nfe))))
-    return rows
+                yield evaluate_model(model_path, replace(base, sampler=sampler, schedule=schedule,
+                                                         steps=steps_for_nfe(sampler, nfe)))
 
 
 def append_results(rows: list[dict[str, object]], path: str | Path) -> Path:

@@ -20,7 +20,7 @@ from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
 from fewstep.train.loop import run_loop
 
-GRID_SEED, GRID_N, GRID_STEPS = 0, 64, 18
+GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
 
 
 def resolve_train_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
@@ -50,8 +50,9 @@ def make_teacher(cfg: TrainConfig, data: Dataset) -> EDMPrecond:
     return EDMPrecond(net, call_network, data.sigma_data, cfg.sigma_min, cfg.sigma_max, num_classes)
 
 
-def preview(denoiser: EDMPrecond, data: Dataset, path: Path, n: int = GRID_N) -> Path:
-    """Sample a fixed-seed grid with 18 Heun steps (class-conditional: labels cycle 0..C-1)."""
+def preview(denoiser: EDMPrecond, data: Dataset, path: Path) -> Path:
+    """Sample a fixed-seed grid (64 images) or scatter (2000 points) with 18 Heun steps; labels cycle 0..C-1."""
+    n = GRID_N if data.kind == "image" else SCATTER_N
     from fewstep.core.schedules import make_schedule
     from fewstep.samplers import generate
 
