@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from fewstep.bench.evaluate import quality_key
+
 
 def fmt(value: float) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -13,7 +15,7 @@ def fmt(value: float) -> str:
 
 def table(rows: list[dict]) -> str:
     """One markdown table: quality with floors, agreement, NFE and cost per sampler and NFE."""
-    q = "fd" if "fd" in rows[0] else "sw2"
+    q = quality_key(rows[0])
     extra = ["precision", "recall"] if q == "fd" else ["mmd", "logp"]
     head = ["sampler", "schedule", "steps", "NFE", q, *extra, "agreement RMSE", "MFLOPs/sample", "ms/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

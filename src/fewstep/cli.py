@@ -114,10 +114,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _print_row(row: dict, as_json: bool) -> None:
     import json
 
+    from fewstep.bench.evaluate import quality_key
+
     if as_json:
         print(json.dumps(row), flush=True)
     else:
-        q = "fd" if "fd" in row else "sw2"
+        q = quality_key(row)
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
               f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample", flush=True)
 
