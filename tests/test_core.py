@@ -28,3 +28,13 @@ def test_counting_denoiser_counts_calls_and_rows():
     counter(torch.zeros(5, 2), torch.ones(5))
     counter(torch.zeros(10, 2), torch.ones(10))
     assert counter.nfe == 2 and counter.sample_evals == 15 and counter.sigma_data == 0.5
+
+
+def test_consistency_boundary_is_the_identity_at_sigma_min_and_d_far_from_it():
+    from fewstep.core.precond import ConsistencyBoundary
+
+    inner = CallableDenoiser(lambda x, sigma, cond: torch.zeros_like(x))
+    f = ConsistencyBoundary(inner, 0.002, scale=10.0)
+    x = torch.randn(3, 2)
+    assert torch.equal(f(x, torch.full((3,), 0.002)), x)  # c_skip = 1 exactly: the boundary condition
+    assert f(x, torch.full((3,), 10.0)).abs().max() < 1e-4 * x.abs().max()  # c_skip -> 0: f = D

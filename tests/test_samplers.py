@@ -177,3 +177,18 @@ def test_consistency_returns_the_data_point(steps):
     out = SAMPLERS["consistency"].fn(point, start(5).float(), sigmas(steps).float(), None,
                                      SampleNoise(0, range(5), stream=1))
     assert torch.equal(out, y_star.expand(5, 2))
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_ode_step_per_row_equals_the_scalar_steps(solver):
+    """ode_step with a sigma per row equals heun_step / an Euler step taken row by row (sigma_next = 0 included)."""
+    from fewstep.samplers.ode import heun_step, ode_step, to_d
+
+    d = MIXTURE
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 5
+    sigma, sigma_next = torch.tensor([5.0, 1.0, 0.3]).double(), torch.tensor([2.0, 0.0, 0.1]).double()
+    out = ode_step(d, x, sigma, sigma_next, None, solver)
+    for i in range(3):
+        xi, s, sn = x[i:i + 1], sigma[i], sigma_next[i]
+        ref = heun_step(d, xi, s, sn) if solver == "heun" else xi + to_d(xi, s.reshape(1), d(xi, s.reshape(1))) * (sn - s)
+        assert torch.allclose(out[i:i + 1], ref, atol=1e-10)

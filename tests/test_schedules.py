@@ -83,3 +83,12 @@ def test_explicit_appends_zero_once():
 def test_explicit_rejects_invalid(sigmas):
     with pytest.raises(UserError, match="strictly decreasing"):
         explicit(sigmas)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_karras_trailing_ends_every_step_with_work_and_nests(n):
+    """karras_trailing(n) starts at sigma_max, skips sigma_min, and sits at the even points of karras_trailing(2n)."""
+    s = make_schedule("karras_trailing", n, SigmaRange(0.002, 80.0))
+    assert len(s) == n + 1 and s[0] == pytest.approx(80.0) and s[-1] == 0
+    assert (s[:-1] > 0.002 * 1.01).all() or n == 1
+    assert torch.allclose(make_schedule("karras_trailing", 2 * n, SigmaRange(0.002, 80.0))[::2], s, rtol=1e-5)

@@ -34,6 +34,27 @@ TRAIN_HELP = {
     "mixed_precision": "no | bf16 | fp16",
 }
 
+DISTILL_HELP = {
+    "teacher": "the teacher: run directory, fewstep model folder or diffusers folder",
+    "method": "progressive | consistency | reflow",
+    "steps": "student step counts, e.g. 1,2,4 (progressive exports each; others record them)",
+    "dataset": "training data (default: the teacher's dataset)",
+    "preset": "run length: tiny (tests) | small (CPU) | base (GPU)",
+    "student_preset": "'' = the teacher's network and weights; tiny | small | base = a fresh network of that size",
+    "init": "teacher (start from its weights) | scratch",
+    "cfg_scale": "classifier-free guidance scale folded into the teacher's targets (1 = none)",
+    "train_steps": "optimiser steps of each stage (each progressive round)",
+    "solver": "the teacher's ODE step: euler | heun",
+    "pd_start_steps": "progressive: student steps of the first round",
+    "cd_grid": "consistency: number of Karras sigmas in the teacher's grid",
+    "cd_skip": "consistency: grid points skipped by one teacher step (LCM)",
+    "cd_target_ema": "consistency: EMA decay of the target network (0 = the student without gradient)",
+    "distance": "consistency: l2 | huber | feature",
+    "boundary_scale": "consistency: time scaling of the boundary condition's c_skip / c_out",
+    "reflow_pairs": "reflow: number of (noise, teacher sample) pairs",
+    "reflow_solver_steps": "reflow: teacher ODE steps per pair",
+}
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, help_text: dict[str, str]) -> None:
     for f in fields(cls):
@@ -59,6 +80,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from fewstep.config import DistillConfig, to_toml
+    from fewstep.distill import distill, resolve_distill_config
+
+    cfg = resolve_distill_config(_overrides(args, DistillConfig), args.config, args.out, args.resume)
+    if args.dry_run:
+        print(to_toml(cfg), end="")
+        return 0
+    for path in distill(cfg, args.out, resume=args.resume):
+        print(f"student saved to {path}")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -67,7 +101,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     labels = None if args.class_label is None else torch.full((args.n,), args.class_label, dtype=torch.long)
     result = sample_model(args.model, args.n, args.steps, args.sampler, args.schedule, args.seed, labels,
-                          args.batch_size, args.device, cycle_classes=args.classes)
+                          args.batch_size, args.device, cycle_classes=args.classes, cfg_scale=args.cfg_scale,
+                          cfg_interval=_interval(args.cfg_interval), cache=args.cache, guidance=args.guidance)
     path = save_samples(result.samples, args.out)
     if args.save_tensor:
         from safetensors.torch import save_file
@@ -80,18 +115,25 @@ def _floats(text: str | None) -> list[float] | None:
     return None if text is None else [float(v) for v in text.split(",") if v]
 
 
+def _interval(text: str | None) -> tuple[float, float] | None:
+    from fewstep.core.errors import UserError
+
+    interval = _floats(text)
+    if interval is not None and len(interval) != 2:
+        raise UserError("--cfg-interval takes two sigmas: LO,HI")
+    return tuple(interval) if interval else None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 
-    interval = _floats(args.cfg_interval)
-    if interval is not None and len(interval) != 2:
-        raise UserError("--cfg-interval takes two sigmas: LO,HI")
     settings = EvalSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule, n=args.n, seed=args.seed,
                             batch_size=args.batch_size, cfg_scale=args.cfg_scale,
-                            cfg_interval=tuple(interval) if interval else None, timing_batch=args.timing_batch,
-                            agreement=not args.no_agreement, dataset=args.dataset, device=args.device)
-    if args.steps < 1:
+                            cfg_interval=_interval(args.cfg_interval), cache=args.cache, guidance=args.guidance,
+                            timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
+                            device=args.device)
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
         nfes = [int(v) for v in _floats(args.nfe)]
@@ -120,8 +162,22 @@ def _print_row(row: dict, as_json: bool) -> None:
         print(json.dumps(row), flush=True)
     else:
         q = quality_key(row)
+        accel = "".join(f"  {row[k]}" for k in ("cache", "guidance") if row.get(k))
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
-              f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample", flush=True)
+              f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}", flush=True)
+
+
+def cmd_search_schedule(args: argparse.Namespace) -> int:
+    from fewstep.accel.schedule_search import save_schedule, search_schedule
+    from fewstep.bench.evaluate import steps_for_nfe
+
+    result = search_schedule(args.model, args.sampler, steps_for_nfe(args.sampler, args.nfe), args.n, args.seed,
+                             args.evaluations, args.dataset, args.batch_size, args.device)
+    save_schedule(result, args.out)
+    print(f"wrote {args.out}: {args.sampler} NFE {result['nfe']}, {result['objective']} {result['quality']:.4g} "
+          f"(karras {result['start_quality']:.4g}) on held-out seed {args.seed}; {result['evaluations']} evaluations "
+          f"in {result['search_seconds']:.1f} s")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -131,9 +187,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_accel_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI")
+    parser.add_argument("--guidance", help="guidance accelerator on top of --cfg-scale, e.g. adaptive:threshold=0.99")
+    parser.add_argument("--cache", help="feature cache, e.g. deepcache:interval=3,branch=0 | encprop:interval=2 | "
+                                        "fbcache:threshold=0.05 | errorcache:profile=P.json,budget=0.3")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewstep import __version__
-    from fewstep.config import TrainConfig
+    from fewstep.config import DistillConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="fewstep", description="Distill, accelerate and measure diffusion models.")
     parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
@@ -148,33 +212,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("distill", help="distill a teacher into a few-step student", description=(
+        "Distill a teacher with progressive, consistency or reflow distillation. Settings come from the preset, "
+        "then --config, then flags; progress, checkpoints and --resume work as in train."))
+    p.add_argument("--out", required=True, help="run directory (config, stages' checkpoints, samples, student models)")
+    p.add_argument("--config", help="TOML file of config fields; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
+    _add_config_flags(p, DistillConfig, DISTILL_HELP)
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("sample", help="sample a model into a PNG grid (images) or scatter plot (2-D)")
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded setting)")
     p.add_argument("--sampler", help="sampler name (default: the model's recorded sampler, e.g. heun)")
-    p.add_argument("--schedule", help="karras | loglinear | uniform (default: the model's recorded schedule)")
+    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from search-schedule "
+                                      "(default: the model's recorded schedule)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
+    _add_accel_flags(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="measure a model + sampler on the ruler (quality, floors, agreement, cost)",
                        description="Sample n items from fixed seeds and report quality against the data with its "
                                    "noise floor, agreement with the teacher, NFE, FLOPs, seconds and memory.")
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
-    p.add_argument("--sampler", default="heun", help="sampler name (default heun)")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
-    p.add_argument("--schedule", default="karras", help="karras | loglinear | uniform (default karras)")
+    p.add_argument("--sampler", help="sampler name (default: the model's recorded one: heun, or a student's own)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded steps and sigmas)")
+    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
+                                      "search-schedule (default: the recorded one)")
     p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass while sampling")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI")
+    _add_accel_flags(p)
     p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
     p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
@@ -186,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedules", default="karras", help="schedules of a sweep")
     p.add_argument("--nfe", default="4,8,16,32,64,128", help="NFE budgets of a sweep")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("search-schedule", help="search a sigma schedule for a sampler and NFE budget",
+                       description="Coordinate search over log-sigma knots, from Karras's schedule, minimising the "
+                                   "ruler's quality (FD or sliced W2) on held-out seeds; writes the schedule as JSON "
+                                   "for --schedule.")
+    p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
+    p.add_argument("--sampler", default="dpmpp_2m", help="sampler the schedule is for (default dpmpp_2m)")
+    p.add_argument("--nfe", type=int, required=True, help="NFE budget: the most steps whose NFE fits")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--n", type=int, default=1000, help="samples per evaluated schedule (default 1000)")
+    p.add_argument("--seed", type=int, default=1000, help="held-out noise seed, not the ruler's 0 (default 1000)")
+    p.add_argument("--evaluations", type=int, default=80, help="most schedules to evaluate (default 80)")
+    p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.set_defaults(func=cmd_search_schedule)
 
     p = sub.add_parser("demo", help="the main job: train a small digits teacher and write its sample grid")
     p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")

@@ -6,7 +6,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from fewstep.core.errors import UserError
 
@@ -90,6 +90,27 @@ def build_config(cls: type[T], *layers: dict[str, Any]) -> T:
     return cls(**values)
 
 
+def resolve_config(cls: type[T], presets: dict[tuple[str, str], dict[str, Any]], kind_of: Callable[[T], str],
+                   overrides: dict, config_file: str | None = None, out: str | Path | None = None,
+                   resume: bool = False) -> T:
+    """defaults < preset (by data kind) < config file < flags; a resumed run starts from its own config.toml."""
+    file_layer = read_toml(config_file) if config_file else {}
+    saved = Path(out) / "config.toml" if out else None
+    if resume and saved is not None and saved.exists():
+        base = build_config(cls, read_toml(saved))
+        cfg = build_config(cls, dataclasses.asdict(base), file_layer, overrides)
+        changed = [k for k in dataclasses.asdict(cfg)
+                   if getattr(cfg, k) != getattr(base, k) and k not in cls.RESUMABLE_CHANGES]
+        if changed:
+            raise UserError(f"cannot change {', '.join(changed)} when resuming; start a new --out instead")
+        return cfg
+    layered = build_config(cls, file_layer, overrides)
+    kind = kind_of(layered)
+    if (layered.preset, kind) not in presets:
+        raise UserError(f"unknown preset {layered.preset!r}; choose tiny, small or base")
+    return build_config(cls, presets[(layered.preset, kind)], file_layer, overrides)
+
+
 def _coerce(key: str, value: Any, kind: type) -> Any:
     try:
         if kind is bool and isinstance(value, str):
@@ -121,3 +142,57 @@ def to_toml(config: Any) -> str:
             text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
         lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: teacher, method, student steps and size, the methods' knobs, and the run's bookkeeping."""
+
+    teacher: str = ""  # run dir, fewstep model folder or diffusers folder
+    method: str = "consistency"  # progressive | consistency | reflow
+    steps: str = "1,2,4"  # student step counts to make (progressive) or record and check (consistency, reflow)
+    dataset: str = ""  # training data for progressive/consistency; default: the teacher's
+    preset: str = "small"  # run length: tiny | small | base
+    student_preset: str = ""  # "" = the teacher's network and weights; tiny|small|base = a fresh network of that size
+    init: str = "teacher"  # teacher = start from the teacher's weights | scratch = re-initialise
+    cfg_scale: float = 1.0  # classifier-free guidance folded into the teacher's targets (class-conditional teachers)
+    train_steps: int = 1500  # optimiser steps of each stage (each progressive round)
+    batch_size: int = 128
+    lr: float = 2e-4
+    lr_warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_halflife_steps: float = 200.0
+    solver: str = "heun"  # the teacher's ODE step: euler | heun
+    pd_start_steps: int = 16  # progressive: student steps of the first round (its teacher takes twice as many)
+    cd_grid: int = 18  # consistency: Karras grid of the teacher's ODE
+    cd_skip: int = 1  # consistency: grid points one teacher step skips (LCM's skipping-step k)
+    cd_target_ema: float = 0.95  # consistency: target network = EMA of the student with this decay (0 = stop-grad copy)
+    distance: str = "l2"  # consistency: l2 | huber (pseudo-Huber, improved CT) | feature (dataset classifier space)
+    boundary_scale: float = 10.0  # consistency: time scaling of c_skip/c_out (LCM)
+    reflow_pairs: int = 8192  # reflow: (noise, teacher sample) pairs generated once
+    reflow_solver_steps: int = 18  # reflow: teacher steps per pair
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    max_rollbacks: int = 3
+    device: str = "auto"
+    mixed_precision: str = "no"
+
+    RESUMABLE_CHANGES = ("train_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+
+
+DISTILL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("tiny", "image"): dict(train_steps=6, batch_size=16, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
+                            sample_every=0, checkpoint_every=3, pd_start_steps=2, cd_grid=8, reflow_pairs=32, reflow_solver_steps=6),
+    ("tiny", "vector"): dict(train_steps=6, batch_size=64, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
+                             sample_every=0, checkpoint_every=3, pd_start_steps=2, cd_grid=8, reflow_pairs=256,
+                             reflow_solver_steps=6),
+    ("small", "image"): dict(train_steps=1500, batch_size=128),
+    ("small", "vector"): dict(train_steps=2000, batch_size=512, lr=5e-4, reflow_pairs=32768),
+    ("base", "image"): dict(train_steps=20_000, batch_size=256, ema_halflife_steps=2000, sample_every=2000,
+                            checkpoint_every=1000, pd_start_steps=64, cd_grid=40, reflow_pairs=100_000),
+    ("base", "vector"): dict(train_steps=10_000, batch_size=1024, lr=5e-4, ema_halflife_steps=1000, sample_every=2000,
+                             checkpoint_every=1000, pd_start_steps=64, cd_grid=40, reflow_pairs=200_000),
+}

@@ -6,15 +6,24 @@ from pathlib import Path
 
 import torch
 
+from fewstep.accel import apply_accelerator, guided_denoiser
+from fewstep.accel.schedule_search import load_schedule
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import explicit, make_schedule
 from fewstep.models.io import LoadedModel, load_model
 from fewstep.samplers import SampleResult, generate
 
 
+def is_searched(schedule: str | None) -> bool:
+    """Whether `schedule` names a searched schedule file (fewstep search-schedule's JSON) rather than a formula."""
+    return schedule is not None and schedule.endswith(".json")
+
+
 def schedule_for(model: LoadedModel, steps: int | None = None, schedule: str | None = None,
                  rho: float = 7.0) -> torch.Tensor:
-    """The sigmas to sample with: explicit sigmas recorded for a student, else the named schedule."""
+    """The sigmas: a searched schedule file (it fixes the steps), a student's recorded sigmas, else the named one."""
+    if is_searched(schedule):
+        return explicit(load_schedule(schedule)["sigmas"])
     recorded = model.info.sampler
     if steps is None and schedule is None and recorded.get("sigmas"):
         return explicit(recorded["sigmas"])
@@ -22,12 +31,23 @@ def schedule_for(model: LoadedModel, steps: int | None = None, schedule: str | N
                          model.denoiser.sigma_range, rho=rho)
 
 
+def sampler_for(model: LoadedModel, sampler: str | None = None, schedule: str | None = None) -> str:
+    """The sampler to use: the given one, else the one a searched schedule was searched for, else the recorded one."""
+    if sampler:
+        return sampler
+    return load_schedule(schedule)["sampler"] if is_searched(schedule) else model.info.sampler.get("name", "heun")
+
+
 def sample_model(model_path: str | Path, n: int = 64, steps: int | None = None, sampler: str | None = None,
                  schedule: str | None = None, seed: int = 0, labels: torch.Tensor | None = None,
-                 batch_size: int = 256, device: str = "cpu", cycle_classes: bool = False) -> SampleResult:
+                 batch_size: int = 256, device: str = "cpu", cycle_classes: bool = False, cfg_scale: float = 1.0,
+                 cfg_interval: tuple[float, float] | None = None, cache: str | None = None,
+                 guidance: str | None = None) -> SampleResult:
     """Draw n samples from a model folder with its recorded (or the given) sampler and schedule.
 
     `cycle_classes` labels sample i with class i mod C on a class-conditional model (ignored if unconditional).
+    `cache` is an accelerator spec ('deepcache:interval=3'), `guidance` a guidance spec ('adaptive:threshold=0.99')
+    on top of classifier-free guidance with `cfg_scale` and `cfg_interval`; see docs/acceleration.md.
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -41,6 +61,10 @@ def sample_model(model_path: str | Path, n: int = 64, steps: int | None = None, 
     if cycle_classes and labels is None and model.info.num_classes:
         labels = torch.arange(n) % model.info.num_classes
     sigmas = schedule_for(model, steps, schedule)
-    shape = model.info.shape
-    return generate(model.denoiser, shape, n, sigmas, sampler or model.info.sampler.get("name", "heun"), seed, labels,
-                    batch_size, device)
+    denoiser = guided_denoiser(model.denoiser, cfg_scale, cfg_interval, guidance)
+    handle = apply_accelerator(model, cache or "none")
+    try:
+        return generate(denoiser, model.info.shape, n, sigmas, sampler_for(model, sampler, schedule), seed, labels,
+                        batch_size, device)
+    finally:
+        handle.remove()

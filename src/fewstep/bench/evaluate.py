@@ -10,41 +10,37 @@ from typing import Iterable, Iterator
 
 import torch
 
-from fewstep.bench.provenance import machine, model_hash, stamp, versions
+from fewstep.accel import AdaptiveGuidance, apply_accelerator, guided_denoiser
+from fewstep.bench.provenance import machine, stamp, versions
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
 from fewstep.core.noise import SampleNoise
 from fewstep.data import load_dataset
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
-from fewstep.models.io import load_model, resolve_model_dir
-from fewstep.sample import schedule_for
+from fewstep.models.io import load_model, model_hash, resolve_model_dir
+from fewstep.sample import sampler_for, schedule_for
 from fewstep.samplers import generate, get_sampler, initial_latents
-from fewstep.samplers.guidance import CFGDenoiser
 
 
 @dataclass
 class EvalSettings:
     """How to sample and measure: sampler, schedule, steps, n, seed, guidance, timing batch."""
 
-    sampler: str = "heun"
-    steps: int = 18
-    schedule: str = "karras"
+    sampler: str | None = None  # None: the model's recorded sampler (heun for a teacher, its own for a student)
+    steps: int | None = None  # None: the recorded steps (and a student's recorded sigmas)
+    schedule: str | None = None  # None: the recorded schedule; a .json path: a searched schedule (fixes the steps)
     n: int = 2000
     seed: int = 0
     batch_size: int = 256
     cfg_scale: float = 1.0  # 1 = conditional only (no guidance)
     cfg_interval: tuple[float, float] | None = None
+    cache: str | None = None  # accelerator spec, e.g. "deepcache:interval=3,branch=0" (docs/acceleration.md)
+    guidance: str | None = None  # guidance spec on top of CFG, e.g. "adaptive:threshold=0.99"
     timing_batch: int = 64
     timing_repeats: int = 5
     agreement: bool = True
     dataset: str | None = None  # defaults to the dataset recorded in fewstep.json
     device: str = "cpu"
-
-
-def _guided(model, s: EvalSettings):
-    if s.cfg_scale == 1.0 and s.cfg_interval is None:
-        return model.denoiser
-    return CFGDenoiser(model.denoiser, s.cfg_scale, s.cfg_interval)
 
 
 def _cost(denoiser, shape, sigmas, labels, s: EvalSettings) -> dict[str, object]:
@@ -77,15 +73,27 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
         raise UserError("this model records no fewstep dataset; pass --dataset to measure it against one")
     data = load_dataset(s.dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
     sigmas = schedule_for(model, s.steps, s.schedule).to(s.device)
+    recorded = model.info.sampler
+    s = replace(s, sampler=sampler_for(model, s.sampler, s.schedule), steps=len(sigmas) - 1,
+                schedule=s.schedule or recorded.get("schedule", "karras"))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
-    denoiser = _guided(model, s)
-    result = generate(denoiser, model.info.shape, s.n, sigmas, s.sampler, s.seed, labels, s.batch_size, s.device)
+    denoiser = guided_denoiser(model.denoiser, s.cfg_scale, s.cfg_interval, s.guidance)
+    handle = apply_accelerator(model, s.cache or "none")
+    try:  # the cache is removed before the teacher's reference is sampled: it may be this very model
+        result = generate(denoiser, model.info.shape, s.n, sigmas, s.sampler, s.seed, labels, s.batch_size, s.device)
+        skipped = {"cache_stats": handle.stats() if s.cache else None,
+                   "rows_evaluated": getattr(denoiser, "rows_evaluated", None),
+                   "guidance_stats": denoiser.stats() if isinstance(denoiser, AdaptiveGuidance) else None}
+        cost = _cost(denoiser, model.info.shape, sigmas, labels, s)
+    finally:
+        handle.remove()
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
-    row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path), "method": "sampler",
+    row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path),
+           "method": model.info.extra.get("distill", {}).get("method", "sampler"),
            **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,
-           "nfe": result.nfe, **metrics, **_cost(denoiser, model.info.shape, sigmas, labels, s),
+           "nfe": result.nfe, **skipped, **metrics, **cost,
            "versions": versions(), "machine": machine(s.device), **stamp()}
     return row
 

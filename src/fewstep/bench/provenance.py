@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-
-def model_hash(folder: Path) -> str:
-    """16 hex digits of the SHA-256 of a model folder's safetensors files (names and bytes)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*.safetensors")):
-        h.update(path.name.encode())
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:

@@ -7,10 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from fewstep.bench.provenance import model_hash
 from fewstep.core.schedules import make_schedule
 from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
-from fewstep.models.io import LoadedModel
+from fewstep.models.io import LoadedModel, model_hash
 from fewstep.samplers import generate
 
 REFERENCE_SAMPLER, REFERENCE_STEPS = "heun", 64  # 127 NFE: converged to well below the metrics' floors

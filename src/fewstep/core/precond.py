@@ -46,3 +46,28 @@ class EDMPrecond(nn.Module):
 
     def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(sigma_max)
+
+
+class ConsistencyBoundary(nn.Module):
+    """f(x, sigma) = c_skip x + (1 - c_skip) D(x, sigma): a consistency model with f(x, sigma_min) = x built in.
+
+    c_skip = sd^2 / (u^2 + sd^2), u = scale (sigma - sigma_min) (Song et al. 2023, Appendix C, with LCM's time
+    scaling). The weights sum to one, so f is the teacher's D wherever D is already consistent (D ~ x near sigma_min)
+    and c_skip -> 0 away from the boundary.
+    """
+
+    def __init__(self, denoiser: nn.Module, sigma_min: float, scale: float = 10.0):
+        super().__init__()
+        self.inner = denoiser
+        self.boundary_sigma, self.scale = float(sigma_min), float(scale)
+        self.sigma_range, self.sigma_data = denoiser.sigma_range, denoiser.sigma_data
+        self.num_classes = denoiser.num_classes
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+        sigma = as_sigma_batch(sigma, x)
+        u = append_dims(self.scale * (sigma - self.boundary_sigma).clamp(min=0), x.ndim)
+        c_skip = self.sigma_data**2 / (u**2 + self.sigma_data**2)
+        return c_skip * x.float() + (1 - c_skip) * self.inner(x, sigma, cond)
+
+    def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
+        return self.inner.init_noise_scale(sigma_max)

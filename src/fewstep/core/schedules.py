@@ -24,6 +24,15 @@ def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torc
     return append_zero((hi + ramp * (lo - hi)) ** rho).float()
 
 
+def karras_trailing(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras spacing over n + 1 knots with the last (sigma_min) replaced by 0, so every one of n steps does work.
+
+    This is the grid of few-step students: n = 1 is [sigma_max, 0]; karras_trailing(2n) contains karras_trailing(n)
+    at its even indices, which is what progressive distillation's two-teacher-steps-per-student-step needs.
+    """
+    return torch.cat([karras(n + 1, sigma_min, sigma_max, rho)[:n], torch.zeros(1)])
+
+
 def loglinear(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Sigmas evenly spaced in log(sigma)."""
     if n == 1:
@@ -53,7 +62,7 @@ def explicit(sigmas: Sequence[float]) -> torch.Tensor:
     return s if s[-1] == 0 else append_zero(s)
 
 
-SCHEDULES = ("karras", "loglinear", "uniform")
+SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform")
 
 
 def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: float | None = None,
@@ -65,6 +74,8 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
     hi = min(sigma_max if sigma_max is not None else sigma_range.sigma_max, sigma_range.sigma_max)
     if name == "karras":
         return karras(steps, lo, hi, rho)
+    if name == "karras_trailing":
+        return karras_trailing(steps, lo, hi, rho)
     if name == "loglinear":
         return loglinear(steps, lo, hi)
     if name == "uniform":

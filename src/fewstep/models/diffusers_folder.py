@@ -56,3 +56,8 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
                      sampler={"name": "ddim", "schedule": "uniform", "steps": 50},
                      extra={"scheduler": sched_name, "num_train_timesteps": len(scheduler.alphas_cumprod)})
     return LoadedModel(denoiser.to(device).eval(), net, info, folder)
+
+
+def scheduler_config(folder: Path) -> dict:
+    """The scheduler config of a diffusers folder (a pipeline or a bare model folder), as saved."""
+    return json.loads((_find(folder)[1] / "scheduler_config.json").read_text())

@@ -33,6 +33,7 @@ class ModelInfo:
     shape: list[int] = field(default_factory=list)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "heun", "schedule": "karras", "steps": 18})
     teacher: str | None = None
+    consistency: dict[str, float] | None = None  # {"sigma_min", "scale"}: wrap D in core.precond.ConsistencyBoundary
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -55,8 +56,11 @@ class LoadedModel:
     path: Path
 
 
-def save_model(path: str | Path, network: nn.Module, info: ModelInfo) -> Path:
-    """Write network (save_pretrained, safetensors), fewstep.json and a diffusers EDM scheduler config."""
+def save_model(path: str | Path, network: nn.Module, info: ModelInfo, scheduler_config: dict | None = None) -> Path:
+    """Write network (save_pretrained, safetensors), fewstep.json and a diffusers scheduler config.
+
+    EDM models get an EDMEulerScheduler config; a model of a user's VP network keeps `scheduler_config` (its own).
+    """
     from fewstep import __version__
 
     path = Path(path)
@@ -68,7 +72,22 @@ def save_model(path: str | Path, network: nn.Module, info: ModelInfo) -> Path:
 
         EDMEulerScheduler(sigma_min=info.sigma_min, sigma_max=info.sigma_max, sigma_data=info.sigma_data,
                           prediction_type="epsilon").save_pretrained(path)
+    elif scheduler_config is not None:
+        (path / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
     return path
+
+
+def model_hash(folder: Path) -> str:
+    """16 hex digits of the SHA-256 of a model folder's safetensors files (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _refuse_pickle(folder: Path) -> None:
@@ -108,16 +127,24 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a fewstep model or run folder, or a diffusers UNet2DModel folder with its scheduler, as a denoiser."""
-    folder = resolve_model_dir(path)
-    if (folder / FEWSTEP_JSON).exists():
-        info = ModelInfo.from_json(folder / FEWSTEP_JSON)
-        net = _load_network(folder, info.network_class)
-        if info.parameterization == "edm":
-            from fewstep.core.precond import EDMPrecond
-            from fewstep.models.networks import call_network
-            denoiser = EDMPrecond(net, call_network, info.sigma_data, info.sigma_min, info.sigma_max, info.num_classes)
-        else:
-            raise UserError(f"{folder}: unknown parameterization {info.parameterization!r}")
-        return LoadedModel(denoiser.to(device).eval(), net, info, folder)
+    from fewstep.models.diffusers_adapter import PREDICTION_TYPES
     from fewstep.models.diffusers_folder import load_diffusers_folder
-    return load_diffusers_folder(folder, device)
+
+    folder = resolve_model_dir(path)
+    if not (folder / FEWSTEP_JSON).exists():
+        return load_diffusers_folder(folder, device)
+    info = ModelInfo.from_json(folder / FEWSTEP_JSON)
+    if info.parameterization == "edm":
+        from fewstep.core.precond import EDMPrecond
+        from fewstep.models.networks import call_network
+        net = _load_network(folder, info.network_class)
+        denoiser = EDMPrecond(net, call_network, info.sigma_data, info.sigma_min, info.sigma_max, info.num_classes)
+    elif info.parameterization in PREDICTION_TYPES:  # a student of a user's VP network: its UNet + scheduler config
+        found = load_diffusers_folder(folder, device)
+        net, denoiser = found.network, found.denoiser
+    else:
+        raise UserError(f"{folder}: unknown parameterization {info.parameterization!r}")
+    if info.consistency:
+        from fewstep.core.precond import ConsistencyBoundary
+        denoiser = ConsistencyBoundary(denoiser, info.consistency["sigma_min"], info.consistency["scale"])
+    return LoadedModel(denoiser.to(device).eval(), net, info, folder)

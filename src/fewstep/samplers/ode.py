@@ -43,3 +43,26 @@ def heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond =
     for i in range(len(sigmas) - 1):
         x = heun_step(denoiser, x, sigmas[i], sigmas[i + 1], cond)
     return x
+
+
+ODE_SOLVERS = ("euler", "heun")
+
+
+def ode_step(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, cond: Cond = None,
+             solver: str = "heun") -> torch.Tensor:
+    """One Euler or Heun step per row, from sigma[b] to sigma_next[b]; rows ending at sigma_next = 0 take Euler.
+
+    The training-time step of distillation (each row of a batch sits at its own noise level); for scalar
+    sigmas it equals `heun_step` (or an Euler step).
+    """
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"unknown ODE solver {solver!r}; use euler or heun")
+    d = to_d(x, sigma, denoiser(x, sigma, cond))
+    x_next = x + d * append_dims(sigma_next - sigma, x.ndim)
+    rows = (sigma_next > 0).nonzero()[:, 0]
+    if solver == "euler" or len(rows) == 0:
+        return x_next
+    c = None if cond is None else torch.as_tensor(cond, device=x.device)[rows]
+    d_next = to_d(x_next[rows], sigma_next[rows], denoiser(x_next[rows], sigma_next[rows], c))
+    corrected = x[rows] + (d[rows] + d_next) / 2 * append_dims(sigma_next[rows] - sigma[rows], x.ndim)
+    return x_next.index_copy(0, rows, corrected)

@@ -1,14 +1,17 @@
 """The one training loop: accelerate, optimisers, EMA, logging, progress, checkpoints, resume, divergence guard.
 
 A method is any object with `modules` (name -> trainable nn.Module, one Adam each), `ema_modules` (names to
-average) and `losses(batch) -> {name: loss}`. The loop never branches on what the method is.
+average) and `losses(batch) -> {name: loss}`; optional `state_modules` (name -> nn.Module the method updates itself,
+e.g. a consistency target network) are checkpointed with the rest. The loop never branches on what the method is.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -27,6 +30,24 @@ class Method(Protocol):
     ema_modules: tuple[str, ...]
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+
+
+class StepBoundaryInterrupt:
+    """While active, SIGINT only raises a flag the loop checks between steps; a second Ctrl-C interrupts at once."""
+
+    def __enter__(self) -> Callable[[], bool]:
+        self.flag, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return lambda: self.flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class TrainingInterrupted(Exception):
@@ -93,6 +114,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     method.modules.update(models)  # the method calls the wrapped (e.g. DDP) modules, so gradients are all-reduced
     raw = {n: acc.unwrap_model(models[n]) for n in names}
     emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
+    kept = dict(getattr(method, "state_modules", {}))
     ckpt_dir = run_dir / "checkpoints"
 
     def restore(path: Path) -> tuple[int, dict[str, Any]]:
@@ -102,12 +124,15 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
             optims[n].load_state_dict(opt_sds[n])
         for n, ema in emas.items():
             ema.module.load_state_dict(sds[f"{n}-ema"])
+        for n, module in kept.items():
+            module.load_state_dict(sds[f"{n}-state"])
         return step, state
 
     def checkpoint(step: int, state: dict[str, Any]) -> None:
         acc.wait_for_everyone()
         if main:
             sds = {n: raw[n].state_dict() for n in names} | {f"{n}-ema": e.module.state_dict() for n, e in emas.items()}
+            sds |= {f"{n}-state": m.state_dict() for n, m in kept.items()}
             save_checkpoint(ckpt_dir, step, sds, {n: o.state_dict() for n, o in optims.items()}, state,
                             cfg.keep_checkpoints)
         acc.wait_for_everyone()
@@ -127,45 +152,54 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     step, t0, seconds0 = start, time.perf_counter(), state["train_seconds"]
+    clean = True
     try:
-        while step < cfg.steps:
-            if stop_at is not None and step >= stop_at:
-                bar.close()
-                return {n: emas[n].module if n in emas else raw[n] for n in names}
-            batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
-                               acc.device)
-            lr = _lr(cfg, step, state["lr_scale"])
-            with acc.autocast():
-                losses = method.losses(batch)
-            reduced = {n: acc.reduce(loss.detach().float(), "mean").item() for n, loss in losses.items()}
-            if not all(math.isfinite(v) for v in reduced.values()):
-                step = _roll_back(step, reduced, state, cfg, ckpt_dir, restore, log, main)
-                continue
-            for n in names:
-                for o in optims.values():
-                    o.zero_grad(set_to_none=True)
-                acc.backward(losses[n], retain_graph=n != names[-1])
-                if cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
-                for group in optims[n].param_groups:
-                    group["lr"] = lr
-                optims[n].step()
-            step += 1
-            for n, ema in emas.items():
-                ema.update(raw[n], step)
-            state["train_seconds"] = seconds0 + time.perf_counter() - t0
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                record = {"step": step, "lr": lr, "seconds": round(state["train_seconds"], 2),
-                          **{f"loss_{n}": v for n, v in reduced.items()}}
-                log.write(record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items()}, refresh=False)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                checkpoint(step, state)
-            if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                on_sample(step, {n: emas[n].module if n in emas else raw[n] for n in names})
+        with StepBoundaryInterrupt() as interrupted:
+            while step < cfg.steps:
+                if interrupted():  # Ctrl-C waits for the step in flight, so a checkpoint never holds half a step
+                    raise KeyboardInterrupt
+                if stop_at is not None and step >= stop_at:
+                    bar.close()
+                    return {n: emas[n].module if n in emas else raw[n] for n in names}
+                batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
+                                   acc.device)
+                lr = _lr(cfg, step, state["lr_scale"])
+                with acc.autocast():
+                    losses = method.losses(batch)
+                reduced = {n: acc.reduce(loss.detach().float(), "mean").item() for n, loss in losses.items()}
+                if not all(math.isfinite(v) for v in reduced.values()):
+                    step = _roll_back(step, reduced, state, cfg, ckpt_dir, restore, log, main)
+                    continue
+                clean = False  # from here to the EMA update, a checkpoint would hold half a step
+                for n in names:
+                    for o in optims.values():
+                        o.zero_grad(set_to_none=True)
+                    acc.backward(losses[n], retain_graph=n != names[-1])
+                    if cfg.grad_clip > 0:
+                        acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
+                    for group in optims[n].param_groups:
+                        group["lr"] = lr
+                    optims[n].step()
+                step += 1
+                for n, ema in emas.items():
+                    ema.update(raw[n], step)
+                clean = True
+                state["train_seconds"] = seconds0 + time.perf_counter() - t0
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    record = {"step": step, "lr": lr, "seconds": round(state["train_seconds"], 2),
+                              **{f"loss_{n}": v for n, v in reduced.items()}}
+                    log.write(record)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items()}, refresh=False)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    checkpoint(step, state)
+                if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+                    on_sample(step, {n: emas[n].module if n in emas else raw[n] for n in names})
     except KeyboardInterrupt:
         bar.close()
+        if not clean:  # a second Ctrl-C inside a step: keep the last good checkpoint rather than save half a step
+            raise TrainingInterrupted(f"interrupted inside step {step + 1}; the last checkpoint in {ckpt_dir} "
+                                      "is kept") from None
         checkpoint(step, state)
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {ckpt_dir}") from None
     bar.close()

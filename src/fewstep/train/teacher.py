@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from fewstep.config import TRAIN_PRESETS, TrainConfig, build_config, read_toml, to_toml
+from fewstep.config import TRAIN_PRESETS, TrainConfig, resolve_config, to_toml
 from fewstep.core.errors import UserError
 from fewstep.core.precond import EDMPrecond
 from fewstep.data import Dataset, load_dataset
@@ -26,20 +27,8 @@ GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
 def resolve_train_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
                          resume: bool = False) -> TrainConfig:
     """defaults < preset (by data kind) < config file < flags; a resumed run starts from its own config.toml."""
-    file_layer = read_toml(config_file) if config_file else {}
-    saved = Path(out) / "config.toml" if out else None
-    if resume and saved is not None and saved.exists():
-        base = build_config(TrainConfig, read_toml(saved))
-        cfg = build_config(TrainConfig, asdict(base), file_layer, overrides)
-        changed = [k for k in asdict(cfg) if getattr(cfg, k) != getattr(base, k) and k not in TrainConfig.RESUMABLE_CHANGES]
-        if changed:
-            raise UserError(f"cannot change {', '.join(changed)} when resuming; start a new --out instead")
-        return cfg
-    layered = build_config(TrainConfig, file_layer, overrides)
-    kind = "vector" if layered.dataset in TOY_SETS else "image"
-    if (layered.preset, kind) not in TRAIN_PRESETS:
-        raise UserError(f"unknown preset {layered.preset!r}; choose tiny, small or base")
-    return build_config(TrainConfig, TRAIN_PRESETS[(layered.preset, kind)], file_layer, overrides)
+    return resolve_config(TrainConfig, TRAIN_PRESETS, lambda c: "vector" if c.dataset in TOY_SETS else "image",
+                          overrides, config_file, out, resume)
 
 
 def make_teacher(cfg: TrainConfig, data: Dataset) -> EDMPrecond:
@@ -50,16 +39,18 @@ def make_teacher(cfg: TrainConfig, data: Dataset) -> EDMPrecond:
     return EDMPrecond(net, call_network, data.sigma_data, cfg.sigma_min, cfg.sigma_max, num_classes)
 
 
-def preview(denoiser: EDMPrecond, data: Dataset, path: Path) -> Path:
-    """Sample a fixed-seed grid (64 images) or scatter (2000 points) with 18 Heun steps; labels cycle 0..C-1."""
+def preview(denoiser: nn.Module, data: Dataset, path: Path, sampler: str = "heun",
+            sigmas: torch.Tensor | None = None) -> Path:
+    """Sample a fixed-seed grid (64 images) or scatter (2000 points), by default with 18 Heun steps; labels cycle."""
     n = GRID_N if data.kind == "image" else SCATTER_N
     from fewstep.core.schedules import make_schedule
     from fewstep.samplers import generate
 
-    sigmas = make_schedule("karras", GRID_STEPS, denoiser.sigma_range)
+    if sigmas is None:
+        sigmas = make_schedule("karras", GRID_STEPS, denoiser.sigma_range)
     labels = torch.arange(n) % denoiser.num_classes if denoiser.num_classes else None
     device = next(denoiser.parameters()).device
-    out = generate(denoiser, data.shape, n, sigmas, "heun", GRID_SEED, labels, device=device)
+    out = generate(denoiser, data.shape, n, sigmas, sampler, GRID_SEED, labels, device=device)
     return save_samples(out.samples, path, data.test if data.kind == "vector" else None)
 
 

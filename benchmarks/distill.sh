@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Distillation I tables (docs/BENCHMARKS.md §4): progressive, consistency and reflow students of one teacher, each
+# measured at 1, 2 and 4 steps on the ruler, next to the teacher's training-free samplers at the same NFE.
+# Usage: bash benchmarks/distill.sh TEACHER_RUN OUT_DIR [METHODS]   e.g. runs/digits-small runs/distill-digits
+# Cost on 2 CPU cores with the small digits teacher: about 45 minutes (consistency 10, reflow 9, progressive 20).
+set -euo pipefail
+teacher=$1
+out=$2
+methods=${3:-consistency reflow progressive}
+n=${N:-2000}
+for method in $methods; do
+  flags=()
+  [ "$method" = progressive ] && flags=(--pd-start-steps 8 --train-steps ${PD_ROUND_STEPS:-800})
+  [ -f "$out/$method/model/fewstep.json" ] || \
+    fewstep distill --teacher "$teacher" --method "$method" --steps 1,2,4 --out "$out/$method" --device cpu --resume \
+      "${flags[@]}"
+  for k in 1 2 4; do
+    model="$out/$method"
+    [ "$method" = progressive ] && model="$out/$method/model-${k}step"
+    fewstep eval --model "$model" --steps "$k" --n "$n" --results "$out/students.jsonl"
+  done
+done
+# the teacher's samplers at the students' NFE (both schedules), and converged (18 Heun steps)
+[ -f "$out/teacher.jsonl" ] || {
+  fewstep eval --model "$teacher" --sweep --samplers euler,heun,dpmpp_2m --schedules karras,karras_trailing \
+    --nfe 1,2,4 --n "$n" --results "$out/teacher.jsonl"
+  fewstep eval --model "$teacher" --sampler heun --steps 18 --n "$n" --results "$out/teacher.jsonl"
+}
+python benchmarks/render_distill.py "$out"

@@ -1,0 +1,75 @@
+"""Render a distillation benchmark folder (benchmarks/distill.sh) as the markdown table in docs/BENCHMARKS.md.
+
+Usage: python benchmarks/render_distill.py OUT_DIR   (reads OUT_DIR/students.jsonl and OUT_DIR/teacher.jsonl)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fewstep.bench.evaluate import quality_key
+
+
+def fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def latest(rows: list[dict], key) -> list[dict]:
+    """The last row for each key (results files only grow; a re-run supersedes an earlier row)."""
+    return list({key(r): r for r in rows}.values())
+
+
+def distill_minutes(row: dict) -> float | None:
+    info = json.loads((Path(row["model"]) / "fewstep.json").read_text())
+    seconds = info["extra"].get("distill", {}).get("distill_seconds")
+    return None if seconds is None else seconds / 60
+
+
+def table(out: Path) -> str:
+    students = latest(read(out / "students.jsonl"), lambda r: (r["method"], r["nfe"]))
+    teacher = latest(read(out / "teacher.jsonl"), lambda r: (r["sampler"], r["schedule"], r["nfe"]))
+    q = quality_key((students or teacher)[0])
+    extra = ["precision", "recall", "accuracy"] if q == "fd" else ["mmd", "logp"]
+    head = ["model", "sampler (schedule)", "NFE", q, *extra, "vs best sampler at this NFE", "agreement RMSE",
+            "ms/sample", "distill cost (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {}
+    for r in teacher:
+        if r["nfe"] not in best or r[q] < best[r["nfe"]][q]:
+            best[r["nfe"]] = r
+    converged = max(teacher, key=lambda r: r["nfe"]) if teacher else None
+
+    def line(name: str, r: dict, cost: float | None) -> str:
+        ref = best.get(r["nfe"])
+        ratio = f"{r[q] / ref[q]:.2f}x" if ref is not None and ref is not r else ""
+        cells = [name, f"{r['sampler']} ({r['schedule']})", r["nfe"], r[q], *(r.get(k, float("nan")) for k in extra),
+                 ratio, r.get("agreement_rmse", float("nan")), r["seconds_per_sample"] * 1e3,
+                 "" if cost is None else cost]
+        return "| " + " | ".join(fmt(c) for c in cells) + " |"
+
+    for r in sorted(students, key=lambda r: (r["method"], r["nfe"])):
+        lines.append(line(f"**{r['method']}** student", r, distill_minutes(r)))
+    for nfe in sorted(best):
+        if best[nfe] is not converged:
+            lines.append(line("teacher, best training-free sampler", best[nfe], None))
+    if converged is not None:
+        info = json.loads((Path(converged["model"]) / "fewstep.json").read_text())
+        lines.append(line("teacher, converged", converged, info["extra"].get("train_seconds", 0) / 60))
+    r0 = (students or teacher)[0]
+    floor = ", ".join(f"{k} {fmt(r0[k + '_floor'])}" for k in [q, *extra] if k + "_floor" in r0)
+    lines.append(f"\nData floor (real vs real, n = {r0.get('floor_n', r0['n'])}): {floor}. n = {r0['n']} samples, "
+                 f"seed {r0['seed']}, timing batch {r0['timing_batch']}, {r0['machine']['cpu_count']} CPU cores, "
+                 f"torch {r0['versions']['torch']}, {r0['time_utc'][:10]}. The teacher's cost is its training time; "
+                 "a student's is its distillation time (teacher pairs included for reflow).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for folder in sys.argv[1:]:
+        print(f"### {Path(folder).name}\n\n{table(Path(folder))}\n")

@@ -1,0 +1,8 @@
+"""Training-free accelerators: feature caches wrapping a network, guidance wrapping a denoiser, searched schedules."""
+
+from fewstep.accel.base import AcceleratorHandle, parse_spec
+from fewstep.accel.guidance import AdaptiveGuidance, guided_denoiser
+from fewstep.accel.registry import ACCELERATORS, Accelerator, apply_accelerator
+
+__all__ = ["ACCELERATORS", "Accelerator", "AcceleratorHandle", "AdaptiveGuidance", "apply_accelerator",
+           "guided_denoiser", "parse_spec"]

@@ -1,0 +1,53 @@
+"""Accelerators by name, and apply_accelerator(model, 'name:key=value,...') -> handle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fewstep.accel.base import AcceleratorHandle, build_config, parse_spec
+from fewstep.accel.blockcache import FirstBlockCacheConfig, apply_first_block_cache
+from fewstep.accel.deepcache import DeepCacheConfig, apply_deepcache
+from fewstep.accel.encoder_propagation import EncoderPropagationConfig, apply_encoder_propagation
+from fewstep.accel.errorcache import ErrorCacheConfig, apply_error_cache
+from fewstep.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A config dataclass, the function that applies it to a model, and what it caches."""
+
+    config: type
+    apply: Callable[[Any, Any], AcceleratorHandle]
+    summary: str
+
+
+@dataclass
+class NoConfig:
+    """No settings."""
+
+
+def apply_none(model: Any, config: NoConfig) -> AcceleratorHandle:
+    """A handle that changes nothing (the baseline row of a comparison)."""
+    return AcceleratorHandle()
+
+
+ACCELERATORS: dict[str, Accelerator] = {
+    "none": Accelerator(NoConfig, apply_none, "no acceleration"),
+    "deepcache": Accelerator(DeepCacheConfig, apply_deepcache, "U-Net: reuse deep features, run the shallow branch"),
+    "encprop": Accelerator(EncoderPropagationConfig, apply_encoder_propagation,
+                           "U-Net: reuse encoder features, run the decoder"),
+    "fbcache": Accelerator(FirstBlockCacheConfig, apply_first_block_cache,
+                           "DiT: skip the tail blocks while the first block's residual barely changes"),
+    "errorcache": Accelerator(ErrorCacheConfig, apply_error_cache,
+                              "DiT: reuse the block stack's residual on profiled calls, with a fitted scale"),
+}
+
+
+def apply_accelerator(model: Any, spec: str) -> AcceleratorHandle:
+    """Apply the accelerator of a spec like 'deepcache:interval=3,branch=0' to a network, denoiser or LoadedModel."""
+    name, settings = parse_spec(spec)
+    if name not in ACCELERATORS:
+        raise UserError(f"unknown accelerator {name!r}; choose one of {', '.join(ACCELERATORS)}")
+    accelerator = ACCELERATORS[name]
+    return accelerator.apply(model, build_config(accelerator.config, name, settings))

@@ -1,0 +1,120 @@
+"""Search a sigma schedule for one model, sampler and step count against the ruler's quality on held-out seeds.
+
+The schedule's knots are log sigma_1 .. log sigma_{K-1} (sigma_0 = sigma_max stays, a final 0 is appended); the
+search starts from Karras's rho = 7 schedule and is a coordinate (pattern) search: each knot tries +-step, a move is
+kept when it lowers the objective, and the step halves after a sweep without one. The objective is the ruler's
+headline metric on samples of the held-out noise seed SEARCH_SEED (the ruler samples seed 0): sliced W2 against
+fresh draws of a 2-D law, or FD against real images the ruler's FD does not use (its floor's held-out half).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fewstep.core.errors import UserError
+from fewstep.core.schedules import append_zero, explicit, make_schedule
+from fewstep.data import Dataset, load_dataset
+from fewstep.metrics import feature_network, frechet_distance, real_split, reference_features, sliced_wasserstein2
+from fewstep.metrics.image import real_images
+from fewstep.metrics.toy import fresh_samples
+from fewstep.models.io import load_model, model_hash
+from fewstep.samplers import generate
+
+SEARCH_SEED = 1000  # noise seeds of the search's samples
+SEARCH_REFERENCE_SEED = 2001  # fresh 2-D draws, distinct from the ruler's reference (1001) and floor (1002) draws
+
+Objective = Callable[[torch.Tensor], float]
+
+
+def held_out_objective(data: Dataset, n: int) -> tuple[str, Objective]:
+    """The quality to minimise and its name: sw2 for 2-D data, fd for images, against held-out real data."""
+    if data.kind == "vector":
+        reference = fresh_samples(data, n, SEARCH_REFERENCE_SEED)
+        return "sw2", lambda samples: sliced_wasserstein2(samples, reference)
+    net = feature_network(data)
+    held_out = real_split(len(real_images(data)[0]), n).held_out
+    reference = reference_features(data, net)[held_out]
+    return "fd", lambda samples: frechet_distance(net.features(samples), reference)
+
+
+def coordinate_search(objective: Callable[[torch.Tensor], float], knots: torch.Tensor, lowest: float,
+                      max_evaluations: int, step: float = 2.0, min_step: float = 0.01) -> tuple[torch.Tensor, float]:
+    """Minimise objective(knots) over knots[1:], kept strictly decreasing and >= lowest; the best knots and value."""
+    best, best_value, evaluations = knots.clone(), objective(knots), 1
+    while step >= min_step and evaluations < max_evaluations:
+        improved = False
+        for i in range(1, len(best)):
+            for move in (step, -step):
+                trial = best.clone()
+                trial[i] += move
+                if trial[-1] < lowest or (trial[1:] >= trial[:-1]).any() or evaluations >= max_evaluations:
+                    continue
+                value, evaluations = objective(trial), evaluations + 1
+                if value < best_value:
+                    best, best_value, improved = trial, value, True
+                    break
+        step = step if improved else step / 2
+    return best, best_value
+
+
+def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1000, seed: int = SEARCH_SEED,
+                    max_evaluations: int = 80, dataset: str | None = None, batch_size: int = 1000,
+                    device: str = "cpu") -> dict[str, object]:
+    """Search `steps` sigmas for `sampler` on a model; the result (sigmas, quality, search cost) as a dict."""
+    if steps < 2:
+        raise UserError(f"a schedule of {steps} step(s) has no knot to search; use at least 2 steps")
+    if seed == 0:
+        raise UserError("the search must not see the ruler's seed 0; pick held-out seeds, e.g. --seed 1000")
+    model = load_model(model_path, device)
+    if not (dataset or model.info.dataset):
+        raise UserError("this model records no fewstep dataset; pass --dataset to search against one")
+    data = load_dataset(dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
+    name, quality = held_out_objective(data, n)
+    labels = torch.arange(n) % model.info.num_classes if model.info.num_classes else None
+    values, nfe = [], 0
+
+    def objective(knots: torch.Tensor) -> float:
+        nonlocal nfe
+        sigmas = append_zero(knots.exp().float()).to(device)
+        result = generate(model.denoiser, model.info.shape, n, sigmas, sampler, seed, labels, batch_size, device)
+        value, nfe = quality(result.samples), result.nfe
+        values.append(value if math.isfinite(value) else math.inf)
+        return values[-1]
+
+    start = make_schedule("karras", steps, model.denoiser.sigma_range).double()[:-1].log()
+    began = time.perf_counter()
+    with torch.no_grad():
+        best, best_value = coordinate_search(objective, start, math.log(model.denoiser.sigma_range.sigma_min),
+                                             max_evaluations)
+    return {"sigmas": append_zero(best.exp().float()).tolist(), "sampler": sampler, "steps": steps, "nfe": nfe,
+            "objective": name, "quality": best_value, "start": "karras", "start_quality": values[0],
+            "model": str(model.path), "model_hash": model_hash(model.path), "dataset": data.name, "seed": seed, "n": n,
+            "evaluations": len(values), "search_seconds": time.perf_counter() - began,
+            "search_network_evaluations": len(values) * n * nfe}
+
+
+def save_schedule(result: dict[str, object], path: str | Path) -> Path:
+    """Write a searched schedule as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def load_schedule(path: str | Path) -> dict[str, object]:
+    """Read a searched schedule JSON, checking its sigmas."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"schedule file {path} does not exist")
+    try:
+        result = json.loads(path.read_text())
+        result["sigmas"] = explicit(result["sigmas"]).tolist()
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a searched schedule: {e}") from None
+    return result

@@ -1,0 +1,175 @@
+"""What every distillation method shares: the teacher, the student, training stages through the one loop, export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from fewstep.config import DistillConfig
+from fewstep.core.errors import UserError
+from fewstep.core.precond import ConsistencyBoundary, EDMPrecond
+from fewstep.core.schedules import make_schedule
+from fewstep.data import Dataset, load_dataset
+from fewstep.models.io import LoadedModel, load_model, save_model
+from fewstep.models.networks import arch_of, build_network, call_network, disable_label_dropout
+from fewstep.samplers.guidance import CFGDenoiser
+from fewstep.samplers.ode import ODE_SOLVERS
+from fewstep.train.checkpoint import latest_checkpoint
+from fewstep.train.loop import Method, make_accelerator, run_loop
+from fewstep.train.teacher import preview
+
+STUDENT_SCHEDULE = "karras_trailing"  # every student samples on this grid (core/schedules.py)
+
+
+def parse_steps(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (sorted, unique, each >= 1)."""
+    try:
+        steps = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise UserError(f"--steps takes student step counts like 1,2,4, got {text!r}") from None
+    if not steps or steps[0] < 1:
+        raise UserError(f"--steps takes student step counts >= 1, got {text!r}")
+    return steps
+
+
+def network_of(denoiser: nn.Module) -> nn.Module:
+    """The backbone inside a denoiser (EDM preconditioning, a diffusers VP adapter or a consistency wrapper)."""
+    while isinstance(denoiser, ConsistencyBoundary):
+        denoiser = denoiser.inner
+    return denoiser.net if isinstance(denoiser, EDMPrecond) else denoiser.unet
+
+
+def _fresh(net: nn.Module) -> nn.Module:
+    fresh = type(net).from_config(net.config)
+    if arch_of(fresh) == "dit":
+        disable_label_dropout(fresh)
+    return fresh
+
+
+class DistillContext:
+    """One distillation run: its config, teacher, data, accelerator and output folder; trains stages, exports."""
+
+    def __init__(self, cfg: DistillConfig, out: str | Path, resume: bool = False, stop_at: int | None = None):
+        self.cfg, self.out, self.stop_at = cfg, Path(out), stop_at
+        if not cfg.teacher:
+            raise UserError("--teacher is required: a run directory, fewstep model folder or diffusers folder")
+        if any(self.out.glob("*/checkpoints/step-*")) and not resume:
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        self.steps = parse_steps(cfg.steps)
+        if cfg.solver not in ODE_SOLVERS:
+            raise UserError(f"--solver must be one of {', '.join(ODE_SOLVERS)}, got {cfg.solver!r}")
+        self.acc = make_accelerator(cfg.device, cfg.mixed_precision)
+        self.device = self.acc.device
+        self.teacher: LoadedModel = load_model(cfg.teacher, self.device)
+        self.teacher.denoiser.requires_grad_(False).eval()
+        info = self.teacher.info
+        self.dataset = name = cfg.dataset or (info.dataset if not info.extra.get("scheduler") else "")
+        self.data: Dataset | None = load_dataset(name, info.shape[-1] if info.kind == "image" else None) if name else None
+        if self.data is not None and list(self.data.shape) != list(info.shape):
+            raise UserError(f"dataset {name} has items of shape {list(self.data.shape)}, the teacher {info.shape}")
+        if cfg.cfg_scale != 1.0 and not info.num_classes:
+            raise UserError("--cfg-scale needs a class-conditional teacher; this one is unconditional")
+        self.seconds = 0.0  # distillation wall-clock, summed over stages (and teacher pair generation)
+        if self.acc.is_main_process:
+            from fewstep.config import to_toml
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.toml").write_text(to_toml(cfg))
+
+    @property
+    def sigma_range(self):
+        return self.teacher.denoiser.sigma_range
+
+    def require_data(self) -> Dataset:
+        """The training data, or a one-line error naming --dataset."""
+        if self.data is None:
+            raise UserError(f"{self.cfg.method} distillation trains on data; this teacher records no fewstep dataset: "
+                            "pass --dataset")
+        return self.data
+
+    def train_labels(self) -> torch.Tensor | None:
+        """Class labels of the training items for a class-conditional teacher, else None."""
+        return self.require_data().train_labels if self.teacher.info.num_classes else None
+
+    def guided_teacher(self) -> nn.Module:
+        """The teacher denoiser, with classifier-free guidance folded in when cfg_scale != 1."""
+        d = self.teacher.denoiser
+        return CFGDenoiser(d, self.cfg.cfg_scale) if self.cfg.cfg_scale != 1.0 else d
+
+    def student_schedule(self, steps: int) -> torch.Tensor:
+        """The sigmas a student samples with at `steps` steps."""
+        return make_schedule(STUDENT_SCHEDULE, steps, self.sigma_range)
+
+    def make_student(self) -> nn.Module:
+        """A trainable copy of the teacher denoiser (default), re-initialised (init=scratch), or a smaller preset."""
+        cfg, teacher = self.cfg, self.teacher
+        torch.manual_seed(cfg.seed)
+        if cfg.student_preset:
+            if teacher.info.parameterization != "edm":
+                raise UserError("--student-preset builds a fewstep network; this teacher is a diffusers VP model")
+            net = build_network(teacher.info.arch, cfg.student_preset, tuple(teacher.info.shape), teacher.info.num_classes)
+            d = teacher.denoiser
+            student = EDMPrecond(net, call_network, d.sigma_data, d.sigma_range.sigma_min, d.sigma_range.sigma_max,
+                                 d.num_classes)
+        else:
+            student = copy.deepcopy(teacher.denoiser)
+            if cfg.init == "scratch":
+                setattr(student, "net" if isinstance(student, EDMPrecond) else "unet", _fresh(network_of(student)))
+            elif cfg.init != "teacher":
+                raise UserError(f"--init must be teacher or scratch, got {cfg.init!r}")
+        return student.to(self.device).train().requires_grad_(True)
+
+    def train(self, method: Method, name: str, data: torch.Tensor, labels: torch.Tensor | None,
+              sampler: str) -> dict[str, nn.Module]:
+        """Run one stage of `method` in out/name through the shared loop; a finished stage just reloads."""
+        run_dir = self.out / name
+        settings = SimpleNamespace(**{**asdict(self.cfg), "steps": self.cfg.train_steps})
+        sigmas = self.student_schedule(self.steps[0])
+
+        def on_sample(step: int, modules: dict[str, nn.Module]) -> None:
+            if self.data is not None:
+                preview(modules["student"], self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
+
+        modules = run_loop(method, data, labels, settings, run_dir, on_sample, self.acc, self.stop_at)
+        found = latest_checkpoint(run_dir / "checkpoints")
+        if found is not None:
+            self.seconds += json.loads((found / "state.json").read_text())["train_seconds"]
+        return modules
+
+    def finished(self) -> bool:
+        """False while a simulated kill (stop_at) cut the run short, or on a non-main process."""
+        return self.acc.is_main_process and (self.stop_at is None or self.stop_at >= self.cfg.train_steps)
+
+    def export(self, student: nn.Module, name: str, sampler: str, steps: list[int], method: str,
+               consistency: dict[str, float] | None = None) -> Path:
+        """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config."""
+        t = self.teacher
+        net = network_of(student)
+        sigmas = self.student_schedule(steps[0])
+        info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
+                       dataset=self.dataset or t.info.dataset, consistency=consistency,
+                       sampler={"name": sampler, "schedule": STUDENT_SCHEDULE, "steps": steps[0],
+                                "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
+                       extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,
+                                          "train_steps": self.cfg.train_steps,
+                                          "distill_seconds": round(self.seconds, 1),
+                                          "student_preset": self.cfg.student_preset or t.info.extra.get("preset", ""),
+                                          "teacher_train_seconds": t.info.extra.get("train_seconds")}})
+        scheduler = None
+        if t.info.parameterization != "edm":
+            from fewstep.models.diffusers_folder import scheduler_config
+            scheduler = scheduler_config(t.path)
+        path = self.out / name
+        if path.exists():
+            shutil.rmtree(path)
+        save_model(path, net, info, scheduler)
+        if self.data is not None:
+            preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+        return path

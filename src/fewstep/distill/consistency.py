@@ -1,0 +1,97 @@
+"""Consistency distillation (Song et al. 2023, Algorithm 2; LCM's skipping steps): any point of a teacher ODE
+trajectory maps to the trajectory's end, with the boundary f(x, sigma_min) = x built into the parameterization."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fewstep.core.denoiser import append_dims
+from fewstep.core.errors import UserError
+from fewstep.core.precond import ConsistencyBoundary
+from fewstep.core.schedules import karras
+from fewstep.samplers.ode import ode_step
+from fewstep.train.batch import Batch
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DISTANCES = ("l2", "huber", "feature")
+
+
+def make_distance(name: str, data=None) -> Distance:
+    """Per-row distance d(a, b): l2 (mean squared), huber (pseudo-Huber, Song & Dhariwal 2023 sec. 3.3) or feature
+    (squared distance in the dataset classifier's feature space, the role LPIPS plays in the paper)."""
+    if name == "l2":
+        return lambda a, b: ((a - b) ** 2).flatten(1).mean(1)
+    if name == "huber":
+        def huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            c = 0.00054 * a[0].numel() ** 0.5  # improved CT's c for data in [-1, 1]
+            return (((a - b) ** 2).flatten(1).sum(1) + c**2).sqrt() - c
+        return huber
+    if name == "feature":
+        from fewstep.metrics.features import feature_network
+
+        if data is None or data.kind != "image":
+            raise UserError("--distance feature needs a labelled image dataset (its classifier's features)")
+        net = feature_network(data)
+        return lambda a, b: ((net.to(a.device).body(a) - net.body(b)) ** 2).mean(1)
+    raise UserError(f"unknown --distance {name!r}; choose {', '.join(DISTANCES)}")
+
+
+class ConsistencyDistillation:
+    """loss = d(f(x_hi, s_hi), f_target(x_lo, s_lo)), x_hi = y + s_hi z, x_lo = one teacher ODE step from x_hi.
+
+    s_hi, s_lo are grid points k apart (LCM's skipping step) on the teacher's Karras grid; the target network is an
+    EMA of the student with decay `target_ema` (0: the student itself without gradient, as improved CT recommends).
+    """
+
+    def __init__(self, student: ConsistencyBoundary, teacher: nn.Module, grid: torch.Tensor, skip: int,
+                 solver: str, distance: Distance, target_ema: float):
+        if not 1 <= skip < len(grid):
+            raise UserError(f"--cd-skip must lie in 1..{len(grid) - 1} for a grid of {len(grid)} sigmas")
+        self.modules = {"student": student}
+        self.ema_modules = ("student",)
+        self.target = copy.deepcopy(student).requires_grad_(False).eval()
+        self.state_modules = {"target": self.target}
+        self.teacher, self.grid, self.skip, self.solver = teacher, grid.float(), skip, solver
+        self.distance, self.target_ema = distance, target_ema
+
+    def to(self, device: torch.device) -> None:
+        self.target.to(device)
+
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        student = self.modules["student"]
+        student = getattr(student, "module", student)  # under DDP
+        for p_t, p in zip(self.target.parameters(), student.parameters()):
+            p_t.lerp_(p.detach(), 1 - self.target_ema)  # theta- <- mu theta- + (1 - mu) theta (Alg. 2, last line)
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self._update_target()
+        y, labels = batch.x, batch.labels
+        grid = self.grid.to(y.device)
+        i = (batch.rand() * (len(grid) - self.skip)).long().clamp(max=len(grid) - self.skip - 1)
+        s_hi, s_lo = grid[i], grid[i + self.skip]
+        x_hi = y + append_dims(s_hi, y.ndim) * batch.randn(*y.shape[1:])
+        with torch.no_grad():
+            x_lo = ode_step(self.teacher, x_hi, s_hi, s_lo, labels, self.solver)
+            target = self.target(x_lo, s_lo, labels)
+        return {"student": self.distance(self.modules["student"](x_hi, s_hi, labels), target).mean()}
+
+
+def run(ctx) -> list[Path]:
+    """Train one consistency student and export it as out/model (multistep consistency sampling)."""
+    cfg, data = ctx.cfg, ctx.require_data()
+    rng = ctx.sigma_range
+    student = ConsistencyBoundary(ctx.make_student(), rng.sigma_min, cfg.boundary_scale)
+    grid = karras(cfg.cd_grid, rng.sigma_min, rng.sigma_max)[:-1]
+    method = ConsistencyDistillation(student, ctx.guided_teacher(), grid, cfg.cd_skip, cfg.solver,
+                                     make_distance(cfg.distance, data), cfg.cd_target_ema)
+    trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
+    if not ctx.finished():
+        return []
+    boundary = {"sigma_min": rng.sigma_min, "scale": cfg.boundary_scale}
+    return [ctx.export(trained, "model", "consistency", ctx.steps, "consistency", consistency=boundary)]

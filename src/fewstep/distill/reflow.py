@@ -1,0 +1,90 @@
+"""Rectified flow / reflow (Liu et al. 2023; InstaFlow): pair noise with the teacher's ODE samples once, then train
+a student whose paths between each pair are straight, so few Euler steps follow them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from fewstep.core.denoiser import append_dims
+from fewstep.core.noise import SampleNoise
+from fewstep.core.schedules import make_schedule
+from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
+from fewstep.models.io import model_hash
+from fewstep.samplers import generate
+from fewstep.train.batch import Batch
+
+PAIR_SEED_OFFSET = 1_000_003  # pairs never reuse the evaluation seeds' noise
+
+
+def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(unit noise z, teacher ODE sample y, seconds it took) for n seeds, generated once and cached on disk.
+
+    The key holds the teacher's hash, solver, steps, guidance, seed range and labels, so changed settings never
+    reuse pairs; the cost recorded at generation is reported again when the cache is reused.
+    """
+    cfg, teacher = ctx.cfg, ctx.teacher
+    seed = cfg.seed + PAIR_SEED_OFFSET
+    settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": cfg.reflow_solver_steps,
+                "schedule": "karras", "cfg_scale": cfg.cfg_scale, "seed": seed, "n": n,
+                "labels": tensor_digest(labels)}
+    path = cache_path("pairs", teacher.path.name, settings_hash(settings), ".safetensors")
+    shape = teacher.info.shape
+    noise = SampleNoise(seed, range(n)).randn(shape)  # the same unit noise initial_latents scales by sigma_max
+    if path.exists():
+        with safe_open(path, "pt") as f:
+            return noise, f.get_tensor("samples"), float(f.metadata()["seconds"])
+    start = time.perf_counter()
+    sigmas = make_schedule("karras", cfg.reflow_solver_steps, ctx.sigma_range)
+    samples = generate(ctx.guided_teacher(), shape, n, sigmas, cfg.solver, seed, labels, 256, ctx.device).samples
+    seconds = time.perf_counter() - start
+    write_atomically(path, lambda tmp: save_file({"samples": samples.contiguous()}, tmp,
+                                                 metadata={"settings": json.dumps(settings),
+                                                           "seconds": f"{seconds:.2f}"}))
+    return noise, samples, seconds
+
+
+class Reflow:
+    """Train D(y + s z, s) -> y on coupled pairs (z, y): in sigma space x_s = y + s z is the straight path, and an
+    Euler step dx/ds = (x - D) / s = z follows it exactly when D is right (rectified flow with t = s / (1 + s)).
+
+    Half the rows take t ~ U(0, t_max) (rectified flow's uniform time), half sit at the sigmas the student samples
+    at, where its few Euler steps evaluate it. The weight is EDM's lambda(s) = (s^2 + sd^2) / (s sd)^2.
+    """
+
+    def __init__(self, student: nn.Module, sample_sigmas: torch.Tensor):
+        self.modules = {"student": student}
+        self.ema_modules = ("student",)
+        self.sample_sigmas = sample_sigmas.float()
+        self.sigma_data, self.sigma_max = student.sigma_data, student.sigma_range.sigma_max
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z, y, labels = batch.x[:, 0], batch.x[:, 1], batch.labels
+        t_max = self.sigma_max / (1 + self.sigma_max)
+        t = batch.rand() * t_max
+        pick = self.sample_sigmas.to(y.device)[(batch.rand() * len(self.sample_sigmas)).long()]
+        sigma = torch.where(batch.rand() < 0.5, t / (1 - t), pick).clamp(min=1e-3)
+        s = append_dims(sigma, y.ndim)
+        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        return {"student": (weight * (self.modules["student"](y + s * z, sigma, labels) - y) ** 2).mean()}
+
+
+def run(ctx) -> list[Path]:
+    """Generate (or reuse) the pairs, train the straight-flow student, export it as out/model (Euler sampling)."""
+    n = ctx.cfg.reflow_pairs
+    classes = ctx.teacher.info.num_classes
+    labels = torch.arange(n) % classes if classes else None
+    noise, samples, seconds = teacher_pairs(ctx, n, labels)
+    ctx.seconds += seconds
+    sample_sigmas = torch.cat([ctx.student_schedule(k)[:-1] for k in ctx.steps])
+    trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1), labels,
+                        "euler")["student"]
+    if not ctx.finished():
+        return []
+    return [ctx.export(trained, "model", "euler", ctx.steps, "reflow")]

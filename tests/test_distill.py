@@ -1,0 +1,212 @@
+"""Distillation I: progressive, consistency and reflow students beat the teacher's samplers at equal NFE, resume
+bit-exactly, work with every backbone and a user's diffusers teacher, and round-trip through diffusers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fewstep.cli import main
+from fewstep.core.errors import UserError
+from fewstep.core.schedules import make_schedule
+from fewstep.data import load_dataset
+from fewstep.distill import distill, resolve_distill_config
+from fewstep.metrics.agreement import rmse
+from fewstep.metrics.toy import fresh_samples, sliced_wasserstein2
+from fewstep.models.io import load_model
+from fewstep.samplers import generate
+from fewstep.train.teacher import resolve_train_config, train_teacher
+from tests.test_train import assert_same, final_state
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """An 8-Gaussians teacher (tiny MLP, 400 steps): good at 18 Heun steps, poor at 1-2 Euler steps."""
+    out = tmp_path_factory.mktemp("toy-teacher")
+    train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu", "steps": 400,
+                                        "batch_size": 256, "lr_warmup_steps": 20, "ema_halflife_steps": 40,
+                                        "checkpoint_every": 400, "log_every": 50}), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_reference():
+    return fresh_samples(load_dataset("8gaussians"), N, seed=123)
+
+
+def toy_distill(teacher, out, method: str, **overrides):
+    cfg = resolve_distill_config({"teacher": str(teacher), "method": method, "preset": "tiny", "device": "cpu",
+                                  "steps": "1,2", "batch_size": 256, "lr": 1e-3, "log_every": 10, **overrides})
+    return distill(cfg, out)
+
+
+def draw(model_dir, sampler: str, steps: int, schedule: str = "karras_trailing", seed: int = 0) -> torch.Tensor:
+    model = load_model(model_dir)
+    sigmas = make_schedule(schedule, steps, model.denoiser.sigma_range)
+    return generate(model.denoiser, model.info.shape, N, sigmas, sampler, seed).samples
+
+
+def losses(run_dir) -> list[float]:
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [r["loss_student"] for r in rows if "loss_student" in r]
+
+
+def best_teacher_sw2(teacher, steps: int, reference) -> float:
+    """The teacher's best training-free result at `steps` NFE: DDIM or DPM++(2M), either schedule."""
+    return min(sliced_wasserstein2(draw(teacher, sampler, steps, schedule), reference)
+               for sampler in ("euler", "dpmpp_2m") for schedule in ("karras", "karras_trailing"))
+
+
+def test_progressive_student_beats_ddim_at_equal_steps(toy_teacher, toy_reference, tmp_path):
+    paths = toy_distill(toy_teacher, tmp_path, "progressive", pd_start_steps=4, train_steps=150)
+    assert [p.name for p in paths] == ["model-2step", "model-1step", "model"]
+    for k in (1, 2):
+        student = sliced_wasserstein2(draw(tmp_path / f"model-{k}step", "euler", k), toy_reference)
+        assert student < 0.6 * best_teacher_sw2(toy_teacher, k, toy_reference), k
+    info = load_model(tmp_path / "model-2step").info
+    assert info.sampler["name"] == "euler" and len(info.sampler["sigmas"]) == 2
+    assert info.teacher == str(toy_teacher.resolve() / "model") and info.extra["distill"]["method"] == "progressive"
+    for round_dir in ("round-004", "round-002", "round-001"):
+        curve = losses(tmp_path / round_dir)
+        assert curve[-1] < curve[0], round_dir
+
+
+def test_consistency_student_lands_on_the_teachers_ode_end_point(toy_teacher, toy_reference, tmp_path):
+    (path,) = toy_distill(toy_teacher, tmp_path, "consistency", train_steps=300)
+    end_point = draw(toy_teacher, "heun", 32, "karras")  # the teacher's converged ODE solution from the same noise
+    student = draw(path, "consistency", 1)
+    assert rmse(student, end_point) < 0.5 * rmse(draw(toy_teacher, "euler", 1), end_point)
+    assert sliced_wasserstein2(student, toy_reference) < 0.6 * best_teacher_sw2(toy_teacher, 1, toy_reference)
+    assert load_model(path).info.consistency == {"sigma_min": 0.002, "scale": 10.0}
+    curve = losses(tmp_path / "train")
+    assert curve[-1] < curve[0]
+
+
+def test_reflow_student_is_straight_enough_for_one_step(toy_teacher, toy_reference, tmp_path):
+    (path,) = toy_distill(toy_teacher, tmp_path, "reflow", train_steps=300, reflow_pairs=4096,
+                          reflow_solver_steps=12)
+    one_step = sliced_wasserstein2(draw(path, "euler", 1), toy_reference)
+    assert one_step < 0.6 * best_teacher_sw2(toy_teacher, 1, toy_reference)
+    assert load_model(path).info.extra["distill"]["distill_seconds"] > 0  # pair generation + training
+    curve = losses(tmp_path / "train")
+    assert curve[-1] < curve[0]
+
+
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_killed_distillation_resumes_bit_exactly(tiny_teacher, tmp_path, method):
+    def cfg():
+        return resolve_distill_config({"teacher": str(tiny_teacher), "method": method, "preset": "tiny",
+                                       "device": "cpu", "steps": "1"})
+
+    distill(cfg(), tmp_path / "full")
+    distill(cfg(), tmp_path / "cut", stop_at=4)  # killed after step 4: the last checkpoint is step 3
+    with pytest.raises(UserError, match="--resume"):
+        distill(cfg(), tmp_path / "cut")
+    distill(cfg(), tmp_path / "cut", resume=True)
+    stage = "train" if method == "consistency" else "round-001"
+    full, cut = final_state(tmp_path / "full" / stage), final_state(tmp_path / "cut" / stage)
+    assert_same(full, cut)
+    if method == "consistency":  # the target network is part of the state
+        assert any(k.startswith("target-state") for k in full)
+
+
+def test_progressive_student_runs_in_diffusers(tiny_teacher, tmp_path):
+    """UNet2DModel + EDMEulerScheduler on the student's Karras ramp reproduce fewstep's 2-step samples."""
+    from diffusers import EDMEulerScheduler, UNet2DModel
+
+    from fewstep.sample import sample_model
+
+    toy = resolve_distill_config({"teacher": str(tiny_teacher), "method": "progressive", "preset": "tiny",
+                                  "device": "cpu", "steps": "2", "pd_start_steps": 2})
+    (path, _) = distill(toy, tmp_path)
+    info = load_model(path).info
+    unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+    sched = EDMEulerScheduler.from_pretrained(path)
+    sched.set_timesteps(sigmas=torch.linspace(0, 1, 3)[:2])  # diffusers takes the Karras ramp, not the sigmas
+    assert torch.allclose(sched.sigmas[:-1].float(), torch.tensor(info.sampler["sigmas"]), rtol=1e-5)
+    labels = torch.arange(4) % 10
+    ours = sample_model(path, n=4, seed=0, labels=labels)
+    from fewstep.samplers import initial_latents
+
+    x = initial_latents(load_model(path).denoiser, 0, range(4), info.shape, sched.sigmas[0])
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = unet(sched.scale_model_input(x, t), t, class_labels=labels).sample
+            x = sched.step(out, t, x).prev_sample
+    assert ours.nfe == 2 and (ours.samples - x).abs().max() < 1e-4
+
+
+def test_dit_teacher_distills(tmp_path):
+    train_teacher(resolve_train_config({"dataset": "digits", "preset": "tiny", "arch": "dit", "device": "cpu",
+                                        "steps": 4}), tmp_path / "dit")
+    cfg = resolve_distill_config({"teacher": str(tmp_path / "dit"), "method": "consistency", "preset": "tiny",
+                                  "device": "cpu", "train_steps": 3})
+    (path,) = distill(cfg, tmp_path / "cd")
+    model = load_model(path)
+    assert model.info.arch == "dit"
+    assert torch.isfinite(draw(path, "consistency", 2)[:8]).all()
+
+
+def test_users_diffusers_teacher_distills_into_a_diffusers_student(tmp_path):
+    from diffusers import UNet2DModel
+
+    from tests.test_diffusers_adapter import save_pipeline
+
+    save_pipeline(tmp_path / "user", layout="pipeline")
+    cfg = resolve_distill_config({"teacher": str(tmp_path / "user"), "method": "reflow", "dataset": "shapes",
+                                  "preset": "tiny", "device": "cpu", "train_steps": 3, "steps": "1,2"})
+    (path,) = distill(cfg, tmp_path / "rf")
+    student = load_model(path)
+    assert student.info.parameterization == "epsilon" and student.info.dataset == "shapes"
+    assert (path / "scheduler_config.json").exists() and UNet2DModel.from_pretrained(path, use_safetensors=True)
+    samples = draw(path, "euler", 2)[:4]
+    assert samples.shape == (4, 3, 8, 8) and torch.isfinite(samples).all()
+
+
+def test_smaller_student_preset_and_distances(tiny_teacher, tmp_path):
+    small = resolve_distill_config({"teacher": str(tiny_teacher), "method": "consistency", "preset": "tiny",
+                                    "device": "cpu", "train_steps": 2, "student_preset": "tiny",
+                                    "distance": "feature", "cfg_scale": 2.0})
+    (path,) = distill(small, tmp_path / "a")
+    teacher, student = load_model(tiny_teacher), load_model(path)
+    assert student.info.extra["distill"]["student_preset"] == "tiny"
+    assert not torch.equal(next(student.network.parameters()), next(teacher.network.parameters()))
+    huber = resolve_distill_config({"teacher": str(tiny_teacher), "method": "consistency", "preset": "tiny",
+                                    "device": "cpu", "train_steps": 2, "distance": "huber"})
+    distill(huber, tmp_path / "b")
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path / d / "train"))).all() for d in ("a", "b"))
+
+
+def test_cli_distill_then_eval_uses_the_students_sampler(capsys, tiny_teacher, tmp_path):
+    out = tmp_path / "cd"
+    code = main(["distill", "--teacher", str(tiny_teacher), "--method", "consistency", "--steps", "1,2",
+                 "--out", str(out), "--preset", "tiny", "--device", "cpu"])
+    assert code == 0 and "student saved to" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out), "--n", "20", "--no-agreement", "--json",
+                 "--results", str(tmp_path / "r.jsonl")]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (row["sampler"], row["nfe"], row["method"], row["schedule"]) == ("consistency", 1, "consistency",
+                                                                             "karras_trailing")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "distill-all"], "unknown method"),
+    (["--steps", "two"], "step counts"),
+    (["--method", "progressive", "--steps", "3", "--pd-start-steps", "8"], "not reachable"),
+    (["--distance", "lpips"], "unknown --distance"),
+    (["--cfg-scale", "2", "--solver", "rk4"], "--solver"),
+])
+def test_distill_mistakes_exit_2_with_one_line(capsys, tiny_teacher, tmp_path, argv, message):
+    code = main(["distill", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "x"), "--preset", "tiny",
+                 "--device", "cpu", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unconditional_teacher_refuses_guidance(toy_teacher, tmp_path):
+    with pytest.raises(UserError, match="class-conditional"):
+        toy_distill(toy_teacher, tmp_path, "consistency", cfg_scale=3.0)
