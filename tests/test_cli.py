@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -75,3 +76,17 @@ def test_cli_train_on_2d_writes_scatter(capsys, tmp_path):
     assert code == 0 and "model saved" in out
     code, out, _ = run(capsys, "sample", "--model", str(tmp_path / "r"), "--n", "200", "--out", str(tmp_path / "s.png"))
     assert code == 0 and (tmp_path / "s.png").exists()
+
+
+def test_demo_trains_distills_benches_and_resumes(capsys, tmp_path):
+    """`fewstep demo --preset tiny`: teacher, one-step student, a bench with its report; a re-run reuses them all."""
+    out = tmp_path / "demo"
+    code, stdout, _ = run(capsys, "demo", "--out", str(out), "--preset", "tiny", "--device", "cpu")
+    assert code == 0 and (out / "report" / "report.html").exists()
+    assert "reflow student" in stdout and "report:" in stdout
+    rows = json.loads((out / "report" / "results.json").read_text())
+    assert {r["role"] for r in rows} == {"converged", "sampler", "student"}
+    student = next(r for r in rows if r["role"] == "student")
+    assert student["nfe"] == 1 and student["method"] == "reflow"
+    code, stdout, _ = run(capsys, "demo", "--out", str(out), "--preset", "tiny", "--device", "cpu")
+    assert code == 0 and "teacher already trained" in stdout

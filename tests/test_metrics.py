@@ -115,3 +115,15 @@ def test_ties_use_the_distance_of_the_floor_from_the_ideal():
     a = {"fd": 1.0, "fd_floor": 0.6, "recall": 0.5, "recall_floor": 0.9, "n": 10}
     b = {"fd": 3.0, "fd_floor": 0.5, "recall": 0.55, "recall_floor": 0.8}
     assert ties(a, b) == {"fd": False, "recall": True}
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions_matches_the_full_formula():
+    from torchmetrics.image.fid import _compute_fid
+
+    from fewstep.metrics.image import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 300, generator=g, dtype=torch.float64)
+    b = torch.randn(55, 300, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    full = float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+    assert frechet_distance(a, b) == pytest.approx(full, rel=1e-6)

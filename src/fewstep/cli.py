@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, cfg_scale=args.cfg_scale,
                             cfg_interval=_interval(args.cfg_interval), cache=args.cache, guidance=args.guidance,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
-                            device=args.device)
+                            device=args.device, inception=args.inception)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
@@ -163,8 +163,10 @@ def _print_row(row: dict, as_json: bool) -> None:
     else:
         q = quality_key(row)
         accel = "".join(f"  {row[k]}" for k in ("cache", "guidance") if row.get(k))
+        fid = f"  fid_inception {row['fid_inception']:.4g}" if "fid_inception" in row else ""
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
-              f"(floor {row[q + '_floor']:.3g})  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}", flush=True)
+              f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
+              flush=True)
 
 
 def cmd_search_schedule(args: argparse.Namespace) -> int:
@@ -177,6 +179,20 @@ def cmd_search_schedule(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {args.sampler} NFE {result['nfe']}, {result['objective']} {result['quality']:.4g} "
           f"(karras {result['start_quality']:.4g}) on held-out seed {args.seed}; {result['evaluations']} evaluations "
           f"in {result['search_seconds']:.1f} s")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from fewstep.bench.report import summary_table
+    from fewstep.bench.run import run_bench
+    from fewstep.bench.suite import resolve_suite
+
+    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device)
+    report = run_bench(suite, args.out)
+    rows = json.loads((Path(args.out) / "results.json").read_text())
+    print(f"{summary_table(rows)}\n\nreport: {report}")
     return 0
 
 
@@ -253,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_accel_flags(p)
     p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
     p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")
+    p.add_argument("--inception", metavar="PATH.safetensors",
+                   help="also report standard FID (fid_inception) with these Inception weights (docs/metrics.md)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--json", action="store_true", help="print each result row as one JSON object")
@@ -279,9 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.set_defaults(func=cmd_search_schedule)
 
-    p = sub.add_parser("demo", help="the main job: train a small digits teacher and write its sample grid")
+    p = sub.add_parser("bench", help="measure a teacher, its samplers, accelerators and students; write report.html",
+                       description="Evaluate every row of a suite (samplers x schedules x NFE, accelerated settings, "
+                                   "students) on the same seeds, n and timing batch; rows already in OUT/results.jsonl "
+                                   "are kept, so a stopped bench resumes. Writes results, Pareto plots, sample grids "
+                                   "and a self-contained OUT/report.html.")
+    p.add_argument("--teacher", help="the teacher: run directory or model folder (default: the suite file's)")
+    p.add_argument("--out", required=True, help="report folder (results.jsonl/json/csv, plots, grids/, report.html)")
+    p.add_argument("--suite", help="suite TOML file (default: every sampler, cache and --students folder that fits)")
+    p.add_argument("--students", help="folder searched for student models distilled from --teacher")
+    p.add_argument("--n", type=int, help="samples per row (default: the suite's, 2000)")
+    p.add_argument("--device", help="cpu | cuda (default: the suite's, cpu)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the main job: train a digits teacher, distill a one-step student, bench both")
     p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")
-    p.add_argument("--preset", default="small", help="tiny | small (default small: about 15 minutes on 2 cores)")
+    p.add_argument("--preset", default="small", help="tiny | small (default small: under 30 minutes on 2 cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -17,6 +17,7 @@ from fewstep.core.errors import UserError
 from fewstep.core.noise import SampleNoise
 from fewstep.data import load_dataset
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
+from fewstep.metrics.inception import inception_quality, load_inception
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.sample import sampler_for, schedule_for
 from fewstep.samplers import generate, get_sampler, initial_latents
@@ -41,6 +42,7 @@ class EvalSettings:
     agreement: bool = True
     dataset: str | None = None  # defaults to the dataset recorded in fewstep.json
     device: str = "cpu"
+    inception: str | None = None  # Inception weights (.safetensors) for standard FID (docs/metrics.md)
 
 
 def _cost(denoiser, shape, sigmas, labels, s: EvalSettings) -> dict[str, object]:
@@ -72,6 +74,9 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     if not (s.dataset or model.info.dataset) or (s.dataset is None and model.info.extra.get("scheduler")):
         raise UserError("this model records no fewstep dataset; pass --dataset to measure it against one")
     data = load_dataset(s.dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
+    if s.inception and data.kind != "image":
+        raise UserError(f"--inception measures images; {data.name} is a 2-D set (measured with sw2, mmd and logp)")
+    inception = load_inception(s.inception).to(s.device) if s.inception else None  # a bad file fails early
     sigmas = schedule_for(model, s.steps, s.schedule).to(s.device)
     recorded = model.info.sampler
     s = replace(s, sampler=sampler_for(model, s.sampler, s.schedule), steps=len(sigmas) - 1,
@@ -90,6 +95,8 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
+    if inception is not None:
+        metrics.update(inception_quality(data, result.samples, inception))
     row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path),
            "method": model.info.extra.get("distill", {}).get("method", "sampler"),
            **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,

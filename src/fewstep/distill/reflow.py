@@ -21,6 +21,7 @@ from fewstep.samplers import generate
 from fewstep.train.batch import Batch
 
 PAIR_SEED_OFFSET = 1_000_003  # pairs never reuse the evaluation seeds' noise
+PAIR_CHUNK = 512  # pairs per progress update
 
 
 def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -42,7 +43,14 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
             return noise, f.get_tensor("samples"), float(f.metadata()["seconds"])
     start = time.perf_counter()
     sigmas = make_schedule("karras", cfg.reflow_solver_steps, ctx.sigma_range)
-    samples = generate(ctx.guided_teacher(), shape, n, sigmas, cfg.solver, seed, labels, 256, ctx.device).samples
+    from tqdm.auto import tqdm
+
+    chunks = []
+    for lo in tqdm(range(0, n, PAIR_CHUNK), desc="teacher pairs", unit_scale=PAIR_CHUNK, mininterval=10.0):
+        hi = min(lo + PAIR_CHUNK, n)
+        chunks.append(generate(ctx.guided_teacher(), shape, hi - lo, sigmas, cfg.solver, seed,
+                               None if labels is None else labels[lo:hi], 256, ctx.device, start_index=lo).samples)
+    samples = torch.cat(chunks)
     seconds = time.perf_counter() - start
     write_atomically(path, lambda tmp: save_file({"samples": samples.contiguous()}, tmp,
                                                  metadata={"settings": json.dumps(settings),

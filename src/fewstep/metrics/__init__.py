@@ -8,12 +8,13 @@ from fewstep.metrics.features import FeatureConfig, FeatureNet, feature_network
 from fewstep.metrics.floor import IDEAL, RealSplit, image_floor, is_tie, real_split, ties, toy_floor
 from fewstep.metrics.image import (class_agreement, frechet_distance, image_quality, precision_recall, real_images,
                                    reference_features)
+from fewstep.metrics.inception import InceptionFeatures, inception_features, inception_fid, load_inception
 from fewstep.metrics.toy import log_density, mmd2, sliced_wasserstein2, toy_quality
 
 __all__ = [
-    "IDEAL", "FeatureConfig", "FeatureNet", "PeakMemory", "RealSplit", "Timing", "cache_dir", "class_agreement",
-    "count_flops", "evaluate_samples", "feature_network", "flops_per_call", "frechet_distance", "image_floor",
-    "image_quality", "is_tie", "log_density", "mmd2", "peak_memory", "precision_recall", "real_images", "real_split",
-    "reference_features", "rmse", "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample", "toy_floor",
-    "toy_quality",
+    "IDEAL", "FeatureConfig", "FeatureNet", "InceptionFeatures", "PeakMemory", "RealSplit", "Timing", "cache_dir",
+    "class_agreement", "count_flops", "evaluate_samples", "feature_network", "flops_per_call", "frechet_distance",
+    "image_floor", "image_quality", "inception_features", "inception_fid", "is_tie", "load_inception", "log_density",
+    "mmd2", "peak_memory", "precision_recall", "real_images", "real_split", "reference_features", "rmse",
+    "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample", "toy_floor", "toy_quality",
 ]

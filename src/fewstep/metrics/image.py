@@ -16,12 +16,19 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two feature sets, in float64.
 
     The formula is torchmetrics' (`_compute_fid`, the trace of the square root taken from the eigenvalues of
-    S_a S_b); fewstep passes it precomputed means and covariances of its own features.
+    S_a S_b); fewstep passes it precomputed means and covariances of its own features. With fewer samples than
+    feature dimensions the trace comes from an n x n problem instead (same value, far cheaper for 2048-d features).
     """
     from torchmetrics.image.fid import _compute_fid
 
     a, b = a.double(), b.double()
-    return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+    if max(len(a), len(b)) >= a.shape[1]:
+        return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    # eig(S_a S_b) \ {0} = eig(M M^T) / k with M = A_c B_c^T, k = (n_a - 1)(n_b - 1): Tr sqrt = sum of M's singular values
+    trace_sqrt = torch.linalg.svdvals(ac @ bc.T).sum() / ((len(a) - 1) * (len(b) - 1)) ** 0.5
+    trace = (ac**2).sum() / (len(a) - 1) + (bc**2).sum() / (len(b) - 1)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + trace - 2 * trace_sqrt)
 
 
 def _distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
