@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Distillation I tables (docs/BENCHMARKS.md §4): progressive, consistency and reflow students of one teacher, each
+# Distillation tables (docs/BENCHMARKS.md §4): progressive, consistency, reflow and DMD2 students of one teacher, each
 # measured at 1, 2 and 4 steps on the ruler, next to the teacher's training-free samplers at the same NFE.
 # Usage: bash benchmarks/distill.sh TEACHER_RUN OUT_DIR [METHODS]   e.g. runs/digits-small runs/distill-digits
-# Cost on 2 CPU cores with the small digits teacher: about 45 minutes (consistency 10, reflow 9, progressive 20).
+# Cost on 2 CPU cores with the small digits teacher: about 80 minutes, one thread each (see docs/BENCHMARKS.md §4).
 set -euo pipefail
 teacher=$1
 out=$2
-methods=${3:-consistency reflow progressive}
+methods=${3:-consistency reflow progressive dmd2}
 n=${N:-2000}
 for method in $methods; do
   flags=()

@@ -36,7 +36,7 @@ TRAIN_HELP = {
 
 DISTILL_HELP = {
     "teacher": "the teacher: run directory, fewstep model folder or diffusers folder",
-    "method": "progressive | consistency | reflow",
+    "method": "progressive | consistency | reflow | dmd2",
     "steps": "student step counts, e.g. 1,2,4 (progressive exports each; others record them)",
     "dataset": "training data (default: the teacher's dataset)",
     "preset": "run length: tiny (tests) | small (CPU) | base (GPU)",
@@ -53,6 +53,7 @@ DISTILL_HELP = {
     "boundary_scale": "consistency: time scaling of the boundary condition's c_skip / c_out",
     "reflow_pairs": "reflow: number of (noise, teacher sample) pairs",
     "reflow_solver_steps": "reflow: teacher ODE steps per pair",
+    "dmd_fake_updates": "dmd2: fake-score updates per generator update",
 }
 
 

@@ -149,7 +149,7 @@ class DistillConfig:
     """Distillation: teacher, method, student steps and size, the methods' knobs, and the run's bookkeeping."""
 
     teacher: str = ""  # run dir, fewstep model folder or diffusers folder
-    method: str = "consistency"  # progressive | consistency | reflow
+    method: str = "consistency"  # progressive | consistency | reflow | dmd2
     steps: str = "1,2,4"  # student step counts to make (progressive) or record and check (consistency, reflow)
     dataset: str = ""  # training data for progressive/consistency; default: the teacher's
     preset: str = "small"  # run length: tiny | small | base
@@ -171,6 +171,7 @@ class DistillConfig:
     boundary_scale: float = 10.0  # consistency: time scaling of c_skip/c_out (LCM)
     reflow_pairs: int = 8192  # reflow: (noise, teacher sample) pairs generated once
     reflow_solver_steps: int = 18  # reflow: teacher steps per pair
+    dmd_fake_updates: int = 5  # dmd2: fake-score updates per generator update (two time-scale rule)
     seed: int = 0
     log_every: int = 50
     sample_every: int = 500

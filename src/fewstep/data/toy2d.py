@@ -20,7 +20,7 @@ def _gauss_ring(n: int, g: torch.Generator, modes: int = 8, radius: float = 2.0,
     return centers + std * torch.randn(n, 2, generator=g)
 
 
-def _ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
+def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
     angle = 2 * math.pi * torch.arange(modes) / modes
     return radius * torch.stack([angle.cos(), angle.sin()], 1)
 
@@ -77,7 +77,7 @@ def _nodes_moons() -> torch.Tensor:
 
 # A "curve + Gaussian noise" density is a Gaussian mixture over quadrature nodes c(u_k) of the curve.
 TOY_SETS = {
-    "8gaussians": (_gauss_ring, lambda: _mixture_log_density(_ring_centers(), 0.1)),
+    "8gaussians": (_gauss_ring, lambda: _mixture_log_density(ring_centers(), 0.1)),
     "checkerboard": (_checkerboard, lambda: _checkerboard_log_density),
     "moons": (_moons, lambda: _mixture_log_density(_nodes_moons(), 0.1)),
     "swissroll": (_swissroll, lambda: _mixture_log_density(_swiss_curve((torch.arange(CURVE_POINTS) + 0.5) / CURVE_POINTS), 0.1)),

@@ -68,3 +68,11 @@ def toy_quality(data: Dataset, samples: torch.Tensor, reference: torch.Tensor) -
     logp, finite = log_density(data, samples)
     return {"sw2": sliced_wasserstein2(samples, reference), "mmd": mmd2(samples, reference),
             "logp": logp, "logp_finite": finite}
+
+
+def mode_masses(samples: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
+    """Fraction of samples within `radius` of each mode centre (nearest centre wins); 1 - sum is off every mode."""
+    d = torch.cdist(samples.double(), centers.double())
+    nearest = d.argmin(1)
+    near = d.gather(1, nearest[:, None])[:, 0] <= radius
+    return torch.bincount(nearest[near], minlength=len(centers)).double() / len(samples)

@@ -2,7 +2,8 @@
 
 A method is any object with `modules` (name -> trainable nn.Module, one Adam each), `ema_modules` (names to
 average) and `losses(batch) -> {name: loss}`; optional `state_modules` (name -> nn.Module the method updates itself,
-e.g. a consistency target network) are checkpointed with the rest. The loop never branches on what the method is.
+e.g. a consistency target network) are checkpointed with the rest, and optional `update_every` (name -> k) steps a
+module's optimiser only on every k-th step (two time-scale updates). The loop never branches on what the method is.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     raw = {n: acc.unwrap_model(models[n]) for n in names}
     emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
     kept = dict(getattr(method, "state_modules", {}))
+    every = dict(getattr(method, "update_every", {}))
     ckpt_dir = run_dir / "checkpoints"
 
     def restore(path: Path) -> tuple[int, dict[str, Any]]:
@@ -171,10 +173,10 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                     step = _roll_back(step, reduced, state, cfg, ckpt_dir, restore, log, main)
                     continue
                 clean = False  # from here to the EMA update, a checkpoint would hold half a step
-                for n in names:
+                for n in (n for n in names if step % every.get(n, 1) == 0):
                     for o in optims.values():
                         o.zero_grad(set_to_none=True)
-                    acc.backward(losses[n], retain_graph=n != names[-1])
+                    acc.backward(losses[n], retain_graph=True)
                     if cfg.grad_clip > 0:
                         acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
                     for group in optims[n].param_groups:
