@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training-free acceleration tables (docs/BENCHMARKS.md §5) on the small digits U-Net teacher:
-# feature caches at 18 Heun steps, searched 4/8-NFE schedules against hand-made ones, adaptive guidance.
+# feature caches at 18 Heun steps, searched 4/8-NFE schedules against hand-made ones, guidance skipping.
 # Usage: bash benchmarks/accel.sh TEACHER_RUN OUT_DIR   e.g. runs/digits-small runs/accel-digits  (about 50 minutes)
 set -euo pipefail
 teacher=$1
@@ -23,6 +23,9 @@ fewstep eval --model "$teacher" --sweep --samplers dpmpp_2m --schedules karras,k
   --nfe 4,8 --n "$n" --results "$S"
 G="$out/guidance.jsonl"
 fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --n "$n" --results "$G"
-for t in 0.999 0.995 0.99 0.98; do
+for t in 0.999 0.995; do
   fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --guidance "adaptive:threshold=$t" --n "$n" --results "$G"
+done
+for iv in 1,80 0.3,80 3,80; do  # guidance only at high noise (the CFG interval; "Step AG")
+  fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --cfg-interval "$iv" --n "$n" --results "$G"
 done

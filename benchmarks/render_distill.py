@@ -1,6 +1,8 @@
 """Render a distillation benchmark folder (benchmarks/distill.sh) as the markdown table in docs/BENCHMARKS.md.
 
-Usage: python benchmarks/render_distill.py OUT_DIR   (reads OUT_DIR/students.jsonl and OUT_DIR/teacher.jsonl)
+Usage: python benchmarks/render_distill.py OUT_DIR [--grids TEACHER_RUN PNG]
+  reads OUT_DIR/students.jsonl and OUT_DIR/teacher.jsonl; --grids also writes the one-step students' sample grids
+  (seed 0, labels cycling: the same noise for all) beside the teacher's converged grid as one PNG.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def table(out: Path) -> str:
 
     def line(name: str, r: dict, cost: float | None) -> str:
         ref = best.get(r["nfe"])
-        ratio = f"{r[q] / ref[q]:.2f}x" if ref is not None and ref is not r else ""
+        ratio = f"{r[q] / ref[q]:.3g}×" if ref is not None and ref is not r else ""
         cells = [name, f"{r['sampler']} ({r['schedule']})", r["nfe"], r[q], *(r.get(k, float("nan")) for k in extra),
                  ratio, r.get("agreement_rmse", float("nan")), r["seconds_per_sample"] * 1e3,
                  "" if cost is None else cost]
@@ -70,6 +72,31 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def one_step_grids(out: Path, teacher_run: Path, path: Path) -> Path:
+    """The teacher's converged grid and every method's one-step grid side by side, each titled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    panels = [("teacher, 35 NFE", teacher_run / "samples" / "final.png")]
+    for method in ("progressive", "reflow", "consistency", "dmd2"):
+        grid = out / method / "samples" / ("model-1step.png" if method == "progressive" else "model.png")
+        if grid.exists():
+            panels.append((f"{method}, 1 NFE", grid))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), dpi=110)
+    for ax, (title, grid) in zip(axes, panels):
+        ax.imshow(Image.open(grid), cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
-    for folder in sys.argv[1:]:
-        print(f"### {Path(folder).name}\n\n{table(Path(folder))}\n")
+    folder = Path(sys.argv[1])
+    print(f"### {folder.name}\n\n{table(folder)}\n")
+    if len(sys.argv) == 5 and sys.argv[2] == "--grids":
+        print(f"wrote {one_step_grids(folder, Path(sys.argv[3]), Path(sys.argv[4]))}")
