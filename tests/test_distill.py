@@ -230,3 +230,12 @@ def test_dmd2_one_step_student_covers_every_mode_and_beats_its_start(toy_teacher
     assert masses.sum() > 0.8 * teacher.sum()
     curve = [json.loads(ln) for ln in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_generator"]) and math.isfinite(r["loss_fake"]) for r in curve)
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency", "reflow", "dmd2"])
+def test_preview_grids_during_distillation(tiny_teacher, tmp_path, method):
+    cfg = resolve_distill_config({"teacher": str(tiny_teacher), "method": method, "preset": "tiny", "device": "cpu",
+                                  "steps": "1", "train_steps": 4, "sample_every": 2, "pd_start_steps": 1})
+    distill(cfg, tmp_path)
+    stage = "round-001" if method == "progressive" else "train"
+    assert (tmp_path / stage / "samples" / "step-0000002.png").exists()

@@ -135,7 +135,8 @@ class DistillContext:
 
         def on_sample(step: int, modules: dict[str, nn.Module]) -> None:
             if self.data is not None:
-                preview(modules["student"], self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
+                student = modules[method.ema_modules[0]]  # the module that is exported
+                preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
         modules = run_loop(method, data, labels, settings, run_dir, on_sample, self.acc, self.stop_at)
         found = latest_checkpoint(run_dir / "checkpoints")
