@@ -28,3 +28,12 @@ def tiny_teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     train_teacher(tiny_config(), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_teacher(tmp_path_factory):
+    """A run directory holding a tiny 8gaussians teacher (MLP, 300 steps)."""
+    out = tmp_path_factory.mktemp("toy")
+    train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu", "steps": 300,
+                                        "lr": 3e-3}), out)
+    return out

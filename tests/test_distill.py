@@ -25,7 +25,7 @@ N = 2000
 
 
 @pytest.fixture(scope="module")
-def toy_teacher(tmp_path_factory):
+def ring_teacher(tmp_path_factory):
     """An 8-Gaussians teacher (tiny MLP, 400 steps): good at 18 Heun steps, poor at 1-2 Euler steps."""
     out = tmp_path_factory.mktemp("toy-teacher")
     train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu", "steps": 400,
@@ -62,36 +62,36 @@ def best_teacher_sw2(teacher, steps: int, reference) -> float:
                for sampler in ("euler", "dpmpp_2m") for schedule in ("karras", "karras_trailing"))
 
 
-def test_progressive_student_beats_ddim_at_equal_steps(toy_teacher, toy_reference, tmp_path):
-    paths = toy_distill(toy_teacher, tmp_path, "progressive", pd_start_steps=4, train_steps=150)
+def test_progressive_student_beats_ddim_at_equal_steps(ring_teacher, toy_reference, tmp_path):
+    paths = toy_distill(ring_teacher, tmp_path, "progressive", pd_start_steps=4, train_steps=150)
     assert [p.name for p in paths] == ["model-2step", "model-1step", "model"]
     for k in (1, 2):
         student = sliced_wasserstein2(draw(tmp_path / f"model-{k}step", "euler", k), toy_reference)
-        assert student < 0.6 * best_teacher_sw2(toy_teacher, k, toy_reference), k
+        assert student < 0.6 * best_teacher_sw2(ring_teacher, k, toy_reference), k
     info = load_model(tmp_path / "model-2step").info
     assert info.sampler["name"] == "euler" and len(info.sampler["sigmas"]) == 2
-    assert info.teacher == str(toy_teacher.resolve() / "model") and info.extra["distill"]["method"] == "progressive"
+    assert info.teacher == str(ring_teacher.resolve() / "model") and info.extra["distill"]["method"] == "progressive"
     for round_dir in ("round-004", "round-002", "round-001"):
         curve = losses(tmp_path / round_dir)
         assert curve[-1] < curve[0], round_dir
 
 
-def test_consistency_student_lands_on_the_teachers_ode_end_point(toy_teacher, toy_reference, tmp_path):
-    (path,) = toy_distill(toy_teacher, tmp_path, "consistency", train_steps=300)
-    end_point = draw(toy_teacher, "heun", 32, "karras")  # the teacher's converged ODE solution from the same noise
+def test_consistency_student_lands_on_the_teachers_ode_end_point(ring_teacher, toy_reference, tmp_path):
+    (path,) = toy_distill(ring_teacher, tmp_path, "consistency", train_steps=300)
+    end_point = draw(ring_teacher, "heun", 32, "karras")  # the teacher's converged ODE solution from the same noise
     student = draw(path, "consistency", 1)
-    assert rmse(student, end_point) < 0.5 * rmse(draw(toy_teacher, "euler", 1), end_point)
-    assert sliced_wasserstein2(student, toy_reference) < 0.6 * best_teacher_sw2(toy_teacher, 1, toy_reference)
+    assert rmse(student, end_point) < 0.5 * rmse(draw(ring_teacher, "euler", 1), end_point)
+    assert sliced_wasserstein2(student, toy_reference) < 0.6 * best_teacher_sw2(ring_teacher, 1, toy_reference)
     assert load_model(path).info.consistency == {"sigma_min": 0.002, "scale": 10.0}
     curve = losses(tmp_path / "train")
     assert curve[-1] < curve[0]
 
 
-def test_reflow_student_is_straight_enough_for_one_step(toy_teacher, toy_reference, tmp_path):
-    (path,) = toy_distill(toy_teacher, tmp_path, "reflow", train_steps=300, reflow_pairs=4096,
+def test_reflow_student_is_straight_enough_for_one_step(ring_teacher, toy_reference, tmp_path):
+    (path,) = toy_distill(ring_teacher, tmp_path, "reflow", train_steps=300, reflow_pairs=4096,
                           reflow_solver_steps=12)
     one_step = sliced_wasserstein2(draw(path, "euler", 1), toy_reference)
-    assert one_step < 0.6 * best_teacher_sw2(toy_teacher, 1, toy_reference)
+    assert one_step < 0.6 * best_teacher_sw2(ring_teacher, 1, toy_reference)
     assert load_model(path).info.extra["distill"]["distill_seconds"] > 0  # pair generation + training
     curve = losses(tmp_path / "train")
     assert curve[-1] < curve[0]
@@ -208,25 +208,25 @@ def test_distill_mistakes_exit_2_with_one_line(capsys, tiny_teacher, tmp_path, a
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_unconditional_teacher_refuses_guidance(toy_teacher, tmp_path):
+def test_unconditional_teacher_refuses_guidance(ring_teacher, tmp_path):
     with pytest.raises(UserError, match="class-conditional"):
-        toy_distill(toy_teacher, tmp_path, "consistency", cfg_scale=3.0)
+        toy_distill(ring_teacher, tmp_path, "consistency", cfg_scale=3.0)
 
 
-def test_dmd2_one_step_student_covers_every_mode_and_beats_its_start(toy_teacher, toy_reference, tmp_path):
+def test_dmd2_one_step_student_covers_every_mode_and_beats_its_start(ring_teacher, toy_reference, tmp_path):
     """DMD2 from the teacher's weights: the one-step generator improves on itself at step 0 (the teacher's D at
     sigma_max), splits its on-mode mass 12.5 % +- 30 % per mode over the ring's 8 modes (the true split), and puts
     as much mass on the modes as the tiny teacher's converged samples do."""
     from fewstep.data.toy2d import ring_centers
     from fewstep.metrics.toy import mode_masses
 
-    (path,) = toy_distill(toy_teacher, tmp_path, "dmd2", steps="1", train_steps=600, lr=2e-4, ema_halflife_steps=50)
+    (path,) = toy_distill(ring_teacher, tmp_path, "dmd2", steps="1", train_steps=600, lr=2e-4, ema_halflife_steps=50)
     student = draw(path, "consistency", 1)
-    start = draw(toy_teacher, "euler", 1)  # the initial generator: the teacher's one-step output
+    start = draw(ring_teacher, "euler", 1)  # the initial generator: the teacher's one-step output
     assert sliced_wasserstein2(student, toy_reference) < 0.4 * sliced_wasserstein2(start, toy_reference)
     masses = mode_masses(student, ring_centers(), radius=0.5)
     assert ((masses / masses.sum() - 1 / 8).abs() <= 0.3 / 8).all(), masses
-    teacher = mode_masses(draw(toy_teacher, "heun", 18, "karras"), ring_centers(), radius=0.5)
+    teacher = mode_masses(draw(ring_teacher, "heun", 18, "karras"), ring_centers(), radius=0.5)
     assert masses.sum() > 0.8 * teacher.sum()
     curve = [json.loads(ln) for ln in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_generator"]) and math.isfinite(r["loss_fake"]) for r in curve)

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from fewstep.bench.evaluate import EvalSettings, evaluate_model, steps_for_nfe
 from fewstep.bench.reference import REFERENCE_STEPS
 from fewstep.cli import main
 from fewstep.metrics.cache import cache_dir
-from fewstep.train.teacher import resolve_train_config, train_teacher
-
-
-@pytest.fixture(scope="module")
-def toy_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy")
-    train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu", "steps": 300,
-                                        "lr": 3e-3}), out)
-    return out
 
 
 def fast(**kw) -> EvalSettings:

@@ -17,15 +17,6 @@ from fewstep.metrics import evaluate_samples
 from fewstep.models import load_model
 from fewstep.sample import sample_model
 from fewstep.samplers import generate
-from fewstep.train.teacher import resolve_train_config, train_teacher
-
-
-@pytest.fixture(scope="module")
-def toy_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy")
-    train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu", "steps": 300,
-                                        "lr": 3e-3}), out)
-    return out
 
 
 @pytest.fixture(scope="module")

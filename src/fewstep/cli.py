@@ -64,6 +64,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, help_text: dic
                             help=f"{help_text.get(f.name, f.name)} (default: preset or {f.default!r})")
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, out_help: str, cls: type, help_text: dict[str, str]) -> None:
+    """--out, --config, --resume, --dry-run and one flag per config field: what every training command takes."""
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--config", help="TOML file of config fields; flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
+    _add_config_flags(parser, cls, help_text)
+
+
 def _overrides(args: argparse.Namespace, cls: type) -> dict:
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
@@ -222,21 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a teacher diffusion model", description=(
         "Train a teacher with the EDM loss. Settings come from the preset, then --config, then flags."))
-    p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, samples, model)")
-    p.add_argument("--config", help="TOML file of config fields; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
-    _add_config_flags(p, TrainConfig, TRAIN_HELP)
+    _add_run_flags(p, "run directory (config, metrics, checkpoints, samples, model)", TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a teacher into a few-step student", description=(
         "Distill a teacher with progressive, consistency or reflow distillation. Settings come from the preset, "
         "then --config, then flags; progress, checkpoints and --resume work as in train."))
-    p.add_argument("--out", required=True, help="run directory (config, stages' checkpoints, samples, student models)")
-    p.add_argument("--config", help="TOML file of config fields; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
-    _add_config_flags(p, DistillConfig, DISTILL_HELP)
+    _add_run_flags(p, "run directory (config, stages' checkpoints, samples, student models)", DistillConfig,
+                   DISTILL_HELP)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sample", help="sample a model into a PNG grid (images) or scatter plot (2-D)")
