@@ -39,7 +39,7 @@ schedule = "{schedule}"
 
 
 @pytest.fixture(scope="module")
-def toy_teacher(tmp_path_factory):
+def quick_teacher(tmp_path_factory):
     """A tiny unconditional 8-Gaussians teacher (MLP, 20 steps)."""
     out = tmp_path_factory.mktemp("toy")
     train_teacher(resolve_train_config({"dataset": "8gaussians", "preset": "tiny", "device": "cpu"}), out)
@@ -47,20 +47,20 @@ def toy_teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def students(toy_teacher, tmp_path_factory):
+def students(quick_teacher, tmp_path_factory):
     """A folder holding one tiny consistency student of the toy teacher (1 and 2 steps)."""
     out = tmp_path_factory.mktemp("students")
-    distill(resolve_distill_config({"teacher": str(toy_teacher), "method": "consistency", "preset": "tiny",
+    distill(resolve_distill_config({"teacher": str(quick_teacher), "method": "consistency", "preset": "tiny",
                                     "device": "cpu", "steps": "1,2", "train_steps": 2}), out / "cd")
     return out
 
 
 @pytest.fixture(scope="module")
-def bench(toy_teacher, students, tmp_path_factory):
+def bench(quick_teacher, students, tmp_path_factory):
     """The suite above (with a searched Euler schedule) plus the students folder, run through the CLI."""
     tmp = tmp_path_factory.mktemp("bench")
     save_schedule({"sampler": "euler", "sigmas": [80.0, 2.0, 0.3]}, tmp / "searched.json")
-    (tmp / "suite.toml").write_text(SUITE.format(teacher=toy_teacher, schedule=tmp / "searched.json"))
+    (tmp / "suite.toml").write_text(SUITE.format(teacher=quick_teacher, schedule=tmp / "searched.json"))
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["bench", "--suite", str(tmp / "suite.toml"), "--students", str(students), "--out", str(tmp / "r")])
