@@ -72,8 +72,7 @@ def run(ctx) -> list[Path]:
     sigmas = ctx.student_schedule(steps)[:-1]
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, ctx.cfg.dmd_fake_updates)
     items = data.train if data is not None else torch.zeros(1, *ctx.teacher.info.shape)
-    trained = ctx.train(method, "train", items, ctx.train_labels() if ctx.teacher.info.num_classes else None,
-                        "consistency")["generator"]
+    trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]
     if not ctx.finished():
         return []
     return [ctx.export(trained, "model", "consistency", ctx.steps, "dmd2")]

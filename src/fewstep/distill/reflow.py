@@ -45,10 +45,10 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
     sigmas = make_schedule("karras", cfg.reflow_solver_steps, ctx.sigma_range)
     from tqdm.auto import tqdm
 
-    chunks = []
+    teacher_denoiser, chunks = ctx.guided_teacher(), []
     for lo in tqdm(range(0, n, PAIR_CHUNK), desc="teacher pairs", unit_scale=PAIR_CHUNK, mininterval=10.0):
         hi = min(lo + PAIR_CHUNK, n)
-        chunks.append(generate(ctx.guided_teacher(), shape, hi - lo, sigmas, cfg.solver, seed,
+        chunks.append(generate(teacher_denoiser, shape, hi - lo, sigmas, cfg.solver, seed,
                                None if labels is None else labels[lo:hi], 256, ctx.device, start_index=lo).samples)
     samples = torch.cat(chunks)
     seconds = time.perf_counter() - start
