@@ -23,8 +23,12 @@ fewstep eval --model "$teacher" --sweep --samplers dpmpp_2m --schedules karras,k
   --nfe 4,8 --n "$n" --results "$S"
 G="$out/guidance.jsonl"
 fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --n "$n" --results "$G"
-for t in 0.999 0.995; do
-  fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --guidance "adaptive:threshold=$t" --n "$n" --results "$G"
+for t in 0.999 0.995; do  # the paper's criterion, cos(eps_cond, eps_cfg): degenerate at sigma_max = 80
+  fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --guidance "adaptive:threshold=$t,space=eps" --n "$n" --results "$G"
+done
+for t in 0.99 0.993 0.995 0.997; do  # the noise-invariant criterion, cos(D_cond, D_cfg) (the default)
+  fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --guidance "adaptive:threshold=$t,space=denoised" --n "$n" \
+    --results "$G"
 done
 for iv in 1,80 0.3,80 3,80; do  # guidance only at high noise (the CFG interval; "Step AG")
   fewstep eval --model "$teacher" --steps 18 --cfg-scale 2 --cfg-interval "$iv" --n "$n" --results "$G"

@@ -27,6 +27,12 @@ def latest(rows: list[dict], key) -> list[dict]:
     return list({key(r): r for r in rows}.values())
 
 
+def student_run(row: dict) -> str:
+    """The student's run folder under OUT_DIR (progressive/lightning students sit one level deeper)."""
+    path = Path(row["model"])
+    return path.parent.name if path.name.startswith("model-") else path.name
+
+
 def distill_minutes(row: dict) -> float | None:
     info = json.loads((Path(row["model"]) / "fewstep.json").read_text())
     seconds = info["extra"].get("distill", {}).get("distill_seconds")
@@ -34,7 +40,7 @@ def distill_minutes(row: dict) -> float | None:
 
 
 def table(out: Path) -> str:
-    students = latest(read(out / "students.jsonl"), lambda r: (r["method"], r["nfe"]))
+    students = latest(read(out / "students.jsonl"), lambda r: (Path(r["model"]).resolve(), r["nfe"]))
     teacher = latest(read(out / "teacher.jsonl"), lambda r: (r["sampler"], r["schedule"], r["nfe"]))
     q = quality_key((students or teacher)[0])
     extra = ["precision", "recall", "accuracy"] if q == "fd" else ["mmd", "logp"]
@@ -55,8 +61,10 @@ def table(out: Path) -> str:
                  "" if cost is None else cost]
         return "| " + " | ".join(fmt(c) for c in cells) + " |"
 
-    for r in sorted(students, key=lambda r: (r["method"], r["nfe"])):
-        lines.append(line(f"**{r['method']}** student", r, distill_minutes(r)))
+    for r in sorted(students, key=lambda r: (r["method"], student_run(r), r["nfe"])):
+        run = student_run(r)
+        lines.append(line(f"**{r['method']}** student" + (f" ({run})" if run != r["method"] else ""), r,
+                          distill_minutes(r)))
     for nfe in sorted(best):
         if best[nfe] is not converged:
             lines.append(line("teacher, best training-free sampler", best[nfe], None))
@@ -81,10 +89,10 @@ def one_step_grids(out: Path, teacher_run: Path, path: Path) -> Path:
     from PIL import Image
 
     panels = [("teacher, 35 NFE", teacher_run / "samples" / "final.png")]
-    for method in ("progressive", "reflow", "consistency", "dmd2"):
-        grid = out / method / "samples" / ("model-1step.png" if method == "progressive" else "model.png")
+    for run in ("progressive", "lightning", "reflow", "add", "consistency", "dmd2", "dmd2-gan"):
+        grid = out / run / "samples" / ("model-1step.png" if run in ("progressive", "lightning") else "model.png")
         if grid.exists():
-            panels.append((f"{method}, 1 NFE", grid))
+            panels.append((f"{run}, 1 NFE", grid))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), dpi=110)
     for ax, (title, grid) in zip(axes, panels):
         ax.imshow(Image.open(grid), cmap="gray")

@@ -10,6 +10,7 @@ import torch
 
 from fewstep.accel import ACCELERATORS, AdaptiveGuidance, apply_accelerator, guided_denoiser, parse_spec
 from fewstep.accel.errorcache import ResidualProfile, choose_reuse, profile_residuals
+from fewstep.accel.guidance import similarity
 from fewstep.accel.keysteps import KeySteps, power_schedule
 from fewstep.cli import main
 from fewstep.core.denoiser import CountingDenoiser
@@ -19,7 +20,7 @@ from fewstep.core.schedules import karras
 from fewstep.metrics import count_flops
 from fewstep.models import ModelInfo, build_network, call_network, save_model
 from fewstep.samplers import SAMPLERS, CFGDenoiser, generate
-from tests.test_samplers import MIXTURE
+from tests.test_samplers import MIXTURE, GaussianMixture
 
 SHAPE = (1, 8, 8)
 LABELS = torch.tensor([0, 3, 7, 10])  # 10 = the null label
@@ -226,6 +227,56 @@ def test_adaptive_guidance_saves_rows_and_equals_cfg_above_one():
     assert torch.equal(again, out) and adaptive.stats()["uncond_rows_skipped"] == 2 * stats["uncond_rows_skipped"]
 
 
+@pytest.mark.parametrize("space", ["denoised", "eps"])
+def test_adaptive_guidance_above_one_is_cfg_in_either_space(space):
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    labels, sigmas = torch.tensor([0, 1, 2, 0, 1, 2]), karras(10, 0.002, 80.0).double()
+    never = AdaptiveGuidance(MIXTURE, 3.0, threshold=1.0001, space=space)
+    reference = SAMPLERS["heun"].fn(CFGDenoiser(MIXTURE, 3.0), x, sigmas, labels)
+    assert torch.equal(SAMPLERS["heun"].fn(never, x, sigmas, labels), reference)
+    assert never.stats() == {"rows_evaluated": 2 * 6 * 19, "uncond_rows_skipped": 0}
+
+
+class StopRecorder:
+    """A denoiser passed through to an AdaptiveGuidance, recording how many rows are still guided after each call."""
+
+    def __init__(self, guidance: AdaptiveGuidance):
+        self.inner, self.still_guided = guidance, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, sigma, cond=None):
+        out = self.inner(x, sigma, cond)
+        self.still_guided.append(int(self.inner.active.sum()))
+        return out
+
+
+def test_the_denoised_criterion_guides_through_the_noisy_start_where_eps_stops_at_once():
+    """Three classes with means 2 e_k in 8-D, sigma_max = 80: cos(eps_cond, eps_cfg) > 0.999 at the first call, so
+    the paper's criterion drops guidance there (nearly the unguided result); cos(D_cond, D_cfg) = 7 / sqrt(57) = 0.93
+    at the noisy start and rises to 1 as sigma falls, so every sample is guided early and stops later."""
+    mixture = GaussianMixture((2 * torch.eye(3, 8)).tolist(), [0.3] * 3, [1 / 3] * 3)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    labels, sigmas = torch.tensor([0, 1, 2, 0, 1, 2]), karras(10, 0.002, 80.0).double()
+    d_cond, d_uncond = mixture(x, sigmas[:1].expand(6), labels), mixture(x, sigmas[:1].expand(6), None)
+    d_cfg = d_uncond + 3.0 * (d_cond - d_uncond)
+    assert (similarity(x, d_cond, d_cfg, "eps") > 0.999).all()
+    assert torch.allclose(similarity(x, d_cond, d_cfg, "denoised"), torch.tensor(7 / 57**0.5).double(), atol=3e-3)
+
+    unguided = SAMPLERS["heun"].fn(mixture, x, sigmas, labels)
+    runs = {}
+    for space in ("eps", "denoised"):
+        inner = CountingDenoiser(mixture)
+        recorder = StopRecorder(AdaptiveGuidance(inner, 3.0, threshold=0.995, space=space))
+        runs[space] = SAMPLERS["heun"].fn(recorder, x, sigmas, labels), recorder.still_guided
+        stats = recorder.inner.stats()
+        assert stats["rows_evaluated"] == inner.sample_evals
+        assert stats["rows_evaluated"] + stats["uncond_rows_skipped"] == 2 * 6 * 19
+    assert runs["eps"][1][0] == 0 and (runs["eps"][0] - unguided).abs().max() < 0.01  # guided at one call only
+    assert runs["denoised"][1][:9] == [6] * 9 and runs["denoised"][1][-1] == 0
+
+
 def test_adaptive_guidance_keeps_the_cfg_interval():
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 80
     labels, sigmas = torch.tensor([0, 1, 2, 1]), karras(10, 0.002, 80.0).double()
@@ -240,6 +291,7 @@ def test_guided_denoiser_builds_each_kind():
     assert type(guided_denoiser(MIXTURE, 2.0)) is CFGDenoiser
     g = guided_denoiser(MIXTURE, 2.0, (0.1, 5.0), "adaptive:threshold=0.95")
     assert isinstance(g, AdaptiveGuidance) and g.threshold == 0.95 and g.sigma_interval == (0.1, 5.0)
+    assert g.space == "denoised" and guided_denoiser(MIXTURE, 2.0, None, "adaptive:space=eps").space == "eps"
 
 
 @pytest.mark.parametrize("target,spec,message", [
@@ -265,6 +317,10 @@ def test_guidance_mistakes():
         guided_denoiser(MIXTURE, 1.0, None, "adaptive")
     with pytest.raises(UserError, match="unknown guidance"):
         guided_denoiser(MIXTURE, 2.0, None, "autoguidance")
+    with pytest.raises(UserError, match="space must be one of denoised, eps, got 'x0'"):
+        guided_denoiser(MIXTURE, 2.0, None, "adaptive:space=x0")
+    with pytest.raises(UserError, match="needs 0 <= LO < HI"):
+        guided_denoiser(MIXTURE, 2.0, (5.0, 1.0))
 
 
 def test_a_network_is_accelerated_once_at_a_time():

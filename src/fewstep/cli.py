@@ -36,16 +36,16 @@ TRAIN_HELP = {
 
 DISTILL_HELP = {
     "teacher": "the teacher: run directory, fewstep model folder or diffusers folder",
-    "method": "progressive | consistency | reflow | dmd2",
+    "method": "progressive | consistency | reflow | dmd2 | add | lightning",
     "steps": "student step counts, e.g. 1,2,4 (progressive exports each; others record them)",
     "dataset": "training data (default: the teacher's dataset)",
     "preset": "run length: tiny (tests) | small (CPU) | base (GPU)",
     "student_preset": "'' = the teacher's network and weights; tiny | small | base = a fresh network of that size",
-    "init": "teacher (start from its weights) | scratch",
+    "init": "teacher (start from its weights) | scratch | a model folder (e.g. a student to fine-tune)",
     "cfg_scale": "classifier-free guidance scale folded into the teacher's targets (1 = none)",
     "train_steps": "optimiser steps of each stage (each progressive round)",
     "solver": "the teacher's ODE step: euler | heun",
-    "pd_start_steps": "progressive: student steps of the first round",
+    "pd_start_steps": "progressive, lightning: student steps of the first round",
     "cd_grid": "consistency: number of Karras sigmas in the teacher's grid",
     "cd_skip": "consistency: grid points skipped by one teacher step (LCM)",
     "cd_target_ema": "consistency: EMA decay of the target network (0 = the student without gradient)",
@@ -54,6 +54,15 @@ DISTILL_HELP = {
     "reflow_pairs": "reflow: number of (noise, teacher sample) pairs",
     "reflow_solver_steps": "reflow: teacher ODE steps per pair",
     "dmd_fake_updates": "dmd2: fake-score updates per generator update",
+    "dmd_gan_weight": "dmd2: weight of the GAN term on the fake score's features (0 = none, data-free)",
+    "adv_distill_weight": "add: score-distillation weight (0 = LADD); lightning: regression weight (0 = MSE-free)",
+    "adv_r1_gamma": "add, lightning: approximate-R1 penalty on the discriminator (0 = none)",
+    "adv_disc_lr_scale": "add, lightning: discriminator heads' learning rate / the student's",
+    "max_rollbacks": "divergence guard: roll-backs (half the lr each) before stopping",
+    "explode_factor": "divergence guard: |loss| above this times its recent median rolls back (0 = off)",
+    "guard_patience": "divergence guard: steps a method may report trouble (a winning discriminator) in a row",
+    "monitor_n": "divergence guard: samples whose recall is checked before each checkpoint (0 = off)",
+    "collapse_drop": "divergence guard: a recall this far below the run's best rolls back",
 }
 
 
@@ -192,6 +201,22 @@ def cmd_search_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accelerate(args: argparse.Namespace) -> int:
+    import json
+
+    from fewstep.accel import save_accelerated
+
+    info = save_accelerated(args.model, args.out, args.cache, args.guidance, args.cfg_scale,
+                            _interval(args.cfg_interval), args.sampler, args.steps, args.schedule, force=args.force,
+                            dry_run=args.dry_run)
+    recorded = {"sampler": info.sampler, "acceleration": info.acceleration}
+    if args.dry_run:
+        print(json.dumps(recorded, indent=2))
+        return 0
+    print(f"wrote {args.out}: the weights of {info.extra['accelerated_from']}, recording {json.dumps(recorded)}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -214,11 +239,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_accel_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI")
-    parser.add_argument("--guidance", help="guidance accelerator on top of --cfg-scale, e.g. adaptive:threshold=0.99")
+    parser.add_argument("--cfg-scale", type=float, default=1.0,
+                        help="classifier-free guidance scale (default: the model's recorded one, else 1 = off)")
+    parser.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI (default: the recorded one, else all)")
+    parser.add_argument("--guidance", help="guidance accelerator on top of --cfg-scale, e.g. adaptive:threshold=0.995; "
+                                           "none = no recorded guidance (default: the recorded one)")
     parser.add_argument("--cache", help="feature cache, e.g. deepcache:interval=3,branch=0 | encprop:interval=2 | "
-                                        "fbcache:threshold=0.05 | errorcache:profile=P.json,budget=0.3")
+                                        "fbcache:threshold=0.05 | errorcache:profile=P.json,budget=0.3; "
+                                        "none = off (default: the recorded one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedules", default="karras", help="schedules of a sweep")
     p.add_argument("--nfe", default="4,8,16,32,64,128", help="NFE budgets of a sweep")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("accelerate", help="write an accelerated model folder: same weights, recorded accelerators",
+                       description="Copy a model folder to --out with its fewstep.json recording a cache, guidance, "
+                                   "CFG scale and interval, and the sampler and schedule (a searched schedule's "
+                                   "sigmas); sample, eval and bench on the folder apply them unless a flag says "
+                                   "otherwise. Every setting is checked on the model before anything is written.")
+    p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
+    p.add_argument("--out", required=True, help="the accelerated model folder to write")
+    _add_accel_flags(p)
+    p.add_argument("--sampler", help="sampler to record (default: the searched schedule's, else the model's)")
+    p.add_argument("--steps", type=int, help="steps to record (default: the model's recorded steps)")
+    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from search-schedule "
+                                      "(default: the model's recorded schedule)")
+    p.add_argument("--force", action="store_true", help="replace --out if it is a model folder")
+    p.add_argument("--dry-run", action="store_true", help="check the settings, print what would be recorded and exit")
+    p.set_defaults(func=cmd_accelerate)
 
     p = sub.add_parser("search-schedule", help="search a sigma schedule for a sampler and NFE budget",
                        description="Coordinate search over log-sigma knots, from Karras's schedule, minimising the "

@@ -39,6 +39,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     max_rollbacks: int = 3  # divergence guard: roll back to the last checkpoint with half the lr, at most this often
+    explode_factor: float = 1000.0  # divergence guard: a loss above this many times its recent median (0 = off)
     device: str = "auto"
     mixed_precision: str = "no"  # no | bf16 | fp16
 
@@ -149,12 +150,12 @@ class DistillConfig:
     """Distillation: teacher, method, student steps and size, the methods' knobs, and the run's bookkeeping."""
 
     teacher: str = ""  # run dir, fewstep model folder or diffusers folder
-    method: str = "consistency"  # progressive | consistency | reflow | dmd2
+    method: str = "consistency"  # progressive | consistency | reflow | dmd2 | add | lightning
     steps: str = "1,2,4"  # student step counts to make (progressive) or record and check (consistency, reflow)
     dataset: str = ""  # training data for progressive/consistency; default: the teacher's
     preset: str = "small"  # run length: tiny | small | base
     student_preset: str = ""  # "" = the teacher's network and weights; tiny|small|base = a fresh network of that size
-    init: str = "teacher"  # teacher = start from the teacher's weights | scratch = re-initialise
+    init: str = "teacher"  # teacher = the teacher's weights | scratch = re-initialise | a model folder (fine-tune a student)
     cfg_scale: float = 1.0  # classifier-free guidance folded into the teacher's targets (class-conditional teachers)
     train_steps: int = 1500  # optimiser steps of each stage (each progressive round)
     batch_size: int = 128
@@ -163,7 +164,7 @@ class DistillConfig:
     grad_clip: float = 1.0
     ema_halflife_steps: float = 200.0
     solver: str = "heun"  # the teacher's ODE step: euler | heun
-    pd_start_steps: int = 16  # progressive: student steps of the first round (its teacher takes twice as many)
+    pd_start_steps: int = 16  # progressive, lightning: student steps of the first round (its teacher takes twice as many)
     cd_grid: int = 18  # consistency: Karras grid of the teacher's ODE
     cd_skip: int = 1  # consistency: grid points one teacher step skips (LCM's skipping-step k)
     cd_target_ema: float = 0.95  # consistency: target network = EMA of the student with this decay (0 = stop-grad copy)
@@ -172,6 +173,14 @@ class DistillConfig:
     reflow_pairs: int = 8192  # reflow: (noise, teacher sample) pairs generated once
     reflow_solver_steps: int = 18  # reflow: teacher steps per pair
     dmd_fake_updates: int = 5  # dmd2: fake-score updates per generator update (two time-scale rule)
+    dmd_gan_weight: float = 3e-3  # dmd2: weight of the GAN term on the fake score's features (0 = none)
+    adv_distill_weight: float = 2.5  # add: weight of the teacher's score-distillation term (0 = LADD, adversarial only)
+    adv_r1_gamma: float = 1.0  # add, lightning: approximate-R1 penalty on the discriminator (0 = none)
+    adv_disc_lr_scale: float = 10.0  # add, lightning: the discriminator heads' learning rate / the student's
+    explode_factor: float = 1000.0  # guard: a loss above this many times its recent median rolls back (0 = off)
+    guard_patience: int = 200  # guard: consecutive steps a method may report trouble (a winning discriminator)
+    monitor_n: int = 500  # guard: samples whose recall is checked before each checkpoint (0 = off)
+    collapse_drop: float = 0.2  # guard: a recall this far below the run's best is a collapse: roll back
     seed: int = 0
     log_every: int = 50
     sample_every: int = 500
@@ -181,14 +190,15 @@ class DistillConfig:
     device: str = "auto"
     mixed_precision: str = "no"
 
-    RESUMABLE_CHANGES = ("train_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+    RESUMABLE_CHANGES = ("train_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device",
+                         "max_rollbacks", "explode_factor", "guard_patience", "monitor_n", "collapse_drop")
 
 
 DISTILL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("tiny", "image"): dict(train_steps=6, batch_size=16, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
-                            sample_every=0, checkpoint_every=3, pd_start_steps=2, cd_grid=8, reflow_pairs=32, reflow_solver_steps=6),
+                            sample_every=0, checkpoint_every=3, monitor_n=0, pd_start_steps=2, cd_grid=8, reflow_pairs=32, reflow_solver_steps=6),
     ("tiny", "vector"): dict(train_steps=6, batch_size=64, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
-                             sample_every=0, checkpoint_every=3, pd_start_steps=2, cd_grid=8, reflow_pairs=256,
+                             sample_every=0, checkpoint_every=3, monitor_n=0, pd_start_steps=2, cd_grid=8, reflow_pairs=256,
                              reflow_solver_steps=6),
     ("small", "image"): dict(train_steps=1500, batch_size=128),
     ("small", "vector"): dict(train_steps=2000, batch_size=512, lr=5e-4, reflow_pairs=32768),

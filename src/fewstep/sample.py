@@ -6,17 +6,12 @@ from pathlib import Path
 
 import torch
 
-from fewstep.accel import apply_accelerator, guided_denoiser
-from fewstep.accel.schedule_search import load_schedule
+from fewstep.accel import apply_accelerator, guided_denoiser, resolve_acceleration
+from fewstep.accel.schedule_search import is_searched, load_schedule
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import explicit, make_schedule
 from fewstep.models.io import LoadedModel, load_model
 from fewstep.samplers import SampleResult, generate
-
-
-def is_searched(schedule: str | None) -> bool:
-    """Whether `schedule` names a searched schedule file (fewstep search-schedule's JSON) rather than a formula."""
-    return schedule is not None and schedule.endswith(".json")
 
 
 def schedule_for(model: LoadedModel, steps: int | None = None, schedule: str | None = None,
@@ -43,11 +38,12 @@ def sample_model(model_path: str | Path, n: int = 64, steps: int | None = None, 
                  batch_size: int = 256, device: str = "cpu", cycle_classes: bool = False, cfg_scale: float = 1.0,
                  cfg_interval: tuple[float, float] | None = None, cache: str | None = None,
                  guidance: str | None = None) -> SampleResult:
-    """Draw n samples from a model folder with its recorded (or the given) sampler and schedule.
+    """Draw n samples from a model folder with its recorded (or the given) sampler, schedule and accelerators.
 
     `cycle_classes` labels sample i with class i mod C on a class-conditional model (ignored if unconditional).
-    `cache` is an accelerator spec ('deepcache:interval=3'), `guidance` a guidance spec ('adaptive:threshold=0.99')
-    on top of classifier-free guidance with `cfg_scale` and `cfg_interval`; see docs/acceleration.md.
+    `cache` is an accelerator spec ('deepcache:interval=3'), `guidance` a guidance spec ('adaptive:threshold=0.995')
+    on top of classifier-free guidance with `cfg_scale` and `cfg_interval`; settings left at their defaults take
+    what an accelerated folder records ('none' turns a recorded cache or guidance off); see docs/acceleration.md.
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -61,8 +57,9 @@ def sample_model(model_path: str | Path, n: int = 64, steps: int | None = None, 
     if cycle_classes and labels is None and model.info.num_classes:
         labels = torch.arange(n) % model.info.num_classes
     sigmas = schedule_for(model, steps, schedule)
-    denoiser = guided_denoiser(model.denoiser, cfg_scale, cfg_interval, guidance)
-    handle = apply_accelerator(model, cache or "none")
+    accel = resolve_acceleration(model.info, cache, guidance, cfg_scale, cfg_interval)
+    denoiser = guided_denoiser(model.denoiser, accel.cfg_scale, accel.cfg_interval, accel.guidance)
+    handle = apply_accelerator(model, accel.cache or "none")
     try:
         return generate(denoiser, model.info.shape, n, sigmas, sampler_for(model, sampler, schedule), seed, labels,
                         batch_size, device)

@@ -107,6 +107,11 @@ def save_schedule(result: dict[str, object], path: str | Path) -> Path:
     return path
 
 
+def is_searched(schedule: str | None) -> bool:
+    """Whether `schedule` names a searched schedule file (fewstep search-schedule's JSON) rather than a formula."""
+    return schedule is not None and schedule.endswith(".json")
+
+
 def load_schedule(path: str | Path) -> dict[str, object]:
     """Read a searched schedule JSON, checking its sigmas."""
     path = Path(path)
@@ -115,6 +120,7 @@ def load_schedule(path: str | Path) -> dict[str, object]:
     try:
         result = json.loads(path.read_text())
         result["sigmas"] = explicit(result["sigmas"]).tolist()
+        result["sampler"] = str(result["sampler"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a searched schedule: {e}") from None
     return result

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from fewstep.accel import AdaptiveGuidance, apply_accelerator, guided_denoiser
+from fewstep.accel import AdaptiveGuidance, apply_accelerator, guided_denoiser, resolve_acceleration
 from fewstep.bench.provenance import machine, stamp, versions
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
@@ -33,10 +33,10 @@ class EvalSettings:
     n: int = 2000
     seed: int = 0
     batch_size: int = 256
-    cfg_scale: float = 1.0  # 1 = conditional only (no guidance)
-    cfg_interval: tuple[float, float] | None = None
+    cfg_scale: float = 1.0  # 1 = the recorded scale of an accelerated folder, else conditional only (no guidance)
+    cfg_interval: tuple[float, float] | None = None  # None: the recorded interval, else guide at every sigma
     cache: str | None = None  # accelerator spec, e.g. "deepcache:interval=3,branch=0" (docs/acceleration.md)
-    guidance: str | None = None  # guidance spec on top of CFG, e.g. "adaptive:threshold=0.99"
+    guidance: str | None = None  # guidance spec on top of CFG, e.g. "adaptive:threshold=0.995"
     timing_batch: int = 64
     timing_repeats: int = 5
     agreement: bool = True
@@ -79,8 +79,9 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     inception = load_inception(s.inception).to(s.device) if s.inception else None  # a bad file fails early
     sigmas = schedule_for(model, s.steps, s.schedule).to(s.device)
     recorded = model.info.sampler
+    accel = resolve_acceleration(model.info, s.cache, s.guidance, s.cfg_scale, s.cfg_interval)
     s = replace(s, sampler=sampler_for(model, s.sampler, s.schedule), steps=len(sigmas) - 1,
-                schedule=s.schedule or recorded.get("schedule", "karras"))
+                schedule=s.schedule or recorded.get("schedule", "karras"), **asdict(accel))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
     denoiser = guided_denoiser(model.denoiser, s.cfg_scale, s.cfg_interval, s.guidance)
     handle = apply_accelerator(model, s.cache or "none")

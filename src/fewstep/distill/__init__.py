@@ -8,11 +8,12 @@ from typing import Callable
 
 from fewstep.config import DISTILL_PRESETS, DistillConfig, resolve_config
 from fewstep.core.errors import UserError
-from fewstep.distill import consistency, dmd, progressive, reflow
+from fewstep.distill import adversarial, consistency, dmd, progressive, reflow
 from fewstep.distill.common import DistillContext
 
 METHODS: dict[str, Callable[[DistillContext], list[Path]]] = {
-    "progressive": progressive.run, "consistency": consistency.run, "reflow": reflow.run, "dmd2": dmd.run}
+    "progressive": progressive.run, "consistency": consistency.run, "reflow": reflow.run, "dmd2": dmd.run,
+    "add": adversarial.run_add, "lightning": adversarial.run_lightning}
 
 
 def _teacher_kind(cfg: DistillConfig) -> str:

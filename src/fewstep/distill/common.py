@@ -8,6 +8,7 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview
 
 STUDENT_SCHEDULE = "karras_trailing"  # every student samples on this grid (core/schedules.py)
+MONITOR_SEED = 7_000_003  # the divergence guard's recall samples: seeds the ruler (seed 0 upwards) never uses
 
 
 def parse_steps(text: str) -> list[int]:
@@ -118,31 +120,72 @@ class DistillContext:
             d = teacher.denoiser
             student = EDMPrecond(net, call_network, d.sigma_data, d.sigma_range.sigma_min, d.sigma_range.sigma_max,
                                  d.num_classes)
+        elif cfg.init not in ("teacher", "scratch"):
+            student = self._student_init(cfg.init)
         else:
             student = copy.deepcopy(teacher.denoiser)
             if cfg.init == "scratch":
                 setattr(student, "net" if isinstance(student, EDMPrecond) else "unet", _fresh(network_of(student)))
-            elif cfg.init != "teacher":
-                raise UserError(f"--init must be teacher or scratch, got {cfg.init!r}")
         return student.to(self.device).train().requires_grad_(True)
 
+    def _student_init(self, path: str) -> nn.Module:
+        """A copy of another model's denoiser (e.g. a distilled student to fine-tune) with the teacher's shapes."""
+        if not Path(path).exists():
+            raise UserError(f"--init must be teacher, scratch or a model folder; {path} does not exist")
+        other = load_model(path, self.device)
+        mine, theirs = self.teacher.info, other.info
+        if list(theirs.shape) != list(mine.shape) or theirs.num_classes != mine.num_classes:
+            raise UserError(f"--init {path}: its items {theirs.shape} / {theirs.num_classes} classes do not match the "
+                            f"teacher's {mine.shape} / {mine.num_classes}")
+        student = other.denoiser
+        while isinstance(student, ConsistencyBoundary):  # the method adds its own boundary if it has one
+            student = student.inner
+        return copy.deepcopy(student)
+
     def train(self, method: Method, name: str, data: torch.Tensor, labels: torch.Tensor | None,
-              sampler: str) -> dict[str, nn.Module]:
-        """Run one stage of `method` in out/name through the shared loop; a finished stage just reloads."""
+              sampler: str, steps: int | None = None) -> dict[str, nn.Module]:
+        """Run one stage of `method` in out/name through the shared loop; a finished stage just reloads.
+
+        Previews and the guard's recall check sample the stage's student in `steps` steps (default: the fewest).
+        """
         run_dir = self.out / name
         settings = SimpleNamespace(**{**asdict(self.cfg), "steps": self.cfg.train_steps})
-        sigmas = self.student_schedule(self.steps[0])
+        sigmas = self.student_schedule(steps or self.steps[0])
 
         def on_sample(step: int, modules: dict[str, nn.Module]) -> None:
             if self.data is not None:
                 student = modules[method.ema_modules[0]]  # the module that is exported
                 preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
-        modules = run_loop(method, data, labels, settings, run_dir, on_sample, self.acc, self.stop_at)
+        modules = run_loop(method, data, labels, settings, run_dir, on_sample, self.acc, self.stop_at,
+                           self.recall_monitor(method.ema_modules[0], sampler, sigmas))
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
             self.seconds += json.loads((found / "state.json").read_text())["train_seconds"]
         return modules
+
+    def recall_monitor(self, name: str, sampler: str, sigmas: torch.Tensor) -> Callable[[dict], float] | None:
+        """The ruler's recall of `name`'s samples at the fewest student steps (cfg.monitor_n of them), else None."""
+        n, data = self.cfg.monitor_n, self.data
+        if not n or data is None:
+            return None
+        from fewstep.metrics.features import feature_network
+        from fewstep.metrics.image import precision_recall, reference_features
+        from fewstep.samplers import generate
+
+        info = self.teacher.info
+        labels = torch.arange(n) % info.num_classes if info.num_classes else None
+        if data.kind == "image":
+            net = feature_network(data)
+            embed, real = net.features, reference_features(data, net)[:n]
+        else:
+            embed, real = (lambda x: x), data.test[:n]
+
+        def monitor(modules: dict[str, nn.Module]) -> float:
+            out = generate(modules[name], info.shape, n, sigmas, sampler, MONITOR_SEED, labels, device=self.device)
+            return precision_recall(embed(out.samples.cpu()), real)[1]
+
+        return monitor
 
     def finished(self) -> bool:
         """False while a simulated kill (stop_at) cut the run short, or on a non-main process."""
@@ -155,7 +198,7 @@ class DistillContext:
         net = network_of(student)
         sigmas = self.student_schedule(steps[0])
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
-                       dataset=self.dataset or t.info.dataset, consistency=consistency,
+                       dataset=self.dataset or t.info.dataset, consistency=consistency, acceleration=None,
                        sampler={"name": sampler, "schedule": STUDENT_SCHEDULE, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,

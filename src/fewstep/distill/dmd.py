@@ -7,10 +7,15 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.denoiser import append_dims
+from fewstep.distill.common import network_of
+from fewstep.distill.discriminator import Discriminator
 from fewstep.train.batch import Batch
+
+GAN_FAKE_WEIGHT = 1e-2  # the GAN classifier's weight in the fake score's loss (DMD2's guidance_cls_loss_weight)
 
 
 def edm_sigma(batch: Batch, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
@@ -18,21 +23,40 @@ def edm_sigma(batch: Batch, p_mean: float = -1.2, p_std: float = 1.2) -> torch.T
     return (batch.randn() * p_std + p_mean).exp()
 
 
+class FakeScore(nn.Module):
+    """The online fake score network; with DMD2's GAN term, classifier heads on its own features."""
+
+    def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool):
+        super().__init__()
+        self.score = copy.deepcopy(generator)
+        self.heads = Discriminator(self.score, network_of(self.score), shape, num_classes) if gan else None
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
+                logits: bool = False) -> torch.Tensor:
+        return self.heads(self.score, x, sigma, labels) if logits else self.score(x, sigma, labels)
+
+
 class DMD2:
     """Two networks, two optimisers. Generator loss (DMD eq. 7, DMD2 code's normalisation):
     g = (D_fake(x_s) - D_real(x_s)) / mean|x - D_real(x_s)|, loss = 1/2 ||x - sg(x - g)||^2, x_s = x + s n.
     Fake score loss: EDM denoising loss on the generator's detached samples. The generator steps once every
-    `fake_updates` steps (DMD2's two time-scale update rule), the fake score every step.
+    `fake_updates` steps (DMD2's two time-scale update rule), the fake score every step; on the other steps the
+    generator's loss is not computed at all.
+
+    DMD2's GAN term (`gan_weight` > 0): classifier heads on the fake score network's features tell noised data from
+    noised generator samples (non-saturating loss, weight `gan_weight` in the generator's loss and 1e-2 in the fake
+    score's, DMD2's ImageNet setting).
 
     Multistep generators train on their own backward simulation (DMD2 sec. 4.5): from noise, k steps of
     predict-clean / re-noise along `sigmas` without gradient, then the trained step at sigma_k.
     """
 
-    def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5):
-        self.modules = {"generator": generator, "fake": copy.deepcopy(generator)}
+    def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
+                 gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0):
+        self.modules = {"generator": generator, "fake": FakeScore(generator, shape, num_classes, gan_weight > 0)}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
-        self.teacher, self.sigmas = teacher, sigmas.float()
+        self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
         self.sigma_data = generator.sigma_data
 
     def _generate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -46,31 +70,46 @@ class DMD2:
                 x = g(x, sig[i].expand(len(x)), labels) + sig[i + 1] * batch.randn(*shape)
         return g(x, sig[k].expand(len(x)), labels), labels
 
+    def _noised(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = edm_sigma(batch)
+        return x + append_dims(sigma, x.ndim) * batch.randn(*x.shape[1:]), sigma
+
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x, labels = self._generate(batch)
-        noise, sigma = batch.randn(*x.shape[1:]), edm_sigma(batch)
-        s = append_dims(sigma, x.ndim)
-        with torch.no_grad():
-            x_s = x + s * noise
-            real = self.teacher(x_s, sigma, labels)
-            fake = self.modules["fake"](x_s, sigma, labels)
-            norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
-            grad = (fake - real) / append_dims(norm, x.ndim)
-        generator_loss = 0.5 * ((x - (x - grad).detach()) ** 2).mean()
-        sigma_f = edm_sigma(batch)
+        train_generator = batch.step % self.update_every["generator"] == 0
+        with torch.set_grad_enabled(train_generator):
+            x, labels = self._generate(batch)
+        fake_net, out = self.modules["fake"], {}
+        if train_generator:
+            x_s, sigma = self._noised(x.detach(), batch)
+            with torch.no_grad():
+                real = self.teacher(x_s, sigma, labels)
+                norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
+                grad = (fake_net(x_s, sigma, labels) - real) / append_dims(norm, x.ndim)
+            out["generator"] = 0.5 * ((x - (x - grad).detach()) ** 2).mean()
+            if self.gan_weight:
+                x_g, sigma_g = self._noised(x, batch)
+                out["generator"] = out["generator"] + self.gan_weight * F.softplus(-fake_net(x_g, sigma_g, labels,
+                                                                                            logits=True)).mean()
+        x_fake, sigma_f = self._noised(x.detach(), batch)
         s_f = append_dims(sigma_f, x.ndim)
         weight = (s_f**2 + self.sigma_data**2) / (s_f * self.sigma_data) ** 2
-        x_fake = x.detach() + s_f * batch.randn(*x.shape[1:])
-        fake_loss = (weight * (self.modules["fake"](x_fake, sigma_f, labels) - x.detach()) ** 2).mean()
-        return {"generator": generator_loss, "fake": fake_loss}
+        out["fake"] = (weight * (fake_net(x_fake, sigma_f, labels) - x.detach()) ** 2).mean()
+        if self.gan_weight:
+            x_real, sigma_r = self._noised(batch.x, batch)
+            cls = F.softplus(fake_net(x_fake, sigma_f, labels, logits=True)).mean() \
+                + F.softplus(-fake_net(x_real, sigma_r, labels, logits=True)).mean()
+            out["fake"] = out["fake"] + GAN_FAKE_WEIGHT * cls
+        return out
 
 
 def run(ctx) -> list[Path]:
     """Train a DMD2 generator for the most requested steps and export it as out/model (consistency sampling)."""
-    data = ctx.require_data() if ctx.teacher.info.num_classes else ctx.data
-    steps = ctx.steps[-1]
-    sigmas = ctx.student_schedule(steps)[:-1]
-    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, ctx.cfg.dmd_fake_updates)
+    gan = ctx.cfg.dmd_gan_weight > 0
+    data = ctx.require_data() if ctx.teacher.info.num_classes or gan else ctx.data
+    sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
+    info = ctx.teacher.info
+    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, ctx.cfg.dmd_fake_updates, ctx.cfg.dmd_gan_weight,
+                  tuple(info.shape), info.num_classes)
     items = data.train if data is not None else torch.zeros(1, *ctx.teacher.info.shape)
     trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]
     if not ctx.finished():

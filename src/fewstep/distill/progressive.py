@@ -68,7 +68,7 @@ def run(ctx) -> list[Path]:
     for n in rounds(ctx.cfg.pd_start_steps, ctx.steps):
         sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
         trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
-                            ctx.train_labels(), "euler")["student"]
+                            ctx.train_labels(), "euler", n)["student"]
         if not ctx.finished():
             return exported
         if n in ctx.steps:

@@ -34,6 +34,7 @@ class ModelInfo:
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "heun", "schedule": "karras", "steps": 18})
     teacher: str | None = None
     consistency: dict[str, float] | None = None  # {"sigma_min", "scale"}: wrap D in core.precond.ConsistencyBoundary
+    acceleration: dict[str, Any] | None = None  # {"cache", "guidance", "cfg_scale", "cfg_interval"}: fewstep accelerate
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

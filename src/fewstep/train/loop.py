@@ -1,9 +1,17 @@
 """The one training loop: accelerate, optimisers, EMA, logging, progress, checkpoints, resume, divergence guard.
 
 A method is any object with `modules` (name -> trainable nn.Module, one Adam each), `ema_modules` (names to
-average) and `losses(batch) -> {name: loss}`; optional `state_modules` (name -> nn.Module the method updates itself,
-e.g. a consistency target network) are checkpointed with the rest, and optional `update_every` (name -> k) steps a
-module's optimiser only on every k-th step (two time-scale updates). The loop never branches on what the method is.
+average) and `losses(batch) -> {name: loss}` (a module whose loss is absent is not stepped); optional
+`state_modules` (name -> nn.Module the method updates itself, e.g. a consistency target network) are checkpointed
+with the rest, optional `update_every` (name -> k) steps a module's optimiser only on every k-th step (two time-scale
+updates), optional `lr_scale` (name -> factor) multiplies a module's learning rate (a discriminator's), and
+optional `diverging(losses) -> reason | None` reports trouble only the method can see (a discriminator
+that wins). The loop never branches on what the method is.
+
+The divergence guard rolls back to the last checkpoint with half the learning rate, logged, when a loss is
+non-finite or explodes (|loss| above `explode_factor` times its median over the last 100 steps, at least 0.01),
+when the method reports trouble for `guard_patience` consecutive steps, or when `monitor` (e.g. the ruler's recall
+of the EMA model, checked before every checkpoint is written) falls `collapse_drop` below its best value in the run.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -91,12 +100,16 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+Monitor = Callable[[dict[str, nn.Module]], float]
+
+
 def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cfg: Any, run_dir: Path,
              on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
-             stop_at: int | None = None) -> dict[str, nn.Module]:
+             stop_at: int | None = None, monitor: Monitor | None = None) -> dict[str, nn.Module]:
     """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped.
 
     `stop_at` simulates a process killed after that many steps: the loop returns without a final checkpoint.
+    `monitor(modules) -> value` (higher is better) guards every checkpoint against a collapse.
     """
     acc = accelerator or make_accelerator(cfg.device, cfg.mixed_precision)
     main = acc.is_main_process
@@ -117,6 +130,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
     kept = dict(getattr(method, "state_modules", {}))
     every = dict(getattr(method, "update_every", {}))
+    lr_scales = dict(getattr(method, "lr_scale", {}))
     ckpt_dir = run_dir / "checkpoints"
 
     def restore(path: Path) -> tuple[int, dict[str, Any]]:
@@ -139,7 +153,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                             cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
-    start, state = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0}
+    start, state = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0, "recent": {}, "troubled": 0}
     found = latest_checkpoint(ckpt_dir)
     if found is not None:
         start, saved = restore(found)
@@ -154,7 +168,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     step, t0, seconds0 = start, time.perf_counter(), state["train_seconds"]
-    clean = True
+    clean, last = True, {}
     try:
         with StepBoundaryInterrupt() as interrupted:
             while step < cfg.steps:
@@ -169,18 +183,20 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                 with acc.autocast():
                     losses = method.losses(batch)
                 reduced = {n: acc.reduce(loss.detach().float(), "mean").item() for n, loss in losses.items()}
-                if not all(math.isfinite(v) for v in reduced.values()):
-                    step = _roll_back(step, reduced, state, cfg, ckpt_dir, restore, log, main)
+                reason = _trouble(method, reduced, state, cfg)
+                if reason:
+                    step = _roll_back(step, reason, state, cfg, ckpt_dir, restore, log, main)
                     continue
+                last.update(reduced)  # the latest value of each loss, also of modules not stepped this time
                 clean = False  # from here to the EMA update, a checkpoint would hold half a step
-                for n in (n for n in names if step % every.get(n, 1) == 0):
+                for n in (n for n in names if step % every.get(n, 1) == 0 and n in losses):
                     for o in optims.values():
                         o.zero_grad(set_to_none=True)
                     acc.backward(losses[n], retain_graph=True)
                     if cfg.grad_clip > 0:
                         acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
                     for group in optims[n].param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * lr_scales.get(n, 1.0)
                     optims[n].step()
                 step += 1
                 for n, ema in emas.items():
@@ -190,11 +206,17 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     record = {"step": step, "lr": lr, "seconds": round(state["train_seconds"], 2),
-                              **{f"loss_{n}": v for n, v in reduced.items()}}
+                              **{f"loss_{n}": v for n, v in last.items()}}
                     log.write(record)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items()}, refresh=False)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    checkpoint(step, state)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+                if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                    collapsed = _check(monitor, step, {n: emas[n].module if n in emas else raw[n] for n in names},
+                                       state, cfg, log)
+                    if collapsed:
+                        step = _roll_back(step, collapsed, state, cfg, ckpt_dir, restore, log, main)
+                        continue
+                    if step < cfg.steps:
+                        checkpoint(step, state)
                 if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
                     on_sample(step, {n: emas[n].module if n in emas else raw[n] for n in names})
     except KeyboardInterrupt:
@@ -209,18 +231,52 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     return {n: emas[n].module if n in emas else raw[n] for n in names}
 
 
-def _roll_back(step: int, reduced: dict[str, float], state: dict[str, Any], cfg: Any, ckpt_dir: Path,
+def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], cfg: Any) -> str | None:
+    """Why this step's losses call for a roll-back (non-finite, exploding, the method's own check), else None."""
+    if not all(math.isfinite(v) for v in reduced.values()):
+        return f"non-finite loss {reduced}"
+    factor = getattr(cfg, "explode_factor", 0)
+    for n, v in reduced.items():
+        recent = state["recent"].setdefault(n, [])  # |loss| of the last 100 steps (adversarial losses go negative)
+        scale = max(statistics.median(recent), 1e-2) if len(recent) >= 20 else math.inf
+        if factor and abs(v) > factor * scale:
+            return f"|loss_{n}| exploded to {abs(v):.4g}, {factor:g}x its recent median {scale:.4g}"
+        recent[:] = (recent + [abs(v)])[-100:]
+    said = method.diverging(reduced) if hasattr(method, "diverging") else None
+    state["troubled"] = state["troubled"] + 1 if said else 0
+    if said and state["troubled"] >= cfg.guard_patience:
+        state["troubled"] = 0
+        return f"{said} for {cfg.guard_patience} steps"
+    return None
+
+
+def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any], cfg: Any,
+           log: MetricsLog) -> str | None:
+    """Run the monitor before a checkpoint: a collapse below the run's best returns the reason, else it is logged."""
+    if monitor is None:
+        return None
+    value, best = monitor(modules), state.get("best_monitor")
+    log.write({"step": step, "event": "monitor", "value": round(value, 4)})
+    if best is not None and value < best - cfg.collapse_drop:
+        return (f"collapse: monitored recall {value:.3f} fell more than {cfg.collapse_drop} below the run's best "
+                f"{best:.3f}")
+    state["best_monitor"] = value if best is None else max(best, value)
+    return None
+
+
+def _roll_back(step: int, reason: str, state: dict[str, Any], cfg: Any, ckpt_dir: Path,
                restore: Callable[[Path], tuple[int, dict[str, Any]]], log: MetricsLog, main: bool) -> int:
     """Divergence guard: reload the last good checkpoint with half the learning rate, or stop loudly."""
     found = latest_checkpoint(ckpt_dir)
     if found is None or state["rollbacks"] >= cfg.max_rollbacks:
-        raise Diverged(f"loss became non-finite at step {step} ({reduced}); "
-                       + ("no checkpoint to roll back to" if found is None else f"{state['rollbacks']} roll-backs spent")
-                       + "; lower --lr and train again")
+        spent = "no checkpoint to roll back to" if found is None else f"{state['rollbacks']} roll-backs spent"
+        raise Diverged(f"step {step}: {reason}; {spent}; lower --lr and train again")
+    rollbacks = state["rollbacks"] + 1
     back, saved = restore(found)
-    state["lr_scale"] = saved.get("lr_scale", 1.0) * 0.5
-    state["rollbacks"] += 1
-    log.write({"step": step, "event": "rollback", "to_step": back, "lr_scale": state["lr_scale"]})
+    state.clear()
+    state.update({"recent": {}, "troubled": 0, **saved, "lr_scale": saved.get("lr_scale", 1.0) * 0.5,
+                  "rollbacks": rollbacks})
+    log.write({"step": step, "event": "rollback", "reason": reason, "to_step": back, "lr_scale": state["lr_scale"]})
     if main:
-        print(f"non-finite loss at step {step}: rolled back to step {back} with lr x{state['lr_scale']}", file=sys.stderr)
+        print(f"step {step}: {reason}: rolled back to step {back} with lr x{state['lr_scale']}", file=sys.stderr)
     return back

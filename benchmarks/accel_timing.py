@@ -1,0 +1,52 @@
+"""Quiet wall-clock of the caches (docs/BENCHMARKS.md §5): seconds per sample of each setting, interleaved, alone.
+
+Usage: python benchmarks/accel_timing.py MODEL SPEC [SPEC ...] [--steps 18] [--batch 64] [--rounds 3]
+Each round times every spec once (warm-up, then the median of 5 batches, the ruler's protocol); the table reports the
+median over rounds and the speed-up against the first spec, so a slow moment of the machine hits every setting alike.
+Run it with nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from fewstep.accel import apply_accelerator
+from fewstep.core.schedules import make_schedule
+from fewstep.metrics.cost import time_per_sample
+from fewstep.models.io import load_model
+from fewstep.samplers import generate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args()
+    model = load_model(a.model)
+    sigmas = make_schedule("karras", a.steps, model.denoiser.sigma_range)
+    classes = model.info.num_classes
+    labels = torch.arange(a.batch) % classes if classes else None
+    seconds: dict[str, list[float]] = {s: [] for s in a.specs}
+    for _ in range(a.rounds):
+        for spec in a.specs:
+            handle = apply_accelerator(model, spec)
+            seconds[spec].append(time_per_sample(
+                lambda: generate(model.denoiser, model.info.shape, a.batch, sigmas, "heun", 0, labels,
+                                 batch_size=a.batch), a.batch).seconds_per_sample)
+            handle.remove()
+    base = statistics.median(seconds[a.specs[0]])
+    print(f"{a.model}, heun {a.steps} steps, batch {a.batch}, {torch.get_num_threads()} threads, {a.rounds} rounds")
+    print("| setting | ms/sample | speed-up |\n|---|---|---|")
+    for spec, values in seconds.items():
+        med = statistics.median(values)
+        print(f"| `{spec}` | {med * 1e3:.2f} | {base / med:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Distillation II: the latent discriminator on every backbone, ADD / Lightning / DMD2 students that improve on their
+start, and the divergence guard (non-finite loss, a winning discriminator, a recall collapse) rolling back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fewstep.cli import main
+from fewstep.data.toy2d import ring_centers
+from fewstep.distill import DistillContext, distill, resolve_distill_config
+from fewstep.distill.adversarial import AdversarialDistillation
+from fewstep.distill.common import network_of
+from fewstep.distill.discriminator import Discriminator
+from fewstep.metrics.toy import mode_masses, sliced_wasserstein2
+from fewstep.models.io import load_model
+from fewstep.models.networks import build_network
+from fewstep.train.loop import Diverged
+from tests.test_distill import draw, ring_teacher, toy_distill, toy_reference  # noqa: F401 (fixtures)
+
+
+def tiny_distill(teacher, out, method: str, **overrides):
+    cfg = resolve_distill_config({"teacher": str(teacher), "method": method, "preset": "tiny", "device": "cpu",
+                                  "steps": "1,2", "pd_start_steps": 2, **overrides})
+    return distill(cfg, out)
+
+
+def records(run_dir) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("arch,shape,classes", [("unet", (1, 8, 8), 10), ("dit", (1, 8, 8), 10), ("mlp", (2,), 0)])
+def test_discriminator_reads_every_backbone_and_stops_early(arch, shape, classes):
+    from fewstep.core.precond import EDMPrecond
+    from fewstep.models.networks import call_network
+
+    torch.manual_seed(0)
+    net = build_network(arch, "tiny", shape, classes)
+    denoiser = EDMPrecond(net, call_network, num_classes=classes).requires_grad_(False)
+    disc = Discriminator(denoiser, network_of(denoiser), shape, classes)
+    last = {"unet": "conv_out", "dit": "proj_out_2", "mlp": "out"}[arch]
+    calls = []
+    getattr(net, last).register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(4, *shape, requires_grad=True)
+    labels = torch.arange(4) % classes if classes else None
+    logits = disc(denoiser, x, torch.full((4,), 0.5), labels)
+    assert logits.shape == (4,) and not calls  # the network's output layer never ran
+    logits.sum().backward()
+    assert x.grad.abs().sum() > 0  # the student's gradient flows through the frozen backbone
+    assert all(p.grad is None for p in net.parameters())
+    assert sum(p.numel() for p in disc.parameters()) < sum(p.numel() for p in net.parameters()) * 4
+    assert not any(p is q for p in disc.parameters() for q in net.parameters())
+
+
+@pytest.mark.parametrize("method", ["add", "lightning", "dmd2"])
+def test_adversarial_methods_train_with_finite_losses(tiny_teacher, tmp_path, method):
+    code = main(["distill", "--teacher", str(tiny_teacher), "--method", method, "--preset", "tiny", "--steps", "1,2",
+                 "--pd-start-steps", "2", "--device", "cpu", "--out", str(tmp_path)])
+    assert code == 0
+    stage = tmp_path / ("round-001" if method == "lightning" else "train")
+    rows = [r for r in records(stage) if "event" not in r]
+    other = {"add": "disc", "lightning": "disc", "dmd2": "fake"}[method]
+    student = "generator" if method == "dmd2" else "student"
+    assert rows and all(math.isfinite(r[f"loss_{other}"]) and math.isfinite(r[f"loss_{student}"]) for r in rows)
+    info = load_model(tmp_path / "model").info
+    assert info.extra["distill"]["method"] == method
+
+
+def test_add_one_step_student_improves_on_its_start(ring_teacher, toy_reference, tmp_path):
+    (path,) = toy_distill(ring_teacher, tmp_path, "add", steps="1", train_steps=300, lr=2e-4, log_every=50)
+    start = sliced_wasserstein2(draw(ring_teacher, "euler", 1), toy_reference)  # the teacher's weights, one step
+    assert sliced_wasserstein2(draw(path, "consistency", 1), toy_reference) < 0.5 * start
+
+
+def test_lightning_one_step_student_improves_and_covers_every_mode(ring_teacher, toy_reference, tmp_path):
+    paths = toy_distill(ring_teacher, tmp_path, "lightning", steps="1", pd_start_steps=4, train_steps=150,
+                        adv_distill_weight=0.5, log_every=50)
+    assert [p.name for p in paths] == ["model-1step", "model"]
+    student = draw(tmp_path / "model-1step", "euler", 1)
+    start = sliced_wasserstein2(draw(ring_teacher, "euler", 1), toy_reference)
+    assert sliced_wasserstein2(student, toy_reference) < 0.5 * start
+    masses = mode_masses(student, ring_centers(), radius=0.5)
+    assert ((masses / masses.sum() - 1 / 8).abs() <= 0.3 / 8).all(), masses
+
+
+def test_divergence_guard_rolls_back_on_an_injected_nan(tiny_teacher, tmp_path, monkeypatch):
+    original = AdversarialDistillation.losses
+    seen = []
+
+    def nan_once_at_4(self, batch):
+        out = original(self, batch)
+        if batch.step == 4 and not seen:
+            seen.append(1)
+            out["student"] = out["student"] * float("nan")
+        return out
+
+    monkeypatch.setattr(AdversarialDistillation, "losses", nan_once_at_4)
+    tiny_distill(tiny_teacher, tmp_path, "add")
+    (event,) = [r for r in records(tmp_path / "train") if "event" in r]
+    assert event["step"] == 4 and event["to_step"] == 3 and event["lr_scale"] == 0.5
+    assert event["reason"].startswith("non-finite loss")
+    assert (tmp_path / "model" / "fewstep.json").exists()
+
+
+def test_a_discriminator_that_keeps_winning_rolls_back_then_stops_loudly(tiny_teacher, tmp_path, monkeypatch):
+    calls = []
+
+    def wins_after_step_3(self, losses):
+        calls.append(1)
+        return "the discriminator wins" if len(calls) > 4 else None
+
+    monkeypatch.setattr(AdversarialDistillation, "diverging", wins_after_step_3)
+    with pytest.raises(Diverged, match="the discriminator wins for 2 steps; 1 roll-backs spent"):
+        tiny_distill(tiny_teacher, tmp_path, "add", guard_patience=2, max_rollbacks=1, train_steps=12)
+    (event,) = [r for r in records(tmp_path / "train") if r.get("event") == "rollback"]
+    assert event == {"step": 5, "event": "rollback", "reason": "the discriminator wins for 2 steps", "to_step": 3,
+                     "lr_scale": 0.5}
+    assert not (tmp_path / "model").exists()  # nothing half-trained is exported
+    assert (tmp_path / "train" / "checkpoints" / "step-0000003").exists()  # the last good checkpoint is kept
+
+
+def test_a_recall_collapse_rolls_back_before_it_is_checkpointed(tiny_teacher, tmp_path, monkeypatch):
+    values = iter([0.8, 0.3, 0.75, 0.8, 0.8, 0.8])
+    monkeypatch.setattr(DistillContext, "recall_monitor", lambda self, *a: lambda modules: next(values))
+    tiny_distill(tiny_teacher, tmp_path, "add", train_steps=9)
+    rows = [r for r in records(tmp_path / "train") if "event" in r]
+    assert [r["event"] for r in rows][:3] == ["monitor", "monitor", "rollback"]
+    assert rows[2]["step"] == 6 and rows[2]["to_step"] == 3 and "collapse" in rows[2]["reason"]
+    assert (tmp_path / "model").exists()
+
+
+def test_the_recall_monitor_measures_the_student(tiny_teacher, tmp_path):
+    tiny_distill(tiny_teacher, tmp_path, "dmd2", monitor_n=32)
+    values = [r["value"] for r in records(tmp_path / "train") if r.get("event") == "monitor"]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_init_from_a_student_folder_fine_tunes_it(tiny_teacher, tmp_path):
+    """--init PATH starts from another model's weights (e.g. adversarial post-training of a distilled student)."""
+    from fewstep.core.errors import UserError
+
+    (first,) = tiny_distill(tiny_teacher, tmp_path / "reflow", "reflow", steps="1")
+    cfg = resolve_distill_config({"teacher": str(tiny_teacher), "method": "add", "preset": "tiny", "device": "cpu",
+                                  "steps": "1", "init": str(first)})
+    student = DistillContext(cfg, tmp_path / "add").make_student()
+    start = load_model(first).denoiser.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())
+    teacher = load_model(tiny_teacher).denoiser.state_dict()
+    assert not all(torch.equal(v, teacher[k]) for k, v in student.state_dict().items())
+    with pytest.raises(UserError, match="--init must be teacher, scratch or a model folder"):
+        DistillContext(resolve_distill_config({**vars(cfg), "init": str(tmp_path / "nope")}), tmp_path / "x").make_student()
