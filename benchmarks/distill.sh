@@ -14,9 +14,9 @@ for method in $methods; do
   dir=$method
   case $method in
     progressive) flags+=(--pd-start-steps 8 --train-steps ${PD_ROUND_STEPS:-800}) ;;
-    lightning) flags+=(--pd-start-steps 4 --train-steps ${LIGHTNING_ROUND_STEPS:-300}) ;;
-    add) flags+=(--train-steps ${ADD_STEPS:-1000}) ;;
-    dmd2) flags=(--steps 1 --lr 1e-4 --train-steps ${DMD_STEPS:-1500}); dir=dmd2-gan ;;  # the GAN term is on
+    lightning) flags+=(--pd-start-steps 4 --train-steps ${LIGHTNING_ROUND_STEPS:-300} --adv-distill-weight 25) ;;
+    add) flags+=(--train-steps ${ADD_STEPS:-800} --adv-distill-weight 0.5) ;;
+    dmd2) flags=(--steps 1 --lr 1e-4 --train-steps ${DMD_STEPS:-3000}); dir=dmd2-gan ;;  # the GAN term is on
   esac
   [ -f "$out/$dir/model/fewstep.json" ] || \
     fewstep distill --teacher "$teacher" --method "$method" --out "$out/$dir" --device cpu --resume "${flags[@]}"

@@ -28,9 +28,9 @@ def latest(rows: list[dict], key) -> list[dict]:
 
 
 def student_run(row: dict) -> str:
-    """The student's run folder under OUT_DIR (progressive/lightning students sit one level deeper)."""
+    """The student's run folder under OUT_DIR (the row names its model folder, model/ or model-<N>step/)."""
     path = Path(row["model"])
-    return path.parent.name if path.name.startswith("model-") else path.name
+    return path.parent.name if path.name == "model" or path.name.startswith("model-") else path.name
 
 
 def distill_minutes(row: dict) -> float | None:
