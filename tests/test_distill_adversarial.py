@@ -13,7 +13,6 @@ from fewstep.cli import main
 from fewstep.data.toy2d import ring_centers
 from fewstep.distill import DistillContext, distill, resolve_distill_config
 from fewstep.distill.adversarial import AdversarialDistillation
-from fewstep.distill.common import network_of
 from fewstep.distill.discriminator import Discriminator
 from fewstep.metrics.toy import mode_masses, sliced_wasserstein2
 from fewstep.models.io import load_model
@@ -40,7 +39,7 @@ def test_discriminator_reads_every_backbone_and_stops_early(arch, shape, classes
     torch.manual_seed(0)
     net = build_network(arch, "tiny", shape, classes)
     denoiser = EDMPrecond(net, call_network, num_classes=classes).requires_grad_(False)
-    disc = Discriminator(denoiser, network_of(denoiser), shape, classes)
+    disc = Discriminator(denoiser, shape, classes)
     last = {"unet": "conv_out", "dit": "proj_out_2", "mlp": "out"}[arch]
     calls = []
     getattr(net, last).register_forward_hook(lambda *a: calls.append(1))

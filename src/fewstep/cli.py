@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distill a teacher into a few-step student", description=(
-        "Distill a teacher with progressive, consistency or reflow distillation. Settings come from the preset, "
-        "then --config, then flags; progress, checkpoints and --resume work as in train."))
+        "Distill a teacher with progressive, consistency, reflow, DMD2, ADD or Lightning distillation. Settings come "
+        "from the preset, then --config, then flags; progress, checkpoints and --resume work as in train."))
     _add_run_flags(p, "run directory (config, stages' checkpoints, samples, student models)", DistillConfig,
                    DISTILL_HELP)
     p.set_defaults(func=cmd_distill)

@@ -12,12 +12,11 @@ from torch import nn
 
 from fewstep.core.denoiser import append_dims
 from fewstep.core.schedules import make_schedule
-from fewstep.distill.common import network_of
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
-from fewstep.distill.dmd import edm_sigma
 from fewstep.distill.progressive import rounds
 from fewstep.samplers.ode import ode_step
 from fewstep.train.batch import Batch
+from fewstep.train.edm import edm_sigma, edm_weight
 
 
 def _renoise(x: torch.Tensor, sigma_x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -115,7 +114,7 @@ class LightningRound(AdversarialDistillation):
         disc, t, start = self.modules["disc"], self.backbone, (x_a, s_a)
         student_loss = -disc(t, fake, s, labels, start=start).mean()
         if self.distill_weight:  # the same regression as a progressive round: the clean estimate that lands there
-            weight = append_dims((s_a**2 + self.sigma_data**2) / (s_a * self.sigma_data) ** 2, y.ndim)
+            weight = append_dims(edm_weight(s_a, self.sigma_data), y.ndim)
             d_star = (target - r * x_a) / (1 - r)
             student_loss = student_loss + self.distill_weight * sum_sq(weight * (d - d_star) ** 2)
         return {"student": student_loss, "disc": self.critic_loss(batch, real, fake, s, start)}
@@ -125,8 +124,7 @@ def _discriminator(ctx, paired: bool = False) -> Discriminator:
     """Fresh heads on the teacher's own network (seeded), on the run's device."""
     torch.manual_seed(ctx.cfg.seed + 1)
     teacher = ctx.teacher
-    return Discriminator(teacher.denoiser, network_of(teacher.denoiser), tuple(teacher.info.shape),
-                         teacher.info.num_classes, paired).to(ctx.device)
+    return Discriminator(teacher.denoiser, tuple(teacher.info.shape), teacher.info.num_classes, paired).to(ctx.device)
 
 
 def run_add(ctx) -> list[Path]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.denoiser import Cond
+from fewstep.distill.common import network_of
 
 
 class _Stop(Exception):
@@ -88,13 +89,16 @@ class Head(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Heads on the features of `layers`; `paired` heads also read the features of a second (start) point."""
+    """Heads on the features of `denoiser`'s backbone; `paired` heads also read the features of a second (start) point.
 
-    def __init__(self, denoiser: nn.Module, backbone: nn.Module, shape: tuple[int, ...], num_classes: int,
-                 paired: bool = False, width: int = 64):
+    `forward` takes the denoiser to read (the same backbone, e.g. the frozen teacher or DMD2's fake score network).
+    """
+
+    def __init__(self, denoiser: nn.Module, shape: tuple[int, ...], num_classes: int, paired: bool = False,
+                 width: int = 64):
         super().__init__()
-        self.num_classes, self.paired = num_classes, paired
-        self._layers = feature_layers(backbone)  # a plain list: the backbone is not a submodule
+        self.paired = paired
+        self._layers = feature_layers(network_of(denoiser))  # a plain list: the backbone is not a submodule
         device = next(denoiser.parameters()).device
         x = torch.zeros(2, *shape, device=device)
         labels = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None

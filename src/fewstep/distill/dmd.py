@@ -11,16 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.denoiser import append_dims
-from fewstep.distill.common import network_of
 from fewstep.distill.discriminator import Discriminator
 from fewstep.train.batch import Batch
+from fewstep.train.edm import edm_sigma, edm_weight
 
 GAN_FAKE_WEIGHT = 1e-2  # the GAN classifier's weight in the fake score's loss (DMD2's guidance_cls_loss_weight)
-
-
-def edm_sigma(batch: Batch, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
-    """EDM's log-normal training noise levels, one per row."""
-    return (batch.randn() * p_std + p_mean).exp()
 
 
 class FakeScore(nn.Module):
@@ -29,7 +24,7 @@ class FakeScore(nn.Module):
     def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool):
         super().__init__()
         self.score = copy.deepcopy(generator)
-        self.heads = Discriminator(self.score, network_of(self.score), shape, num_classes) if gan else None
+        self.heads = Discriminator(self.score, shape, num_classes) if gan else None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
                 logits: bool = False) -> torch.Tensor:
@@ -92,7 +87,7 @@ class DMD2:
                                                                                             logits=True)).mean()
         x_fake, sigma_f = self._noised(x.detach(), batch)
         s_f = append_dims(sigma_f, x.ndim)
-        weight = (s_f**2 + self.sigma_data**2) / (s_f * self.sigma_data) ** 2
+        weight = edm_weight(s_f, self.sigma_data)
         out["fake"] = (weight * (fake_net(x_fake, sigma_f, labels) - x.detach()) ** 2).mean()
         if self.gan_weight:
             x_real, sigma_r = self._noised(batch.x, batch)
@@ -105,12 +100,12 @@ class DMD2:
 def run(ctx) -> list[Path]:
     """Train a DMD2 generator for the most requested steps and export it as out/model (consistency sampling)."""
     gan = ctx.cfg.dmd_gan_weight > 0
-    data = ctx.require_data() if ctx.teacher.info.num_classes or gan else ctx.data
-    sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     info = ctx.teacher.info
+    data = ctx.require_data() if info.num_classes or gan else ctx.data
+    sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, ctx.cfg.dmd_fake_updates, ctx.cfg.dmd_gan_weight,
                   tuple(info.shape), info.num_classes)
-    items = data.train if data is not None else torch.zeros(1, *ctx.teacher.info.shape)
+    items = data.train if data is not None else torch.zeros(1, *info.shape)
     trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]
     if not ctx.finished():
         return []

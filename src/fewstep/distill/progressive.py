@@ -13,6 +13,7 @@ from fewstep.core.errors import UserError
 from fewstep.core.schedules import make_schedule
 from fewstep.samplers.ode import ode_step
 from fewstep.train.batch import Batch
+from fewstep.train.edm import edm_weight
 
 
 class ProgressiveRound:
@@ -43,7 +44,7 @@ class ProgressiveRound:
             r = append_dims(s_c / s_a, y.ndim)
             target = (x_c - r * x_a) / (1 - r)
         s = append_dims(s_a, y.ndim)
-        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        weight = edm_weight(s, self.sigma_data)
         return {"student": (weight * (self.modules["student"](x_a, s_a, labels) - target) ** 2).mean()}
 
 

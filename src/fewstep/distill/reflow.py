@@ -19,6 +19,7 @@ from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, writ
 from fewstep.models.io import model_hash
 from fewstep.samplers import generate
 from fewstep.train.batch import Batch
+from fewstep.train.edm import edm_weight
 
 PAIR_SEED_OFFSET = 1_000_003  # pairs never reuse the evaluation seeds' noise
 PAIR_CHUNK = 512  # pairs per progress update
@@ -79,7 +80,7 @@ class Reflow:
         pick = self.sample_sigmas.to(y.device)[(batch.rand() * len(self.sample_sigmas)).long()]
         sigma = torch.where(batch.rand() < 0.5, t / (1 - t), pick).clamp(min=1e-3)
         s = append_dims(sigma, y.ndim)
-        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        weight = edm_weight(s, self.sigma_data)
         return {"student": (weight * (self.modules["student"](y + s * z, sigma, labels) - y) ** 2).mean()}
 
 

@@ -9,6 +9,16 @@ from fewstep.core.denoiser import append_dims
 from fewstep.train.batch import Batch
 
 
+def edm_sigma(batch: Batch, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
+    """EDM's log-normal training noise levels, one per row: ln(sigma) ~ N(p_mean, p_std^2)."""
+    return (batch.randn() * p_std + p_mean).exp()
+
+
+def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's loss weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 (in progressive distillation: "SNR + 1")."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
 class EDMTraining:
     """Denoising score matching with log-normal sigmas and weight lambda = (s^2 + sd^2) / (s * sd)^2."""
 
@@ -20,12 +30,12 @@ class EDMTraining:
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         sigma_data = self.sigma_data
-        sigma = (batch.randn() * self.p_std + self.p_mean).exp()
+        sigma = edm_sigma(batch, self.p_mean, self.p_std)
         noise = batch.randn(*batch.x.shape[1:])
         labels = batch.labels
         if labels is not None:  # the null label trains the unconditional model for classifier-free guidance
             labels = torch.where(batch.rand() < self.label_dropout, torch.full_like(labels, self.num_classes), labels)
         s = append_dims(sigma, batch.x.ndim)
-        weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+        weight = edm_weight(s, sigma_data)
         denoised = self.modules["model"](batch.x + s * noise, sigma, labels)
         return {"model": (weight * (denoised - batch.x) ** 2).mean()}

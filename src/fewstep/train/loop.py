@@ -129,6 +129,11 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
     raw = {n: acc.unwrap_model(models[n]) for n in names}
     emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
     kept = dict(getattr(method, "state_modules", {}))
+
+    def trained() -> dict[str, nn.Module]:
+        """Each module as it would be exported: its EMA where it has one, else the raw module."""
+        return {n: emas[n].module if n in emas else raw[n] for n in names}
+
     every = dict(getattr(method, "update_every", {}))
     lr_scales = dict(getattr(method, "lr_scale", {}))
     ckpt_dir = run_dir / "checkpoints"
@@ -176,7 +181,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                     raise KeyboardInterrupt
                 if stop_at is not None and step >= stop_at:
                     bar.close()
-                    return {n: emas[n].module if n in emas else raw[n] for n in names}
+                    return trained()
                 batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
                                    acc.device)
                 lr = _lr(cfg, step, state["lr_scale"])
@@ -210,15 +215,14 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                     log.write(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    collapsed = _check(monitor, step, {n: emas[n].module if n in emas else raw[n] for n in names},
-                                       state, cfg, log)
+                    collapsed = _check(monitor, step, trained(), state, cfg, log)
                     if collapsed:
                         step = _roll_back(step, collapsed, state, cfg, ckpt_dir, restore, log, main)
                         continue
                     if step < cfg.steps:
                         checkpoint(step, state)
                 if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                    on_sample(step, {n: emas[n].module if n in emas else raw[n] for n in names})
+                    on_sample(step, trained())
     except KeyboardInterrupt:
         bar.close()
         if not clean:  # a second Ctrl-C inside a step: keep the last good checkpoint rather than save half a step
@@ -228,14 +232,14 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {ckpt_dir}") from None
     bar.close()
     checkpoint(step, state)
-    return {n: emas[n].module if n in emas else raw[n] for n in names}
+    return trained()
 
 
 def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], cfg: Any) -> str | None:
     """Why this step's losses call for a roll-back (non-finite, exploding, the method's own check), else None."""
     if not all(math.isfinite(v) for v in reduced.values()):
         return f"non-finite loss {reduced}"
-    factor = getattr(cfg, "explode_factor", 0)
+    factor = cfg.explode_factor
     for n, v in reduced.items():
         recent = state["recent"].setdefault(n, [])  # |loss| of the last 100 steps (adversarial losses go negative)
         scale = max(statistics.median(recent), 1e-2) if len(recent) >= 20 else math.inf
