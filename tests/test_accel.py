@@ -10,7 +10,7 @@ import torch
 
 from fewstep.accel import ACCELERATORS, AdaptiveGuidance, apply_accelerator, guided_denoiser, parse_spec
 from fewstep.accel.errorcache import ResidualProfile, choose_reuse, profile_residuals
-from fewstep.accel.guidance import similarity
+from fewstep.accel.adaptive_guidance import similarity
 from fewstep.accel.keysteps import KeySteps, power_schedule
 from fewstep.cli import main
 from fewstep.core.denoiser import CountingDenoiser
@@ -137,17 +137,17 @@ def test_deepcache_equals_the_deepcache_package():
     deepcache = pytest.importorskip("DeepCache")
     ours, ref = model("unet", "small"), model("unet", "small")
     ts = torch.linspace(1.0, -1.0, 9)
-    for branch in range(len(ours.net.down_blocks)):
-        pipe = types.SimpleNamespace(unet=ref.net, scheduler=types.SimpleNamespace(timesteps=ts))
+    for branch in range(len(ours.network.down_blocks)):
+        pipe = types.SimpleNamespace(unet=ref.network, scheduler=types.SimpleNamespace(timesteps=ts))
         helper = deepcache.DeepCacheSDHelper(pipe)
-        helper.set_params(cache_interval=3, cache_branch_id=3 * branch + ours.net.config.layers_per_block)
+        helper.set_params(cache_interval=3, cache_branch_id=3 * branch + ours.network.config.layers_per_block)
         helper.enable()
         handle = apply_accelerator(ours, f"deepcache:interval=3,branch={branch}")
         x = torch.randn(2, *SHAPE)
         with torch.no_grad():
             for t in ts:  # DeepCache's helper finds the step by t.item(): one timestep per call
-                assert torch.equal(ours.net(x * (2 + t), t, class_labels=LABELS[:2]).sample,
-                                   ref.net(x * (2 + t), t, class_labels=LABELS[:2]).sample)
+                assert torch.equal(ours.network(x * (2 + t), t, class_labels=LABELS[:2]).sample,
+                                   ref.network(x * (2 + t), t, class_labels=LABELS[:2]).sample)
         assert handle.stats() == {"full_calls": 3, "cached_calls": 6}
         handle.remove()
         helper.disable()
@@ -158,8 +158,8 @@ def test_fbcache_equals_diffusers_first_block_cache():
     from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
     ours, ref = model("dit", "small"), model("dit", "small")
-    apply_first_block_cache(ref.net, FirstBlockCacheConfig(threshold=0.1))
-    _set_cache_context(ref.net, CacheContext("fewstep"))  # what CacheMixin.cache_context does; DiT lacks the mixin
+    apply_first_block_cache(ref.network, FirstBlockCacheConfig(threshold=0.1))
+    _set_cache_context(ref.network, CacheContext("fewstep"))  # what CacheMixin.cache_context does; DiT lacks the mixin
     handle = apply_accelerator(ours, "fbcache:threshold=0.1")
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
@@ -343,7 +343,7 @@ def test_parse_spec_and_registry():
 def unet_folder(tmp_path_factory) -> str:
     """A randomly initialised digits-sized U-Net saved as a fewstep model (no training needed for wiring)."""
     path = tmp_path_factory.mktemp("unet")
-    net = model("unet").net
+    net = model("unet").network
     save_model(path, net, ModelInfo(arch="unet", network_class="UNet2DModel", num_classes=10, dataset="digits",
                                     kind="image", shape=list(SHAPE)))
     return str(path)

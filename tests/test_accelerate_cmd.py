@@ -157,7 +157,7 @@ def test_mistakes_exit_2_with_one_line_and_write_nothing(original, tmp_path, cap
 
 def test_guidance_on_an_unconditional_model_is_refused(tmp_path):
     model = saved_unet(tmp_path / "uncond", num_classes=0)
-    with pytest.raises(UserError, match="needs a class-conditional model"):
+    with pytest.raises(UserError, match="needs a conditional model"):
         save_accelerated(model, tmp_path / "acc", cfg_scale=2.0)
     assert save_accelerated(model, tmp_path / "acc", cache="deepcache:interval=3").acceleration["cache"]
 

@@ -122,5 +122,5 @@ def test_generate_counts_a_guided_step_as_one_nfe():
 
 
 def test_refuses_an_unconditional_model():
-    with pytest.raises(UserError, match="class-conditional"):
+    with pytest.raises(UserError, match="needs a conditional model"):
         CFGDenoiser(CallableDenoiser(lambda x, sigma, cond: x), 2.0)

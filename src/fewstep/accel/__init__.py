@@ -2,7 +2,7 @@
 
 from fewstep.accel.accelerated import Acceleration, resolve_acceleration, save_accelerated
 from fewstep.accel.base import AcceleratorHandle, parse_spec
-from fewstep.accel.guidance import AdaptiveGuidance, guided_denoiser
+from fewstep.accel.adaptive_guidance import AdaptiveGuidance, guided_denoiser
 from fewstep.accel.registry import ACCELERATORS, Accelerator, apply_accelerator
 
 __all__ = ["ACCELERATORS", "Acceleration", "Accelerator", "AcceleratorHandle", "AdaptiveGuidance",

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fewstep.accel.guidance import guided_denoiser
+from fewstep.accel.adaptive_guidance import guided_denoiser
 from fewstep.accel.registry import apply_accelerator
 from fewstep.accel.schedule_search import is_searched, load_schedule
 from fewstep.core.errors import UserError

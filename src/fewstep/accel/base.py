@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
 
 C = TypeVar("C")
@@ -109,14 +110,15 @@ def build_config(cls: type[C], name: str, settings: dict[str, str]) -> C:
 
 def find_network(target: Any, cls: type[nn.Module], accelerator: str) -> nn.Module:
     """The `cls` network inside a network, a denoiser (also behind wrappers with .inner) or a LoadedModel."""
-    obj = getattr(target, "network", target)
-    while not isinstance(obj, nn.Module) and hasattr(obj, "inner"):
-        obj = obj.inner
+    try:
+        obj = backbone(target)
+    except TypeError:  # a bare network
+        obj = target
     if isinstance(obj, nn.Module):
         for module in obj.modules():
             if isinstance(module, cls):
                 return module
-    found = type(getattr(obj, "net", obj)).__name__
+    found = type(obj).__name__
     raise UserError(f"{accelerator} works on a diffusers {cls.__name__}; this model's network is a {found}")
 
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
-Cond = Any  # class labels (LongTensor [batch]) or a dict of conditioning tensors; None = unconditional
+from fewstep.core.cond import CondLike as Cond  # class labels [batch], a text/other Cond, or None (unconditional)
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,28 @@ class Denoiser(Protocol):
 
     sigma_range: SigmaRange
     sigma_data: float
-    num_classes: int  # 0 = unconditional; otherwise labels 0..num_classes-1 and num_classes means "no label"
+    num_classes: int  # 0 = no class labels; otherwise labels 0..num_classes-1 and num_classes means "no label"
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor: ...
 
     def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
         """Std of the initial latent at sigma_max, multiplying unit Gaussian noise."""
         ...
+
+
+def is_conditional(denoiser: Any) -> bool:
+    """Whether a denoiser takes a condition: class labels, or text (a `text_conditioned` adapter)."""
+    return bool(denoiser.num_classes) or bool(getattr(denoiser, "text_conditioned", False))
+
+
+def backbone(obj: Any) -> nn.Module:
+    """The network inside a model, denoiser or wrapper: follows `.denoiser` and `.inner` to an adapter's `.network`."""
+    obj = getattr(obj, "denoiser", obj)
+    while not hasattr(obj, "network") and hasattr(obj, "inner"):
+        obj = obj.inner
+    if not hasattr(obj, "network"):
+        raise TypeError(f"{type(obj).__name__} holds no network")
+    return obj.network
 
 
 def as_sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

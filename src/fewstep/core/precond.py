@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fewstep.core.cond import labels_of
 from fewstep.core.denoiser import Cond, SigmaRange, append_dims, as_sigma_batch
 
 NetworkCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -18,7 +19,7 @@ class EDMPrecond(nn.Module):
     def __init__(self, net: nn.Module, call: NetworkCall, sigma_data: float = 0.5, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, num_classes: int = 0):
         super().__init__()
-        self.net = net
+        self.network = net
         self.call = call
         self.sigma_data = float(sigma_data)
         self.sigma_range = SigmaRange(float(sigma_min), float(sigma_max))
@@ -28,9 +29,10 @@ class EDMPrecond(nn.Module):
         """Class labels for the network: given labels, or the null label num_classes when cond is None."""
         if self.num_classes == 0:
             return None
-        if cond is None:
+        labels = labels_of(cond)
+        if labels is None:
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        return torch.as_tensor(cond, device=device).long().reshape(batch)
+        return labels.to(device).reshape(batch)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         sigma = as_sigma_batch(sigma, x)
@@ -41,7 +43,7 @@ class EDMPrecond(nn.Module):
         c_in = 1 / (s**2 + sd2).sqrt()
         c_noise = sigma.log() / 4
         x = x.float()
-        f = self.call(self.net, c_in * x, c_noise, self.labels(cond, x.shape[0], x.device))
+        f = self.call(self.network, c_in * x, c_noise, self.labels(cond, x.shape[0], x.device))
         return (c_skip * x + c_out * f.float()).float()
 
     def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     num_classes: int = 0
+    train_text: list[str] | None = None  # one caption per training item (text-to-image data), else None
+    test_text: list[str] | None = None
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None  # exact log p(x) where known
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None  # fresh samples of the true law
     meta: dict = field(default_factory=dict)

@@ -49,7 +49,7 @@ class AdversarialDistillation:
         self.distill_weight, self.r1_gamma = distill_weight, r1_gamma
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        y, labels, shape = batch.x, batch.labels, batch.x.shape[1:]
+        y, labels, shape = batch.x, batch.cond, batch.x.shape[1:]
         sig = self.sigmas.to(y.device)
         k = (batch.rand() * len(sig)).long().clamp(max=len(sig) - 1)
         x_hat = self.modules["student"](y + append_dims(sig[k], y.ndim) * batch.randn(*shape), sig[k], labels)
@@ -68,7 +68,7 @@ class AdversarialDistillation:
     def critic_loss(self, batch: Batch, real: torch.Tensor, fake: torch.Tensor, s: torch.Tensor,
                     start: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The discriminator's hinge loss on noised real and (detached) student samples, plus approximate R1."""
-        disc, t, labels = self.modules["disc"], self.backbone, batch.labels
+        disc, t, labels = self.modules["disc"], self.backbone, batch.cond
         real_logits = disc(t, real, s, labels, start=start)
         loss = hinge_losses(real_logits, disc(t, fake.detach(), s, labels, start=start))
         if self.r1_gamma:
@@ -96,7 +96,7 @@ class LightningRound(AdversarialDistillation):
         self.solver = solver
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        y, labels, shape = batch.x, batch.labels, batch.x.shape[1:]
+        y, labels, shape = batch.x, batch.cond, batch.x.shape[1:]
         sig = self.sigmas.to(y.device)
         n = (len(sig) - 1) // 2
         i = (batch.rand() * n).long().clamp(max=n - 1)

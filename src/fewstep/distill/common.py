@@ -14,14 +14,16 @@ import torch
 from torch import nn
 
 from fewstep.config import DistillConfig
+from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
 from fewstep.core.precond import ConsistencyBoundary, EDMPrecond
 from fewstep.core.schedules import make_schedule
 from fewstep.data import Dataset, load_dataset
 from fewstep.models.io import LoadedModel, load_model, save_model
 from fewstep.models.networks import arch_of, build_network, call_network, disable_label_dropout
-from fewstep.samplers.guidance import CFGDenoiser
+from fewstep.samplers.cfg import CFGDenoiser
 from fewstep.samplers.ode import ODE_SOLVERS
+from fewstep.train.batch import TensorSource
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview
@@ -39,13 +41,6 @@ def parse_steps(text: str) -> list[int]:
     if not steps or steps[0] < 1:
         raise UserError(f"--steps takes student step counts >= 1, got {text!r}")
     return steps
-
-
-def network_of(denoiser: nn.Module) -> nn.Module:
-    """The backbone inside a denoiser (EDM preconditioning, a diffusers VP adapter or a consistency wrapper)."""
-    while isinstance(denoiser, ConsistencyBoundary):
-        denoiser = denoiser.inner
-    return denoiser.net if isinstance(denoiser, EDMPrecond) else denoiser.unet
 
 
 def _fresh(net: nn.Module) -> nn.Module:
@@ -125,7 +120,7 @@ class DistillContext:
         else:
             student = copy.deepcopy(teacher.denoiser)
             if cfg.init == "scratch":
-                setattr(student, "net" if isinstance(student, EDMPrecond) else "unet", _fresh(network_of(student)))
+                student.network = _fresh(student.network)
         return student.to(self.device).train().requires_grad_(True)
 
     def _student_init(self, path: str) -> nn.Module:
@@ -157,7 +152,7 @@ class DistillContext:
                 student = modules[method.ema_modules[0]]  # the module that is exported
                 preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
-        modules = run_loop(method, data, labels, settings, run_dir, on_sample, self.acc, self.stop_at,
+        modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), settings, run_dir, on_sample, self.acc, self.stop_at,
                            self.recall_monitor(method.ema_modules[0], sampler, sigmas))
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
@@ -195,7 +190,7 @@ class DistillContext:
                consistency: dict[str, float] | None = None) -> Path:
         """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config."""
         t = self.teacher
-        net = network_of(student)
+        net = backbone(student)
         sigmas = self.student_schedule(steps[0])
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
                        dataset=self.dataset or t.info.dataset, consistency=consistency, acceleration=None,

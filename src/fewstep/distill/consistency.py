@@ -71,7 +71,7 @@ class ConsistencyDistillation:
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         self._update_target()
-        y, labels = batch.x, batch.labels
+        y, labels = batch.x, batch.cond
         grid = self.grid.to(y.device)
         i = (batch.rand() * (len(grid) - self.skip)).long().clamp(max=len(grid) - self.skip - 1)
         s_hi, s_lo = grid[i], grid[i + self.skip]

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewstep.core.denoiser import Cond
-from fewstep.distill.common import network_of
+from fewstep.core.denoiser import Cond, backbone
 
 
 class _Stop(Exception):
@@ -98,7 +97,7 @@ class Discriminator(nn.Module):
                  width: int = 64):
         super().__init__()
         self.paired = paired
-        self._layers = feature_layers(network_of(denoiser))  # a plain list: the backbone is not a submodule
+        self._layers = feature_layers(backbone(denoiser))  # a plain list: the backbone is not a submodule
         device = next(denoiser.parameters()).device
         x = torch.zeros(2, *shape, device=device)
         labels = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None

@@ -55,7 +55,7 @@ class DMD2:
         self.sigma_data = generator.sigma_data
 
     def _generate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        labels, shape = batch.labels, batch.x.shape[1:]
+        labels, shape = batch.cond, batch.x.shape[1:]
         sig = self.sigmas.to(batch.x.device)
         k = int(torch.rand(1, generator=batch.generator) * (len(sig) - 1))  # the student step this batch trains
         x = batch.randn(*shape) * sig[0]

@@ -32,7 +32,7 @@ class ProgressiveRound:
         self.sigma_data = student.sigma_data
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        y, labels = batch.x, batch.labels
+        y, labels = batch.x, batch.cond
         n = (len(self.sigmas) - 1) // 2  # student steps
         i = (batch.rand() * n).long().clamp(max=n - 1)
         sig = self.sigmas.to(y.device)

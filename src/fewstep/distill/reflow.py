@@ -74,7 +74,7 @@ class Reflow:
         self.sigma_data, self.sigma_max = student.sigma_data, student.sigma_range.sigma_max
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        z, y, labels = batch.x[:, 0], batch.x[:, 1], batch.labels
+        z, y, labels = batch.x[:, 0], batch.x[:, 1], batch.cond
         t_max = self.sigma_max / (1 + self.sigma_max)
         t = batch.rand() * t_max
         pick = self.sample_sigmas.to(y.device)[(batch.rand() * len(self.sample_sigmas)).long()]

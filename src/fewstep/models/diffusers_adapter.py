@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewstep.core.cond import labels_of
 from fewstep.core.denoiser import Cond, SigmaRange, append_dims, as_sigma_batch
 from fewstep.core.errors import UserError
 
@@ -25,7 +26,7 @@ class DiffusersVPDenoiser(nn.Module):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unsupported prediction_type {prediction_type!r}; fewstep reads {', '.join(PREDICTION_TYPES)}")
-        self.unet = unet
+        self.network = unet
         self.prediction_type = prediction_type
         self.sigma_data = float(sigma_data)
         sigmas = discrete_sigmas(alphas_cumprod)
@@ -48,8 +49,9 @@ class DiffusersVPDenoiser(nn.Module):
         s = append_dims(sigma, x.ndim).double()
         sqrt_a, sqrt_1ma = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
         x_t = (x.double() * sqrt_a).float()
-        labels = None if cond is None else torch.as_tensor(cond, device=x.device).long()
-        out = self.unet(x_t, self.sigma_to_t(sigma), class_labels=labels).sample.double()
+        labels = labels_of(cond)
+        labels = None if labels is None else labels.to(x.device)
+        out = self.network(x_t, self.sigma_to_t(sigma), class_labels=labels).sample.double()
         if self.prediction_type == "epsilon":
             denoised = x.double() - s * out
         elif self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) y  =>  y = sqrt(a) x_t - sqrt(1-a) v

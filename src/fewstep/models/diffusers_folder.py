@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from fewstep.core.errors import UserError
-from fewstep.models.io import LoadedModel, ModelInfo, _load_network
+from fewstep.models.info import LoadedModel, ModelInfo
+from fewstep.models.weights import load_network
 
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                      "DPMSolverMultistepScheduler", "PNDMScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
@@ -45,7 +46,7 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
         raise UserError(f"{sched_dir}: scheduler {sched_name!r} is not a discrete VP scheduler fewstep reads "
                         f"({', '.join(SCHEDULER_CLASSES)})")
     scheduler = getattr(diffusers, sched_name).from_config(sched_cfg)
-    net = _load_network(net_dir, class_name)
+    net = load_network(net_dir, class_name)
     prediction = sched_cfg.get("prediction_type", "epsilon")
     denoiser = DiffusersVPDenoiser(net, scheduler.alphas_cumprod, prediction)
     cfg = net.config

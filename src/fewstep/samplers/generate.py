@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from fewstep.core import cond as conds
+from fewstep.core.cond import CondLike
 from fewstep.core.denoiser import CountingDenoiser, Denoiser
 from fewstep.core.noise import SampleNoise
 from fewstep.samplers.registry import get_sampler
@@ -17,7 +19,7 @@ class SampleResult:
     """Samples in data space, the labels they were conditioned on, and the measured NFE per sample."""
 
     samples: torch.Tensor
-    labels: torch.Tensor | None
+    labels: CondLike  # the condition samples were drawn with: class labels, a Cond, or None
     nfe: int
 
 
@@ -29,7 +31,7 @@ def initial_latents(denoiser: Denoiser, seed: int, indices: Sequence[int], shape
 
 
 def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Tensor, sampler: str = "heun",
-             seed: int = 0, labels: torch.Tensor | None = None, batch_size: int = 256,
+             seed: int = 0, labels: CondLike = None, batch_size: int = 256,
              device: torch.device | str = "cpu", start_index: int = 0, options: dict | None = None) -> SampleResult:
     """Sample n items of `shape`; item i uses noise seeded by (seed, start_index + i) whatever the batch size.
 
@@ -42,7 +44,7 @@ def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Ten
     for lo in range(0, n, batch_size):
         idx = list(range(start_index + lo, start_index + min(lo + batch_size, n)))
         x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device)
-        cond = None if labels is None else labels[lo:lo + len(idx)].to(device)
+        cond = conds.to_device(conds.select(labels, slice(lo, lo + len(idx))), device)
         counter.reset()
         out.append(spec.fn(counter, x, sigmas, cond, SampleNoise(seed, idx, device, stream=1), **(options or {})).cpu())
         nfe = counter.nfe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.core.cond import select
 from fewstep.core.denoiser import Cond, Denoiser, append_dims, as_sigma_batch
 from fewstep.core.noise import SampleNoise
 
@@ -62,7 +63,7 @@ def ode_step(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_nex
     rows = (sigma_next > 0).nonzero()[:, 0]
     if solver == "euler" or len(rows) == 0:
         return x_next
-    c = None if cond is None else torch.as_tensor(cond, device=x.device)[rows]
+    c = select(cond, rows)
     d_next = to_d(x_next[rows], sigma_next[rows], denoiser(x_next[rows], sigma_next[rows], c))
     corrected = x[rows] + (d[rows] + d_next) / 2 * append_dims(sigma_next[rows] - sigma[rows], x.ndim)
     return x_next.index_copy(0, rows, corrected)

@@ -1,18 +1,27 @@
-"""A training batch: this process's rows of a global batch, and randomness that every process draws alike."""
+"""A training batch: this process's rows of a global batch, and randomness that every process draws alike.
+
+Where batches come from is a `BatchSource`: `TensorSource` draws rows of in-memory tensors; streamed data sources
+(fewstep.data) implement the same protocol.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+from fewstep.core import cond as conds
+from fewstep.core.cond import CondLike
 
 
 @dataclass
 class Batch:
-    """Items, labels and a per-step generator; random draws cover the global batch, then keep this rank's rows."""
+    """Items, their condition (labels, a Cond or None) and a per-step generator; random draws cover the global batch,
+    then keep this rank's rows."""
 
     x: torch.Tensor
-    labels: torch.Tensor | None
+    cond: CondLike
     step: int
     generator: torch.Generator
     rows: slice
@@ -27,6 +36,12 @@ class Batch:
         return torch.rand(self.global_size, *shape, generator=self.generator)[self.rows].to(self.x.device)
 
 
+class BatchSource(Protocol):
+    """Where the training loop gets the batch of a step: a function of (step, process) alone, so resume is exact."""
+
+    def batch(self, step: int, global_size: int, rank: int, world: int, device: torch.device) -> Batch: ...
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of one training step: a function of (seed, step) alone, so resume is bit-exact."""
     from fewstep.core.noise import sample_seed
@@ -34,12 +49,24 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(sample_seed(seed, step, stream=7))
 
 
-def draw_batch(data: torch.Tensor, labels: torch.Tensor | None, seed: int, step: int, global_size: int,
-               rank: int, world: int, device: torch.device) -> Batch:
-    """Draw a global batch of indices (uniform, with replacement) for this step; keep this rank's rows."""
-    g = step_generator(seed, step)
-    idx = torch.randint(len(data), (global_size,), generator=g)
+def rank_rows(global_size: int, rank: int, world: int) -> slice:
+    """This process's rows of a global batch."""
     per = global_size // world
-    rows = slice(rank * per, (rank + 1) * per)
-    mine = idx[rows]
-    return Batch(data[mine].to(device), None if labels is None else labels[mine].to(device), step, g, rows, global_size)
+    return slice(rank * per, (rank + 1) * per)
+
+
+@dataclass
+class TensorSource:
+    """Rows of in-memory items (and their condition), drawn uniformly with replacement by the step's generator."""
+
+    data: torch.Tensor
+    cond: CondLike = None
+    seed: int = 0
+
+    def batch(self, step: int, global_size: int, rank: int, world: int, device: torch.device) -> Batch:
+        g = step_generator(self.seed, step)
+        idx = torch.randint(len(self.data), (global_size,), generator=g)
+        rows = rank_rows(global_size, rank, world)
+        mine = idx[rows]
+        return Batch(self.data[mine].to(device), conds.to_device(conds.select(self.cond, mine), device), step, g, rows,
+                     global_size)

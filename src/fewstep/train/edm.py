@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
 from fewstep.train.batch import Batch
 
@@ -32,10 +33,11 @@ class EDMTraining:
         sigma_data = self.sigma_data
         sigma = edm_sigma(batch, self.p_mean, self.p_std)
         noise = batch.randn(*batch.x.shape[1:])
-        labels = batch.labels
-        if labels is not None:  # the null label trains the unconditional model for classifier-free guidance
-            labels = torch.where(batch.rand() < self.label_dropout, torch.full_like(labels, self.num_classes), labels)
+        # the null condition (label or empty prompt) trains the unconditional model for classifier-free guidance
+        cond = batch.cond
+        if cond is not None:
+            cond = conds.drop(cond, batch.rand() < self.label_dropout, self.num_classes)
         s = append_dims(sigma, batch.x.ndim)
         weight = edm_weight(s, sigma_data)
-        denoised = self.modules["model"](batch.x + s * noise, sigma, labels)
+        denoised = self.modules["model"](batch.x + s * noise, sigma, cond)
         return {"model": (weight * (denoised - batch.x) ** 2).mean()}

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fewstep.core.errors import UserError
-from fewstep.train.batch import Batch, draw_batch
+from fewstep.train.batch import Batch, BatchSource
 from fewstep.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fewstep.train.ema import EMA
 
@@ -103,7 +103,7 @@ class MetricsLog:
 Monitor = Callable[[dict[str, nn.Module]], float]
 
 
-def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cfg: Any, run_dir: Path,
+def run_loop(method: Method, source: BatchSource, cfg: Any, run_dir: Path,
              on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
              stop_at: int | None = None, monitor: Monitor | None = None) -> dict[str, nn.Module]:
     """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped.
@@ -182,8 +182,7 @@ def run_loop(method: Method, data: torch.Tensor, labels: torch.Tensor | None, cf
                 if stop_at is not None and step >= stop_at:
                     bar.close()
                     return trained()
-                batch = draw_batch(data, labels, cfg.seed, step, cfg.batch_size, acc.process_index, acc.num_processes,
-                                   acc.device)
+                batch = source.batch(step, cfg.batch_size, acc.process_index, acc.num_processes, acc.device)
                 lr = _lr(cfg, step, state["lr_scale"])
                 with acc.autocast():
                     losses = method.losses(batch)

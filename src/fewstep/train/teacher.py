@@ -19,6 +19,7 @@ from fewstep.models.io import ModelInfo, save_model
 from fewstep.models.networks import arch_of, build_network, call_network
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
+from fewstep.train.batch import TensorSource
 from fewstep.train.loop import run_loop
 
 GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
@@ -76,17 +77,17 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
     def on_sample(step: int, modules: dict) -> None:
         preview(modules["model"], data, run_dir / "samples" / f"step-{step:07d}.png")
 
-    modules = run_loop(method, data.train, labels, cfg, run_dir, on_sample, acc, stop_at)
+    modules = run_loop(method, TensorSource(data.train, labels, cfg.seed), cfg, run_dir, on_sample, acc, stop_at)
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]
     state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
-    info = ModelInfo(arch=arch_of(ema.net), network_class=type(ema.net).__name__, sigma_data=ema.sigma_data,
+    info = ModelInfo(arch=arch_of(ema.network), network_class=type(ema.network).__name__, sigma_data=ema.sigma_data,
                      sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, num_classes=ema.num_classes,
                      dataset=cfg.dataset, kind=data.kind, shape=list(data.shape),
                      extra={"train_steps": cfg.steps, "train_seconds": round(state["train_seconds"], 1),
                             "preset": cfg.preset})
-    model_dir = save_model(run_dir / "model", ema.net, info)
+    model_dir = save_model(run_dir / "model", ema.network, info)
     preview(ema, data, run_dir / "samples" / "final.png")
     _loss_plot(run_dir)
     return model_dir

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
+from fewstep.core import cond as conds
+from fewstep.core.cond import CondLike
+from fewstep.core.denoiser import Denoiser, as_sigma_batch, is_conditional
 from fewstep.core.errors import UserError
 
 
@@ -17,12 +19,13 @@ class CFGDenoiser:
     """D = D_uncond + scale (D_cond - D_uncond) (Ho & Salimans 2022), guided only for sigma_lo < sigma <= sigma_hi.
 
     Outside the interval (Kynkaanniemi et al. 2024) a row gets the conditional pass alone: scale 1, one row.
-    `cond` holds class labels [batch]; the unconditional pass uses the null label num_classes.
+    The unconditional pass uses the condition's null: the null label num_classes for class labels, a text
+    condition's own negative (the empty or the negative prompt).
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, sigma_interval: tuple[float, float] | None = None):
-        if not denoiser.num_classes:
-            raise UserError("classifier-free guidance needs a class-conditional model; this one is unconditional")
+        if not is_conditional(denoiser):
+            raise UserError("classifier-free guidance needs a conditional model; this one is unconditional")
         self.inner = denoiser
         self.scale = float(scale)
         self.sigma_interval = sigma_interval
@@ -30,6 +33,11 @@ class CFGDenoiser:
         self.sigma_data = denoiser.sigma_data
         self.num_classes = denoiser.num_classes
         self.rows_evaluated = 0
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
         return self.inner.init_noise_scale(sigma_max)
@@ -41,16 +49,15 @@ class CFGDenoiser:
         lo, hi = self.sigma_interval
         return (sigma > lo) & (sigma <= hi)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: CondLike = None) -> torch.Tensor:
         if cond is None:  # unconditional sampling: D_cond = D_uncond, nothing to guide
             self.rows_evaluated += x.shape[0]
             return self.inner(x, sigma, None)
         sigma = as_sigma_batch(sigma, x)
-        labels = torch.as_tensor(cond, device=x.device).long().reshape(x.shape[0])
         rows = self.guided(sigma).nonzero()[:, 0]
-        null = torch.full_like(labels[rows], self.num_classes)
-        # one forward: every row conditional, then the guided rows again with the null label
-        out = self.inner(torch.cat([x, x[rows]]), torch.cat([sigma, sigma[rows]]), torch.cat([labels, null]))
+        empty = conds.select(conds.null(cond, self.num_classes), rows)
+        # one forward: every row conditional, then the guided rows again with the null condition
+        out = self.inner(torch.cat([x, x[rows]]), torch.cat([sigma, sigma[rows]]), conds.concat(cond, empty))
         self.rows_evaluated += x.shape[0] + len(rows)
         d_cond, d_uncond = out[: x.shape[0]], out[x.shape[0]:]
         return d_cond.index_copy(0, rows, d_uncond + self.scale * (d_cond[rows] - d_uncond))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fewstep.accel.base import AcceleratorHandle, build_config, parse_spec
 from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
 from fewstep.core.errors import UserError
-from fewstep.samplers.guidance import CFGDenoiser
+from fewstep.samplers.cfg import CFGDenoiser
 
 
 class _KeepOutput:
