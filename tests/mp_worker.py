@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from fewstep.train.teacher import resolve_train_config, make_teacher
 from fewstep.data import load_dataset
 from fewstep.train.edm import EDMTraining
-from fewstep.train.batch import TensorSource
+from fewstep.data.batches import TensorSource
 from fewstep.train.loop import make_accelerator, run_loop
 
 import torch

@@ -15,7 +15,7 @@ from fewstep.core.schedules import make_schedule
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
 from fewstep.distill.progressive import rounds
 from fewstep.samplers.ode import ode_step
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
 
 

@@ -23,7 +23,7 @@ from fewstep.models.io import LoadedModel, load_model, save_model
 from fewstep.models.networks import arch_of, build_network, call_network, disable_label_dropout
 from fewstep.samplers.cfg import CFGDenoiser
 from fewstep.samplers.ode import ODE_SOLVERS
-from fewstep.train.batch import TensorSource
+from fewstep.data.batches import TensorSource
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview

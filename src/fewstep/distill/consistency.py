@@ -15,7 +15,7 @@ from fewstep.core.errors import UserError
 from fewstep.core.precond import ConsistencyBoundary
 from fewstep.core.schedules import karras
 from fewstep.samplers.ode import ode_step
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DISTANCES = ("l2", "huber", "feature")

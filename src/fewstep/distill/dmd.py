@@ -12,7 +12,7 @@ from torch import nn
 
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
 
 GAN_FAKE_WEIGHT = 1e-2  # the GAN classifier's weight in the fake score's loss (DMD2's guidance_cls_loss_weight)

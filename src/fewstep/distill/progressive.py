@@ -12,7 +12,7 @@ from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import make_schedule
 from fewstep.samplers.ode import ode_step
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_weight
 
 

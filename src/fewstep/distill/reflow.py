@@ -18,7 +18,7 @@ from fewstep.core.schedules import make_schedule
 from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
 from fewstep.models.io import model_hash
 from fewstep.samplers import generate
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_weight
 
 PAIR_SEED_OFFSET = 1_000_003  # pairs never reuse the evaluation seeds' noise

@@ -7,7 +7,7 @@ from torch import nn
 
 from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
-from fewstep.train.batch import Batch
+from fewstep.data.batches import Batch
 
 
 def edm_sigma(batch: Batch, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:

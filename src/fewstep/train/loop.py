@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fewstep.core.errors import UserError
-from fewstep.train.batch import Batch, BatchSource
+from fewstep.data.batches import Batch, BatchSource
 from fewstep.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fewstep.train.ema import EMA
 

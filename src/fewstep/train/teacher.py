@@ -19,7 +19,7 @@ from fewstep.models.io import ModelInfo, save_model
 from fewstep.models.networks import arch_of, build_network, call_network
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
-from fewstep.train.batch import TensorSource
+from fewstep.data.batches import TensorSource
 from fewstep.train.loop import run_loop
 
 GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18

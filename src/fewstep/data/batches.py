@@ -1,7 +1,7 @@
 """A training batch: this process's rows of a global batch, and randomness that every process draws alike.
 
-Where batches come from is a `BatchSource`: `TensorSource` draws rows of in-memory tensors; streamed data sources
-(fewstep.data) implement the same protocol.
+
+
 """
 
 from __future__ import annotations
