@@ -1,7 +1,7 @@
-"""A training batch: this process's rows of a global batch, and randomness that every process draws alike.
+"""Training batches: this process's rows of a global batch, and randomness that every process draws alike.
 
-
-
+The training loop asks a `BatchSource` for the batch of each step: `TensorSource` draws rows of in-memory tensors;
+streamed sources (folders, shards) implement the same protocol.
 """
 
 from __future__ import annotations
