@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from fewstep.accel import apply_accelerator
+from fewstep.accel import apply_cache
 from fewstep.core.schedules import make_schedule
 from fewstep.metrics.cost import time_per_sample
 from fewstep.models.io import load_model
@@ -35,7 +35,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {s: [] for s in a.specs}
     for _ in range(a.rounds):
         for spec in a.specs:
-            handle = apply_accelerator(model, spec)
+            handle = apply_cache(model, spec)
             seconds[spec].append(time_per_sample(
                 lambda: generate(model.denoiser, model.info.shape, a.batch, sigmas, "heun", 0, labels,
                                  batch_size=a.batch), a.batch).seconds_per_sample)

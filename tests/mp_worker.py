@@ -20,6 +20,6 @@ data = load_dataset("digits")
 torch.manual_seed(cfg.seed)
 teacher = make_teacher(cfg, data)
 acc = make_accelerator("cpu", "no")
-modules = run_loop(EDMTraining(teacher), TensorSource(data.train, data.train_labels, cfg.seed), cfg, out / f"run{acc.num_processes}", accelerator=acc)
+modules = run_loop(EDMTraining(teacher), TensorSource(data.train, data.train_labels, cfg.seed), cfg.loop(), out / f"run{acc.num_processes}", accelerator=acc)
 save_file({k: v.contiguous() for k, v in modules["model"].state_dict().items()},
           out / f"world{acc.num_processes}-rank{acc.process_index}.safetensors")

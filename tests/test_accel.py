@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from fewstep.accel import ACCELERATORS, AdaptiveGuidance, apply_accelerator, guided_denoiser, parse_spec
+from fewstep.accel import CACHES, AdaptiveGuidance, apply_cache, guided_denoiser, parse_spec
 from fewstep.accel.errorcache import ResidualProfile, choose_reuse, profile_residuals
 from fewstep.accel.adaptive_guidance import similarity
 from fewstep.accel.keysteps import KeySteps, power_schedule
@@ -52,7 +52,7 @@ def arch_of_spec(spec: str) -> str:
 def test_interval_one_and_threshold_zero_reproduce_the_model(spec, sampler):
     d = model("dit" if spec.startswith("fbcache") else "unet", "small" if spec.startswith("fbcache") else "tiny")
     plain = run(d, sampler)
-    handle = apply_accelerator(d, spec)
+    handle = apply_cache(d, spec)
     out = run(d, sampler)
     assert torch.equal(out.samples, plain.samples)
     if spec != "none":
@@ -65,7 +65,7 @@ def test_remove_restores_the_module_exactly(spec):
     before = {k: v.clone() for k, v in d.state_dict().items()}
     classes = [type(m) for m in d.modules()]
     plain = run(d)
-    handle = apply_accelerator(d, spec)
+    handle = apply_cache(d, spec)
     cached = run(d)
     assert handle.stats()["cached_calls"] > 0 and not torch.equal(cached.samples, plain.samples)
     handle.remove()
@@ -73,7 +73,7 @@ def test_remove_restores_the_module_exactly(spec):
     assert all("forward" not in m.__dict__ and not m._forward_hooks and not m._forward_pre_hooks for m in d.modules())
     assert all(torch.equal(v, before[k]) for k, v in d.state_dict().items())
     assert torch.equal(run(d).samples, plain.samples)
-    apply_accelerator(d, spec).remove()  # and it can be applied again
+    apply_cache(d, spec).remove()  # and it can be applied again
 
 
 @pytest.mark.parametrize("spec", ["deepcache:interval=2,branch=0", "deepcache:interval=2,branch=1",
@@ -84,7 +84,7 @@ def test_a_cached_call_on_the_full_calls_input_equals_it(spec):
     x, sigma = torch.randn(4, *SHAPE) * 2, torch.full((4,), 1.5)
     with torch.no_grad():
         full = d(x, sigma, LABELS)
-        handle = apply_accelerator(d, spec)
+        handle = apply_cache(d, spec)
         first, second = d(x, sigma, LABELS), d(x, sigma, LABELS)
     assert handle.stats() == {"full_calls": 1, "cached_calls": 1}
     assert torch.equal(first, full) and torch.equal(second, full)
@@ -107,7 +107,7 @@ def test_cached_calls_skip_compute_and_flops_add_up(spec, tmp_path):
         SAMPLERS["heun"].fn(d, x, sigmas, LABELS)
 
     plain = count_flops(sample)
-    handle = apply_accelerator(d, spec)
+    handle = apply_cache(d, spec)
     accelerated = count_flops(sample)
     calls = handle.stats()
     assert calls["cached_calls"] > 0 and calls["full_calls"] + calls["cached_calls"] == SAMPLERS["heun"].nfe(6)
@@ -121,7 +121,7 @@ def test_cached_calls_skip_compute_and_flops_add_up(spec, tmp_path):
 @pytest.mark.parametrize("spec", UNET_SPECS + DIT_SPECS)
 def test_state_resets_between_sampling_calls_and_is_per_batch(spec):
     d = model(arch_of_spec(spec), "small" if arch_of_spec(spec) == "dit" else "tiny")
-    handle = apply_accelerator(d, spec)
+    handle = apply_cache(d, spec)
     first = run(d)
     run(d, seed=5, n=3)  # another batch (and shape) in between
     again = run(d)
@@ -142,7 +142,7 @@ def test_deepcache_equals_the_deepcache_package():
         helper = deepcache.DeepCacheSDHelper(pipe)
         helper.set_params(cache_interval=3, cache_branch_id=3 * branch + ours.network.config.layers_per_block)
         helper.enable()
-        handle = apply_accelerator(ours, f"deepcache:interval=3,branch={branch}")
+        handle = apply_cache(ours, f"deepcache:interval=3,branch={branch}")
         x = torch.randn(2, *SHAPE)
         with torch.no_grad():
             for t in ts:  # DeepCache's helper finds the step by t.item(): one timestep per call
@@ -160,7 +160,7 @@ def test_fbcache_equals_diffusers_first_block_cache():
     ours, ref = model("dit", "small"), model("dit", "small")
     apply_first_block_cache(ref.network, FirstBlockCacheConfig(threshold=0.1))
     _set_cache_context(ref.network, CacheContext("fewstep"))  # what CacheMixin.cache_context does; DiT lacks the mixin
-    handle = apply_accelerator(ours, "fbcache:threshold=0.1")
+    handle = apply_cache(ours, "fbcache:threshold=0.1")
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         for sigma in karras(12, 0.5, 5.0)[:-1]:
@@ -177,10 +177,10 @@ def test_errorcache_profile_choice_and_exactness(tmp_path):
     path = profile.save(tmp_path / "profile.json")
     assert ResidualProfile.load(path) == profile
     plain = run(d)
-    handle = apply_accelerator(d, f"errorcache:profile={path},budget=0")
+    handle = apply_cache(d, f"errorcache:profile={path},budget=0")
     assert torch.equal(run(d).samples, plain.samples) and handle.stats()["cached_calls"] == 0
     handle.remove()
-    handle = apply_accelerator(d, f"errorcache:profile={path},budget=0.3")
+    handle = apply_cache(d, f"errorcache:profile={path},budget=0.3")
     run(d)
     assert handle.stats()["cached_calls"] == 2
     with pytest.raises(UserError, match="no call at noise level"):
@@ -296,12 +296,12 @@ def test_guided_denoiser_builds_each_kind():
 
 @pytest.mark.parametrize("target,spec,message", [
     ("unet", "deepcache:interval=0", "interval must be at least 1"),
-    ("unet", "deepcache:interval=x", "is not an integer"),
+    ("unet", "deepcache:interval=x", "setting 'interval' expects int"),
     ("unet", "deepcache:branch=5", "branch must lie in 0..1"),
     ("unet", "deepcache:full_steps=[1,2]", "starting at 0"),
     ("unet", "deepcache:speed=3", "has no setting 'speed'"),
     ("unet", "deepcache:interval", "write NAME:KEY=VALUE"),
-    ("unet", "turbo", "unknown accelerator 'turbo'"),
+    ("unet", "turbo", "unknown cache 'turbo'"),
     ("unet", "fbcache", "works on a diffusers DiTTransformer2DModel; this model's network is a UNet2DModel"),
     ("dit", "deepcache", "works on a diffusers UNet2DModel"),
     ("dit", "errorcache", "needs a residual profile"),
@@ -309,7 +309,7 @@ def test_guided_denoiser_builds_each_kind():
 ])
 def test_user_mistakes_are_one_line_errors(target, spec, message):
     with pytest.raises(UserError, match=message):
-        apply_accelerator(model(target), spec)
+        apply_cache(model(target), spec)
 
 
 def test_guidance_mistakes():
@@ -325,9 +325,9 @@ def test_guidance_mistakes():
 
 def test_a_network_is_accelerated_once_at_a_time():
     d = model("unet")
-    handle = apply_accelerator(d, "deepcache")
+    handle = apply_cache(d, "deepcache")
     with pytest.raises(UserError, match="already accelerated"):
-        apply_accelerator(d, "encprop")
+        apply_cache(d, "encprop")
     handle.remove()
 
 
@@ -335,8 +335,8 @@ def test_parse_spec_and_registry():
     assert parse_spec("deepcache:interval=3,full_steps=[0,2,5],branch=1") == (
         "deepcache", {"interval": "3", "full_steps": "[0,2,5]", "branch": "1"})
     assert parse_spec("none") == ("none", {})
-    assert {"none", "deepcache", "encprop", "fbcache", "errorcache"} <= set(ACCELERATORS)
-    assert all(isinstance(a.summary, str) and a.summary for a in ACCELERATORS.values())
+    assert {"none", "deepcache", "encprop", "fbcache", "errorcache"} <= set(CACHES)
+    assert all(isinstance(a.summary, str) and a.summary for a in CACHES.values())
 
 
 @pytest.fixture(scope="module")
@@ -350,13 +350,14 @@ def unet_folder(tmp_path_factory) -> str:
 
 
 def test_sample_model_and_cli_take_cache_and_guidance(unet_folder, tmp_path, capsys):
+    from fewstep.plan import PlanSettings
     from fewstep.sample import sample_model
 
-    plain = sample_model(unet_folder, n=4, steps=3, cycle_classes=True, cfg_scale=2.0)
-    same = sample_model(unet_folder, n=4, steps=3, cycle_classes=True, cfg_scale=2.0, cache="deepcache:interval=1",
-                        guidance="adaptive:threshold=2")
+    plain = sample_model(unet_folder, 4, PlanSettings(steps=3, cfg_scale=2.0), cycle_classes=True)
+    same = sample_model(unet_folder, 4, PlanSettings(steps=3, cfg_scale=2.0, cache="deepcache:interval=1",
+                                                        guidance="adaptive:threshold=2"), cycle_classes=True)
     assert torch.equal(plain.samples, same.samples)
-    cached = sample_model(unet_folder, n=4, steps=3, cycle_classes=True, cache="deepcache:interval=3")
+    cached = sample_model(unet_folder, 4, PlanSettings(steps=3, cache="deepcache:interval=3"), cycle_classes=True)
     assert cached.samples.shape == (4, *SHAPE)
     assert main(["sample", "--model", unet_folder, "--n", "4", "--steps", "2", "--classes", "--cfg-scale", "2",
                  "--guidance", "adaptive:threshold=0.9", "--cache", "encprop:interval=2",

@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewstep.accel import save_accelerated
+from fewstep.accelerated import save_accelerated
 from fewstep.cli import main
 from fewstep.core.errors import UserError
 from fewstep.models import ModelInfo, build_network, save_model
 from fewstep.models.io import model_hash
+from fewstep.plan import PlanSettings
 from fewstep.sample import sample_model
 
 SHAPE = (1, 8, 8)
@@ -46,7 +47,7 @@ def accelerated(original, tmp_path_factory) -> str:
 
 
 def draw(model: str, **flags) -> torch.Tensor:
-    return sample_model(model, n=6, cycle_classes=True, **flags).samples
+    return sample_model(model, 6, PlanSettings(**flags), cycle_classes=True).samples
 
 
 def test_the_folder_samples_like_the_original_with_the_same_flags(original, accelerated, tmp_path):
@@ -60,7 +61,7 @@ def test_the_folder_samples_like_the_original_with_the_same_flags(original, acce
 def test_a_searched_schedule_is_recorded_with_its_sigmas(original, tmp_path):
     searched = tmp_path / "searched.json"
     searched.write_text(json.dumps({"sigmas": [80.0, 3.1, 0.7, 0.05, 0.0], "sampler": "euler"}))
-    info = save_accelerated(original, tmp_path / "acc", schedule=str(searched))
+    info = save_accelerated(original, tmp_path / "acc", PlanSettings(schedule=str(searched)))
     assert info.sampler == {"name": "euler", "schedule": str(searched), "steps": 4,
                             "sigmas": pytest.approx([80.0, 3.1, 0.7, 0.05])}
     assert info.acceleration is None
@@ -110,7 +111,7 @@ def test_eval_rows_on_the_folder_record_what_ran(original, accelerated, monkeypa
 
 
 def test_an_accelerated_folder_can_be_accelerated_again(accelerated, tmp_path):
-    info = save_accelerated(accelerated, tmp_path / "again", cache="none", steps=6)
+    info = save_accelerated(accelerated, tmp_path / "again", PlanSettings(cache="none", steps=6))
     assert info.acceleration == {"cache": None, "guidance": "adaptive:threshold=0.99", "cfg_scale": 2.0,
                                  "cfg_interval": (0.5, 80.0)}
     assert info.sampler == {"name": "dpmpp_2m", "schedule": "karras", "steps": 6}
@@ -119,9 +120,9 @@ def test_an_accelerated_folder_can_be_accelerated_again(accelerated, tmp_path):
 def test_a_students_recorded_sigmas_are_kept_unless_the_grid_changes(tmp_path):
     student = saved_unet(tmp_path / "student", sampler={"name": "consistency", "schedule": "karras_trailing",
                                                         "steps": 2, "sigmas": [80.0, 1.5]})
-    kept = save_accelerated(student, tmp_path / "a", cache="deepcache:interval=2", dry_run=True)
+    kept = save_accelerated(student, tmp_path / "a", PlanSettings(cache="deepcache:interval=2"), dry_run=True)
     assert kept.sampler == {"name": "consistency", "schedule": "karras_trailing", "steps": 2, "sigmas": [80.0, 1.5]}
-    regrid = save_accelerated(student, tmp_path / "b", steps=4, dry_run=True)
+    regrid = save_accelerated(student, tmp_path / "b", PlanSettings(steps=4), dry_run=True)
     assert regrid.sampler == {"name": "consistency", "schedule": "karras_trailing", "steps": 4}
 
 
@@ -135,7 +136,7 @@ def test_dry_run_prints_the_record_and_writes_nothing(original, tmp_path, capsys
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--cache", "turbo"], "unknown accelerator 'turbo'"),
+    (["--cache", "turbo"], "unknown cache 'turbo'"),
     (["--cache", "deepcache:speed=2"], "has no setting 'speed'"),
     (["--cache", "fbcache"], "works on a diffusers DiTTransformer2DModel"),
     (["--guidance", "adaptive"], "give it a scale"),
@@ -158,8 +159,8 @@ def test_mistakes_exit_2_with_one_line_and_write_nothing(original, tmp_path, cap
 def test_guidance_on_an_unconditional_model_is_refused(tmp_path):
     model = saved_unet(tmp_path / "uncond", num_classes=0)
     with pytest.raises(UserError, match="needs a conditional model"):
-        save_accelerated(model, tmp_path / "acc", cfg_scale=2.0)
-    assert save_accelerated(model, tmp_path / "acc", cache="deepcache:interval=3").acceleration["cache"]
+        save_accelerated(model, tmp_path / "acc", PlanSettings(cfg_scale=2.0))
+    assert save_accelerated(model, tmp_path / "acc", PlanSettings(cache="deepcache:interval=3")).acceleration["cache"]
 
 
 def test_out_must_be_new_empty_or_a_model_folder_to_force_over(original, accelerated, tmp_path, capsys):

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from fewstep.accel.schedule_search import save_schedule
+from fewstep.core.schedules import write_schedule_file
 from fewstep.bench import run as bench_run
 from fewstep.bench.report import PLOTS, render_report
 from fewstep.bench.suite import resolve_suite, suite_rows
@@ -59,7 +59,7 @@ def students(quick_teacher, tmp_path_factory):
 def bench(quick_teacher, students, tmp_path_factory):
     """The suite above (with a searched Euler schedule) plus the students folder, run through the CLI."""
     tmp = tmp_path_factory.mktemp("bench")
-    save_schedule({"sampler": "euler", "sigmas": [80.0, 2.0, 0.3]}, tmp / "searched.json")
+    write_schedule_file({"sampler": "euler", "sigmas": [80.0, 2.0, 0.3]}, tmp / "searched.json")
     (tmp / "suite.toml").write_text(SUITE.format(teacher=quick_teacher, schedule=tmp / "searched.json"))
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -135,12 +135,12 @@ def test_render_report_is_a_pure_function_of_rows():
 
 
 @pytest.mark.parametrize("text,message", [
-    ('teacher = "{teacher}"\nnn = 3\n', "unknown key 'nn'"),
-    ('teacher = "{teacher}"\n[samplers]\nnames = ["euler"]\nnfes = [1]\n', "[samplers]: unknown key 'nfes'"),
+    ('teacher = "{teacher}"\nnn = 3\n', "has no setting 'nn'"),
+    ('teacher = "{teacher}"\n[samplers]\nnames = ["euler"]\nnfes = [1]\n', "[samplers] has no setting 'nfes'"),
     ('teacher = "{teacher}"\n[[students]]\npath = "{teacher}/missing"\n', "does not exist"),
-    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "nope"\n', "unknown accelerator 'nope'"),
+    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "nope"\n', "unknown cache 'nope'"),
     ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on a diffusers"),
-    ('teacher = "{teacher}"\nn = "many"\n', "key 'n' expects int"),
+    ('teacher = "{teacher}"\nn = "many"\n', "setting 'n' expects int"),
     ('teacher = "{teacher}"\n[samplers]\nnames = ["nope"]\n', "unknown sampler 'nope'"),
     ('n = 32\n', "names no teacher"),
 ])

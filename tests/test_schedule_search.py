@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from fewstep.accel.schedule_search import coordinate_search, load_schedule, search_schedule
+from fewstep.accel.schedule_search import coordinate_search, search_schedule
+from fewstep.core.schedules import read_schedule_file
 from fewstep.bench.evaluate import EvalSettings, evaluate_model
 from fewstep.cli import main
 from fewstep.core.errors import UserError
@@ -15,6 +16,7 @@ from fewstep.core.schedules import make_schedule
 from fewstep.data import load_dataset
 from fewstep.metrics import evaluate_samples
 from fewstep.models import load_model
+from fewstep.plan import PlanSettings
 from fewstep.sample import sample_model
 from fewstep.samplers import generate
 
@@ -42,8 +44,8 @@ def test_searched_schedule_beats_karras_on_the_rulers_seeds(toy_teacher, searche
 
 
 def test_sample_and_eval_use_a_searched_schedule(toy_teacher, searched):
-    sigmas = torch.tensor(load_schedule(searched)["sigmas"])
-    out = sample_model(toy_teacher, n=16, schedule=str(searched))  # sampler: the one the schedule was searched for
+    sigmas = torch.tensor(read_schedule_file(searched)["sigmas"])
+    out = sample_model(toy_teacher, 16, PlanSettings(schedule=str(searched)))  # sampler: the one the schedule was searched for
     model = load_model(toy_teacher)
     assert out.nfe == 4 and torch.equal(out.samples, generate(model.denoiser, [2], 16, sigmas, "dpmpp_2m").samples)
     row = evaluate_model(toy_teacher, EvalSettings(schedule=str(searched), n=64, timing_batch=8, agreement=False))
@@ -64,6 +66,6 @@ def test_search_mistakes(toy_teacher, tmp_path):
         search_schedule(toy_teacher, "euler", 1)
     (tmp_path / "bad.json").write_text(json.dumps({"sigmas": [1.0, 2.0]}))
     with pytest.raises(UserError, match="strictly decreasing"):
-        load_schedule(tmp_path / "bad.json")
+        read_schedule_file(tmp_path / "bad.json")
     assert main(["sample", "--model", str(toy_teacher), "--schedule", str(tmp_path / "none.json"),
                  "--out", str(tmp_path / "x.png")]) == 2

@@ -1,127 +1,77 @@
-"""fewstep's command line: a thin layer over functions a user can import. Mistakes exit 2 with one line."""
+"""fewstep's command line: a thin layer over functions a user can import. Mistakes exit 2 with one line.
+
+Subcommands are built lazily: `fewstep --help` and `--version` import nothing heavy, and a subcommand's flags are
+generated from its config dataclasses' field metadata (help text written once, beside the field).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
-
-TRAIN_HELP = {
-    "dataset": "digits | 8gaussians | checkerboard | moons | swissroll | shapes | folder:PATH",
-    "resolution": "image size for shapes and folder:PATH (default 32)",
-    "arch": "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)",
-    "preset": "size and length: tiny (tests) | small (CPU) | base (GPU)",
-    "conditional": "train class-conditional when the dataset has labels (true/false)",
-    "label_dropout": "probability of the null label, for classifier-free guidance",
-    "steps": "optimiser steps",
-    "batch_size": "global batch size (split over processes)",
-    "lr": "Adam learning rate",
-    "lr_warmup_steps": "linear learning-rate warm-up",
-    "grad_clip": "gradient-norm clip (0 = off)",
-    "ema_halflife_steps": "EMA half-life in steps",
-    "p_mean": "mean of ln(sigma) during training (EDM)",
-    "p_std": "std of ln(sigma) during training (EDM)",
-    "sigma_min": "smallest sigma the model is sampled at",
-    "sigma_max": "largest sigma the model is sampled at",
-    "seed": "seed for initialisation, batches and noise",
-    "log_every": "steps between metrics.jsonl lines",
-    "sample_every": "steps between preview grids (0 = only at the end)",
-    "checkpoint_every": "steps between checkpoints",
-    "keep_checkpoints": "how many checkpoints to keep",
-    "max_rollbacks": "divergence guard: roll-backs (halving lr) before giving up",
-    "device": "auto | cpu | cuda",
-    "mixed_precision": "no | bf16 | fp16",
-}
-
-DISTILL_HELP = {
-    "teacher": "the teacher: run directory, fewstep model folder or diffusers folder",
-    "method": "progressive | consistency | reflow | dmd2 | add | lightning",
-    "steps": "student step counts, e.g. 1,2,4 (progressive exports each; others record them)",
-    "dataset": "training data (default: the teacher's dataset)",
-    "preset": "run length: tiny (tests) | small (CPU) | base (GPU)",
-    "student_preset": "'' = the teacher's network and weights; tiny | small | base = a fresh network of that size",
-    "init": "teacher (start from its weights) | scratch | a model folder (e.g. a student to fine-tune)",
-    "cfg_scale": "classifier-free guidance scale folded into the teacher's targets (1 = none)",
-    "train_steps": "optimiser steps of each stage (each progressive round)",
-    "solver": "the teacher's ODE step: euler | heun",
-    "pd_start_steps": "progressive, lightning: student steps of the first round",
-    "cd_grid": "consistency: number of Karras sigmas in the teacher's grid",
-    "cd_skip": "consistency: grid points skipped by one teacher step (LCM)",
-    "cd_target_ema": "consistency: EMA decay of the target network (0 = the student without gradient)",
-    "distance": "consistency: l2 | huber | feature",
-    "boundary_scale": "consistency: time scaling of the boundary condition's c_skip / c_out",
-    "reflow_pairs": "reflow: number of (noise, teacher sample) pairs",
-    "reflow_solver_steps": "reflow: teacher ODE steps per pair",
-    "dmd_fake_updates": "dmd2: fake-score updates per generator update",
-    "dmd_gan_weight": "dmd2: weight of the GAN term on the fake score's features (0 = none, data-free)",
-    "adv_distill_weight": "add: score-distillation weight (0 = LADD); lightning: regression weight (0 = MSE-free)",
-    "adv_r1_gamma": "add, lightning: approximate-R1 penalty on the discriminator (0 = none)",
-    "adv_disc_lr_scale": "add, lightning: discriminator heads' learning rate / the student's",
-    "max_rollbacks": "divergence guard: roll-backs (half the lr each) before stopping",
-    "explode_factor": "divergence guard: |loss| above this times its recent median rolls back (0 = off)",
-    "guard_patience": "divergence guard: steps a method may report trouble (a winning discriminator) in a row",
-    "monitor_n": "divergence guard: samples whose recall is checked before each checkpoint (0 = off)",
-    "collapse_drop": "divergence guard: a recall this far below the run's best rolls back",
-}
+from typing import Any, Callable
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type, help_text: dict[str, str]) -> None:
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, metavar=type(f.default).__name__.upper(),
-                            help=f"{help_text.get(f.name, f.name)} (default: preset or {f.default!r})")
+def _add_config_flags(parser: argparse.ArgumentParser, field_list: list) -> None:
+    """One --flag per config field, its help from the field's metadata."""
+    from fewstep.config import help_of
+
+    for f in field_list:
+        default = f.default if f.default is not MISSING else f.default_factory()
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=type(default).__name__.upper(),
+                            help=f"{help_of(f) or f.name} (default: preset or {default!r})")
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, out_help: str, cls: type, help_text: dict[str, str]) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, out_help: str, field_list: list) -> None:
     """--out, --config, --resume, --dry-run and one flag per config field: what every training command takes."""
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--config", help="TOML file of config fields; flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as TOML and exit")
-    _add_config_flags(parser, cls, help_text)
+    _add_config_flags(parser, field_list)
+    parser.set_defaults(config_fields=[f.name for f in field_list])
 
 
-def _overrides(args: argparse.Namespace, cls: type) -> dict:
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+def _overrides(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in args.config_fields if getattr(args, name, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fewstep.config import TrainConfig, to_toml
+    from fewstep.config import to_toml
     from fewstep.train.teacher import resolve_train_config, train_teacher
 
-    cfg = resolve_train_config(_overrides(args, TrainConfig), args.config, args.out, args.resume)
+    config = resolve_train_config(_overrides(args), args.config, args.out, args.resume)
     if args.dry_run:
-        print(to_toml(cfg), end="")
+        print(to_toml(config), end="")
         return 0
-    model_dir = train_teacher(cfg, args.out, resume=args.resume)
+    model_dir = train_teacher(config, args.out, resume=args.resume)
     print(f"model saved to {model_dir}; samples in {Path(args.out) / 'samples'}")
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from fewstep.config import DistillConfig, to_toml
+    from fewstep.config import to_toml
     from fewstep.distill import distill, resolve_distill_config
 
-    cfg = resolve_distill_config(_overrides(args, DistillConfig), args.config, args.out, args.resume)
+    config = resolve_distill_config(_overrides(args), args.config, args.out, args.resume)
     if args.dry_run:
-        print(to_toml(cfg), end="")
+        print(to_toml(config.flat()), end="")
         return 0
-    for path in distill(cfg, args.out, resume=args.resume):
+    for path in distill(config, args.out, resume=args.resume):
         print(f"student saved to {path}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from fewstep.data.visualize import save_samples
-    from fewstep.sample import sample_model
+    from fewstep.models.io import load_model
+    from fewstep.sample import class_labels, sample_model
 
-    labels = None if args.class_label is None else torch.full((args.n,), args.class_label, dtype=torch.long)
-    result = sample_model(args.model, args.n, args.steps, args.sampler, args.schedule, args.seed, labels,
-                          args.batch_size, args.device, cycle_classes=args.classes, cfg_scale=args.cfg_scale,
-                          cfg_interval=_interval(args.cfg_interval), cache=args.cache, guidance=args.guidance)
+    model = load_model(args.model, args.device)
+    labels = class_labels(model, args.n, args.class_label, args.classes)
+    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device)
     path = save_samples(result.samples, args.out)
     if args.save_tensor:
         from safetensors.torch import save_file
@@ -147,9 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 
-    settings = EvalSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule, n=args.n, seed=args.seed,
-                            batch_size=args.batch_size, cfg_scale=args.cfg_scale,
-                            cfg_interval=_interval(args.cfg_interval), cache=args.cache, guidance=args.guidance,
+    settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=args.seed, batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
                             device=args.device, inception=args.inception)
     if args.steps is not None and args.steps < 1:
@@ -189,12 +137,13 @@ def _print_row(row: dict, as_json: bool) -> None:
 
 
 def cmd_search_schedule(args: argparse.Namespace) -> int:
-    from fewstep.accel.schedule_search import save_schedule, search_schedule
+    from fewstep.accel.schedule_search import search_schedule
     from fewstep.bench.evaluate import steps_for_nfe
+    from fewstep.core.schedules import write_schedule_file
 
     result = search_schedule(args.model, args.sampler, steps_for_nfe(args.sampler, args.nfe), args.n, args.seed,
                              args.evaluations, args.dataset, args.batch_size, args.device)
-    save_schedule(result, args.out)
+    write_schedule_file(result, args.out)
     print(f"wrote {args.out}: {args.sampler} NFE {result['nfe']}, {result['objective']} {result['quality']:.4g} "
           f"(karras {result['start_quality']:.4g}) on held-out seed {args.seed}; {result['evaluations']} evaluations "
           f"in {result['search_seconds']:.1f} s")
@@ -204,11 +153,9 @@ def cmd_search_schedule(args: argparse.Namespace) -> int:
 def cmd_accelerate(args: argparse.Namespace) -> int:
     import json
 
-    from fewstep.accel import save_accelerated
+    from fewstep.accelerated import save_accelerated
 
-    info = save_accelerated(args.model, args.out, args.cache, args.guidance, args.cfg_scale,
-                            _interval(args.cfg_interval), args.sampler, args.steps, args.schedule, force=args.force,
-                            dry_run=args.dry_run)
+    info = save_accelerated(args.model, args.out, _plan_settings(args), force=args.force, dry_run=args.dry_run)
     recorded = {"sampler": info.sampler, "acceleration": info.acceleration}
     if args.dry_run:
         print(json.dumps(recorded, indent=2))
@@ -238,7 +185,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_accel_flags(parser: argparse.ArgumentParser) -> None:
+def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") -> None:
+    """The sampling plan's flags (fewstep.plan.PlanSettings); unset ones take the model folder's record."""
+    parser.add_argument("--sampler", help=f"sampler to {what} (default: a schedule file's, else the model's recorded "
+                                          "sampler, e.g. heun or a student's own)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded steps and sigmas)")
+    parser.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
+                                           "search-schedule (default: the model's recorded schedule)")
     parser.add_argument("--cfg-scale", type=float, default=1.0,
                         help="classifier-free guidance scale (default: the model's recorded one, else 1 = off)")
     parser.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI (default: the recorded one, else all)")
@@ -249,55 +202,56 @@ def _add_accel_flags(parser: argparse.ArgumentParser) -> None:
                                         "none = off (default: the recorded one)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fewstep import __version__
-    from fewstep.config import DistillConfig, TrainConfig
+def _plan_settings(args: argparse.Namespace) -> Any:
+    from fewstep.core.errors import UserError
+    from fewstep.plan import PlanSettings
 
-    parser = argparse.ArgumentParser(prog="fewstep", description="Distill, accelerate and measure diffusion models.")
-    parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    return PlanSettings(args.sampler, args.steps, args.schedule, args.cfg_scale, _interval(args.cfg_interval),
+                        args.guidance, args.cache)
 
-    p = sub.add_parser("train", help="train a teacher diffusion model", description=(
-        "Train a teacher with the EDM loss. Settings come from the preset, then --config, then flags."))
-    _add_run_flags(p, "run directory (config, metrics, checkpoints, samples, model)", TrainConfig, TRAIN_HELP)
+
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    from fewstep.config import TrainConfig
+
+    _add_run_flags(p, "run directory (config, metrics, checkpoints, samples, model)", list(fields(TrainConfig)))
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="distill a teacher into a few-step student", description=(
-        "Distill a teacher with progressive, consistency, reflow, DMD2, ADD or Lightning distillation. Settings come "
-        "from the preset, then --config, then flags; progress, checkpoints and --resume work as in train."))
-    _add_run_flags(p, "run directory (config, stages' checkpoints, samples, student models)", DistillConfig,
-                   DISTILL_HELP)
+
+def _distill_parser(p: argparse.ArgumentParser) -> None:
+    from fewstep.config import DistillConfig
+    from fewstep.distill import METHODS, option_owners
+
+    p.description = ("Distill a teacher into a few-step student. Settings come from the preset, then --config, then "
+                     "flags; progress, checkpoints and --resume work as in train. Methods: "
+                     + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()) + ".")
+    shared = [f for f in fields(DistillConfig) if f.init]
+    _add_run_flags(p, "run directory (config, stages' checkpoints, samples, student models)",
+                   shared + [f for f, _ in option_owners().values()])
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("sample", help="sample a model into a PNG grid (images) or scatter plot (2-D)")
+
+def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded setting)")
-    p.add_argument("--sampler", help="sampler name (default: the model's recorded sampler, e.g. heun)")
-    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from search-schedule "
-                                      "(default: the model's recorded schedule)")
+    _add_plan_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
-    _add_accel_flags(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="measure a model + sampler on the ruler (quality, floors, agreement, cost)",
-                       description="Sample n items from fixed seeds and report quality against the data with its "
-                                   "noise floor, agreement with the teacher, NFE, FLOPs, seconds and memory.")
+
+def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
-    p.add_argument("--sampler", help="sampler name (default: the model's recorded one: heun, or a student's own)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded steps and sigmas)")
-    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
-                                      "search-schedule (default: the recorded one)")
+    _add_plan_flags(p, "measure")
     p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass while sampling")
-    _add_accel_flags(p)
     p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
     p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")
     p.add_argument("--inception", metavar="PATH.safetensors",
@@ -312,26 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", default="4,8,16,32,64,128", help="NFE budgets of a sweep")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("accelerate", help="write an accelerated model folder: same weights, recorded accelerators",
-                       description="Copy a model folder to --out with its fewstep.json recording a cache, guidance, "
-                                   "CFG scale and interval, and the sampler and schedule (a searched schedule's "
-                                   "sigmas); sample, eval and bench on the folder apply them unless a flag says "
-                                   "otherwise. Every setting is checked on the model before anything is written.")
+
+def _accelerate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     p.add_argument("--out", required=True, help="the accelerated model folder to write")
-    _add_accel_flags(p)
-    p.add_argument("--sampler", help="sampler to record (default: the searched schedule's, else the model's)")
-    p.add_argument("--steps", type=int, help="steps to record (default: the model's recorded steps)")
-    p.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from search-schedule "
-                                      "(default: the model's recorded schedule)")
+    _add_plan_flags(p, "record")
     p.add_argument("--force", action="store_true", help="replace --out if it is a model folder")
     p.add_argument("--dry-run", action="store_true", help="check the settings, print what would be recorded and exit")
     p.set_defaults(func=cmd_accelerate)
 
-    p = sub.add_parser("search-schedule", help="search a sigma schedule for a sampler and NFE budget",
-                       description="Coordinate search over log-sigma knots, from Karras's schedule, minimising the "
-                                   "ruler's quality (FD or sliced W2) on held-out seeds; writes the schedule as JSON "
-                                   "for --schedule.")
+
+def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler the schedule is for (default dpmpp_2m)")
     p.add_argument("--nfe", type=int, required=True, help="NFE budget: the most steps whose NFE fits")
@@ -344,11 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.set_defaults(func=cmd_search_schedule)
 
-    p = sub.add_parser("bench", help="measure a teacher, its samplers, accelerators and students; write report.html",
-                       description="Evaluate every row of a suite (samplers x schedules x NFE, accelerated settings, "
-                                   "students) on the same seeds, n and timing batch; rows already in OUT/results.jsonl "
-                                   "are kept, so a stopped bench resumes. Writes results, Pareto plots, sample grids "
-                                   "and a self-contained OUT/report.html.")
+
+def _bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", help="the teacher: run directory or model folder (default: the suite file's)")
     p.add_argument("--out", required=True, help="report folder (results.jsonl/json/csv, plots, grids/, report.html)")
     p.add_argument("--suite", help="suite TOML file (default: every sampler, cache and --students folder that fits)")
@@ -357,19 +299,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu | cuda (default: the suite's, cpu)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job: train a digits teacher, distill a one-step student, bench both")
+
+def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")
     p.add_argument("--preset", default="small", help="tiny | small (default small: under 30 minutes on 2 cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_demo)
+
+
+# name -> (one-line help, description, the function that adds the subcommand's flags)
+COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train a teacher diffusion model",
+              "Train a teacher with the EDM loss. Settings come from the preset, then --config, then flags.",
+              _train_parser),
+    "distill": ("distill a teacher into a few-step student", "", _distill_parser),
+    "sample": ("sample a model into a PNG grid (images) or scatter plot (2-D)",
+               "Draw seeded samples with the model's recorded sampling plan, changed by the flags.", _sample_parser),
+    "eval": ("measure a model + sampler on the ruler (quality, floors, agreement, cost)",
+             "Sample n items from fixed seeds and report quality against the data with its noise floor, agreement "
+             "with the teacher, NFE, FLOPs, seconds and memory.", _eval_parser),
+    "accelerate": ("write an accelerated model folder: same weights, recorded accelerators",
+                   "Copy a model folder to --out with its fewstep.json recording a cache, guidance, CFG scale and "
+                   "interval, and the sampler and schedule (a searched schedule's sigmas); sample, eval and bench on "
+                   "the folder apply them unless a flag says otherwise. Every setting is checked on the model before "
+                   "anything is written.", _accelerate_parser),
+    "search-schedule": ("search a sigma schedule for a sampler and NFE budget",
+                        "Coordinate search over log-sigma knots, from Karras's schedule, minimising the ruler's "
+                        "quality (FD or sliced W2) on held-out seeds; writes the schedule as JSON for --schedule.",
+                        _search_schedule_parser),
+    "bench": ("measure a teacher, its samplers, accelerators and students; write report.html",
+              "Evaluate every row of a suite (samplers x schedules x NFE, accelerated settings, students) on the same "
+              "seeds, n and timing batch; rows already in OUT/results.jsonl are kept, so a stopped bench resumes. "
+              "Writes results, Pareto plots, sample grids and a self-contained OUT/report.html.", _bench_parser),
+    "demo": ("the main job: train a digits teacher, distill a one-step student, bench both",
+             "Train the small digits teacher, distill a one-step reflow student, measure both side by side on the "
+             "ruler and print where report.html is. Interrupt it any time; running it again resumes.", _demo_parser),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the subcommand named in `argv` (all of them when None) gets its flags."""
+    from fewstep import __version__
+
+    parser = argparse.ArgumentParser(prog="fewstep", description="Distill, accelerate and measure diffusion models.")
+    parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (help_text, description, add_flags) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        if wanted is None or wanted == name:
+            add_flags(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fewstep` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from fewstep.core.errors import UserError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:

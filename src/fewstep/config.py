@@ -1,10 +1,18 @@
-"""Typed configs with presets; a TOML file and CLI flags override fields; the resolved config is written as TOML."""
+"""Typed configs with presets; a TOML file and CLI flags override fields; the resolved config is written as TOML.
+
+Every field's help text lives in its metadata (`option(default, "help")`); the command line is generated from it.
+A distillation method keeps its own options in a dataclass beside its loss (fewstep.distill); the shared settings
+of a distillation run are `DistillConfig`, and the training loop receives an explicit `LoopConfig`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -13,38 +21,190 @@ from fewstep.core.errors import UserError
 T = TypeVar("T")
 
 
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its command-line help in the metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """A field's help text."""
+    return f.metadata.get("help", "")
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """value (from TOML, a flag or a spec string) as type `hint`; ValueError if it is not one."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        for arg in typing.get_args(hint):
+            if arg is not type(None):
+                try:
+                    return _convert(value, arg)
+                except (ValueError, TypeError):
+                    continue
+        raise ValueError(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    origin = typing.get_origin(hint) or hint
+    if origin in (tuple, list):
+        items = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(value)
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        items = [_convert(v, args[0]) for v in items] if args else list(items)
+        return origin(items)
+    if isinstance(value, origin):
+        return value
+    raise ValueError(value)
+
+
+def _kind_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_kind_name(a) for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) in (tuple, list):
+        return "a list like [0,3,7]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def build_config(cls: type[T], *layers: dict[str, Any], where: str = "config") -> T:
+    """The dataclass `cls` with layers of overrides applied in order (later wins), names and types checked.
+
+    A value None leaves the field as it is; strings are converted (flags, 'name:key=value' specs). A mistake is a
+    one-line UserError that starts with `where`.
+    """
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise UserError(f"{where} has no setting {key!r}; it takes {', '.join(known) or 'none'}")
+            try:
+                values[key] = _convert(value, hints[key])
+            except (ValueError, TypeError, json.JSONDecodeError):
+                raise UserError(f"{where}: setting {key!r} expects {_kind_name(hints[key])}, got {value!r}") from None
+    return cls(**values)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def to_toml(values: dict[str, Any] | Any) -> str:
+    """Render a flat dict (or dataclass) of scalars as TOML."""
+    if dataclasses.is_dataclass(values):
+        values = dataclasses.asdict(values)
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The divergence guard (train/loop.py): when it rolls back, and how often before it stops."""
+
+    max_rollbacks: int = 3
+    explode_factor: float = 1000.0
+    patience: int = 200
+    collapse_drop: float = 0.2
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the one training loop needs, filled explicitly by every caller."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    lr_warmup_steps: int = 0
+    grad_clip: float = 0.0
+    ema_halflife_steps: float = 100.0
+    log_every: int = 50
+    sample_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    guard: GuardConfig = GuardConfig()
+
+
+# settings every training command shares; a resumed run may change those in RESUMABLE_RUN
+RESUMABLE_RUN = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device", "max_rollbacks")
+
+
 @dataclass
 class TrainConfig:
     """Teacher training: data, network, EDM loss, optimiser, EMA, and the run's bookkeeping."""
 
-    dataset: str = "digits"
-    resolution: int = 0  # for shapes and folder:PATH; 0 = the dataset's default
-    arch: str = "auto"  # unet | dit | mlp; auto = unet for images, mlp for vectors
-    preset: str = "small"  # network size and training length: tiny | small | base
-    conditional: bool = True  # class-conditional when the dataset has labels
-    label_dropout: float = 0.1  # probability of training with the null label (classifier-free guidance)
-    steps: int = 4000
-    batch_size: int = 128  # global batch, split over processes
-    lr: float = 1e-3
-    lr_warmup_steps: int = 200
-    grad_clip: float = 1.0
-    ema_halflife_steps: float = 400.0
-    p_mean: float = -1.2  # EDM's log-normal training noise: ln(sigma) ~ N(p_mean, p_std^2)
-    p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    seed: int = 0
-    log_every: int = 50
-    sample_every: int = 1000  # 0 = only at the end
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    max_rollbacks: int = 3  # divergence guard: roll back to the last checkpoint with half the lr, at most this often
-    explode_factor: float = 1000.0  # divergence guard: a loss above this many times its recent median (0 = off)
-    device: str = "auto"
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    dataset: str = option("digits", "digits | 8gaussians | checkerboard | moons | swissroll | shapes | folder:PATH")
+    resolution: int = option(0, "image size for shapes and folder:PATH (0 = the dataset's own: 32)")
+    arch: str = option("auto", "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)")
+    preset: str = option("small", "size and length: tiny (tests) | small (CPU) | base (GPU)")
+    conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
+    label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance")
+    steps: int = option(4000, "optimiser steps")
+    batch_size: int = option(128, "global batch size (split over processes)")
+    lr: float = option(1e-3, "Adam learning rate")
+    lr_warmup_steps: int = option(200, "linear learning-rate warm-up")
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)")
+    ema_halflife_steps: float = option(400.0, "EMA half-life in steps")
+    p_mean: float = option(-1.2, "mean of ln(sigma) during training (EDM's log-normal noise)")
+    p_std: float = option(1.2, "std of ln(sigma) during training (EDM)")
+    sigma_min: float = option(0.002, "smallest sigma the model is sampled at")
+    sigma_max: float = option(80.0, "largest sigma the model is sampled at")
+    seed: int = option(0, "seed for initialisation, batches and noise")
+    log_every: int = option(50, "steps between metrics.jsonl lines")
+    sample_every: int = option(1000, "steps between preview grids (0 = only at the end)")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    keep_checkpoints: int = option(2, "how many checkpoints to keep")
+    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before giving up")
+    explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
+                                           "(0 = off)")
+    device: str = option("auto", "auto | cpu | cuda")
+    mixed_precision: str = option("no", "no | bf16 | fp16")
 
-    # fields that may change when a run is resumed; every other field must match the run's config.toml
-    RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+    RESUMABLE_CHANGES = ("steps", *RESUMABLE_RUN)
+
+    def loop(self) -> LoopConfig:
+        """The training loop's settings."""
+        return LoopConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                          lr_warmup_steps=self.lr_warmup_steps, grad_clip=self.grad_clip,
+                          ema_halflife_steps=self.ema_halflife_steps, log_every=self.log_every,
+                          sample_every=self.sample_every, checkpoint_every=self.checkpoint_every,
+                          keep_checkpoints=self.keep_checkpoints,
+                          guard=GuardConfig(max_rollbacks=self.max_rollbacks, explode_factor=self.explode_factor))
 
 
 TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
@@ -61,34 +221,77 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def field_names(cls: type) -> list[str]:
-    """The config fields of a dataclass type."""
-    return [f.name for f in fields(cls)]
+@dataclass
+class DistillConfig:
+    """Distillation settings every method shares: teacher, student, run length, optimiser, guard, bookkeeping.
+
+    A method's own options are in its options dataclass (fewstep.distill.METHODS[name].options).
+    """
+
+    teacher: str = option("", "the teacher: run directory, fewstep model folder or diffusers folder")
+    method: str = option("consistency", "the distillation method (see fewstep distill --help's list)")
+    steps: str = option("1,2,4", "student step counts, e.g. 1,2,4 (progressive exports each; others record them)")
+    dataset: str = option("", "training data (default: the teacher's dataset)")
+    preset: str = option("small", "run length: tiny (tests) | small (CPU) | base (GPU)")
+    student_preset: str = option("", "'' = the teacher's network and weights; tiny | small | base = a fresh network "
+                                     "of that size")
+    init: str = option("teacher", "teacher (start from its weights) | scratch | a model folder (e.g. a student to "
+                                  "fine-tune)")
+    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none)")
+    train_steps: int = option(1500, "optimiser steps of each stage (each progressive round)")
+    batch_size: int = option(128, "global batch size (split over processes)")
+    lr: float = option(2e-4, "Adam learning rate")
+    lr_warmup_steps: int = option(100, "linear learning-rate warm-up")
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)")
+    ema_halflife_steps: float = option(200.0, "EMA half-life in steps")
+    solver: str = option("heun", "the teacher's ODE step: euler | heun")
+    explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
+                                           "(0 = off)")
+    guard_patience: int = option(200, "divergence guard: steps a method may report trouble (a winning "
+                                      "discriminator) in a row")
+    monitor_n: int = option(500, "divergence guard: samples whose recall is checked before each checkpoint (0 = off)")
+    collapse_drop: float = option(0.2, "divergence guard: a recall this far below the run's best rolls back")
+    seed: int = option(0, "seed for initialisation, batches and noise")
+    log_every: int = option(50, "steps between metrics.jsonl lines")
+    sample_every: int = option(500, "steps between preview grids (0 = only at the end)")
+    checkpoint_every: int = option(250, "steps between checkpoints")
+    keep_checkpoints: int = option(2, "how many checkpoints to keep")
+    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping")
+    device: str = option("auto", "auto | cpu | cuda")
+    mixed_precision: str = option("no", "no | bf16 | fp16")
+    options: Any = field(default=None, init=False, compare=False)  # the method's options dataclass
+
+    RESUMABLE_CHANGES = ("train_steps", *RESUMABLE_RUN, "explode_factor", "guard_patience", "monitor_n",
+                         "collapse_drop")
+
+    def flat(self) -> dict[str, Any]:
+        """The shared settings and the method's options as one flat dict (config.toml, resume checks)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return {**shared, **(dataclasses.asdict(self.options) if self.options is not None else {})}
+
+    def loop(self) -> LoopConfig:
+        """The training loop's settings for one stage."""
+        return LoopConfig(steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
+                          lr_warmup_steps=self.lr_warmup_steps, grad_clip=self.grad_clip,
+                          ema_halflife_steps=self.ema_halflife_steps, log_every=self.log_every,
+                          sample_every=self.sample_every, checkpoint_every=self.checkpoint_every,
+                          keep_checkpoints=self.keep_checkpoints,
+                          guard=GuardConfig(self.max_rollbacks, self.explode_factor, self.guard_patience,
+                                            self.collapse_drop))
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file, with a one-line error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def build_config(cls: type[T], *layers: dict[str, Any]) -> T:
-    """Apply layers of overrides (later wins) to the dataclass defaults, checking names and types."""
-    known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if value is None:
-                continue
-            if key not in known:
-                raise UserError(f"unknown config field {key!r}; known fields: {', '.join(known)}")
-            values[key] = _coerce(key, value, type(getattr(cls(), key)))
-    return cls(**values)
+DISTILL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("tiny", "image"): dict(train_steps=6, batch_size=16, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
+                            sample_every=0, checkpoint_every=3, monitor_n=0),
+    ("tiny", "vector"): dict(train_steps=6, batch_size=64, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
+                             sample_every=0, checkpoint_every=3, monitor_n=0),
+    ("small", "image"): dict(train_steps=1500, batch_size=128),
+    ("small", "vector"): dict(train_steps=2000, batch_size=512, lr=5e-4),
+    ("base", "image"): dict(train_steps=20_000, batch_size=256, ema_halflife_steps=2000, sample_every=2000,
+                            checkpoint_every=1000),
+    ("base", "vector"): dict(train_steps=10_000, batch_size=1024, lr=5e-4, ema_halflife_steps=1000, sample_every=2000,
+                             checkpoint_every=1000),
+}
 
 
 def resolve_config(cls: type[T], presets: dict[tuple[str, str], dict[str, Any]], kind_of: Callable[[T], str],
@@ -100,10 +303,7 @@ def resolve_config(cls: type[T], presets: dict[tuple[str, str], dict[str, Any]],
     if resume and saved is not None and saved.exists():
         base = build_config(cls, read_toml(saved))
         cfg = build_config(cls, dataclasses.asdict(base), file_layer, overrides)
-        changed = [k for k in dataclasses.asdict(cfg)
-                   if getattr(cfg, k) != getattr(base, k) and k not in cls.RESUMABLE_CHANGES]
-        if changed:
-            raise UserError(f"cannot change {', '.join(changed)} when resuming; start a new --out instead")
+        check_resume_changes(dataclasses.asdict(base), dataclasses.asdict(cfg), cls.RESUMABLE_CHANGES)
         return cfg
     layered = build_config(cls, file_layer, overrides)
     kind = kind_of(layered)
@@ -112,98 +312,8 @@ def resolve_config(cls: type[T], presets: dict[tuple[str, str], dict[str, Any]],
     return build_config(cls, presets[(layered.preset, kind)], file_layer, overrides)
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if kind is float and isinstance(value, (int, float, str)):
-            return float(value)
-        if kind is int and isinstance(value, (int, str)) and not isinstance(value, bool):
-            return int(value)
-        if kind is str:
-            return str(value)
-        if isinstance(value, kind):
-            return value
-    except ValueError:
-        pass
-    raise UserError(f"config field {key!r} expects {kind.__name__}, got {value!r}")
-
-
-def to_toml(config: Any) -> str:
-    """Render a flat dataclass config as TOML."""
-    lines = []
-    for key, value in dataclasses.asdict(config).items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class DistillConfig:
-    """Distillation: teacher, method, student steps and size, the methods' knobs, and the run's bookkeeping."""
-
-    teacher: str = ""  # run dir, fewstep model folder or diffusers folder
-    method: str = "consistency"  # progressive | consistency | reflow | dmd2 | add | lightning
-    steps: str = "1,2,4"  # student step counts to make (progressive) or record and check (consistency, reflow)
-    dataset: str = ""  # training data for progressive/consistency; default: the teacher's
-    preset: str = "small"  # run length: tiny | small | base
-    student_preset: str = ""  # "" = the teacher's network and weights; tiny|small|base = a fresh network of that size
-    init: str = "teacher"  # teacher = the teacher's weights | scratch = re-initialise | a model folder (fine-tune a student)
-    cfg_scale: float = 1.0  # classifier-free guidance folded into the teacher's targets (class-conditional teachers)
-    train_steps: int = 1500  # optimiser steps of each stage (each progressive round)
-    batch_size: int = 128
-    lr: float = 2e-4
-    lr_warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_halflife_steps: float = 200.0
-    solver: str = "heun"  # the teacher's ODE step: euler | heun
-    pd_start_steps: int = 16  # progressive, lightning: student steps of the first round (its teacher takes twice as many)
-    cd_grid: int = 18  # consistency: Karras grid of the teacher's ODE
-    cd_skip: int = 1  # consistency: grid points one teacher step skips (LCM's skipping-step k)
-    cd_target_ema: float = 0.95  # consistency: target network = EMA of the student with this decay (0 = stop-grad copy)
-    distance: str = "l2"  # consistency: l2 | huber (pseudo-Huber, improved CT) | feature (dataset classifier space)
-    boundary_scale: float = 10.0  # consistency: time scaling of c_skip/c_out (LCM)
-    reflow_pairs: int = 8192  # reflow: (noise, teacher sample) pairs generated once
-    reflow_solver_steps: int = 18  # reflow: teacher steps per pair
-    dmd_fake_updates: int = 5  # dmd2: fake-score updates per generator update (two time-scale rule)
-    dmd_gan_weight: float = 3e-3  # dmd2: weight of the GAN term on the fake score's features (0 = none)
-    adv_distill_weight: float = 2.5  # add: weight of the teacher's score-distillation term (0 = LADD, adversarial only)
-    adv_r1_gamma: float = 1.0  # add, lightning: approximate-R1 penalty on the discriminator (0 = none)
-    adv_disc_lr_scale: float = 10.0  # add, lightning: the discriminator heads' learning rate / the student's
-    explode_factor: float = 1000.0  # guard: a loss above this many times its recent median rolls back (0 = off)
-    guard_patience: int = 200  # guard: consecutive steps a method may report trouble (a winning discriminator)
-    monitor_n: int = 500  # guard: samples whose recall is checked before each checkpoint (0 = off)
-    collapse_drop: float = 0.2  # guard: a recall this far below the run's best is a collapse: roll back
-    seed: int = 0
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    max_rollbacks: int = 3
-    device: str = "auto"
-    mixed_precision: str = "no"
-
-    RESUMABLE_CHANGES = ("train_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device",
-                         "max_rollbacks", "explode_factor", "guard_patience", "monitor_n", "collapse_drop")
-
-
-DISTILL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("tiny", "image"): dict(train_steps=6, batch_size=16, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
-                            sample_every=0, checkpoint_every=3, monitor_n=0, pd_start_steps=2, cd_grid=8, reflow_pairs=32, reflow_solver_steps=6),
-    ("tiny", "vector"): dict(train_steps=6, batch_size=64, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
-                             sample_every=0, checkpoint_every=3, monitor_n=0, pd_start_steps=2, cd_grid=8, reflow_pairs=256,
-                             reflow_solver_steps=6),
-    ("small", "image"): dict(train_steps=1500, batch_size=128),
-    ("small", "vector"): dict(train_steps=2000, batch_size=512, lr=5e-4, reflow_pairs=32768),
-    ("base", "image"): dict(train_steps=20_000, batch_size=256, ema_halflife_steps=2000, sample_every=2000,
-                            checkpoint_every=1000, pd_start_steps=64, cd_grid=40, reflow_pairs=100_000),
-    ("base", "vector"): dict(train_steps=10_000, batch_size=1024, lr=5e-4, ema_halflife_steps=1000, sample_every=2000,
-                             checkpoint_every=1000, pd_start_steps=64, cd_grid=40, reflow_pairs=200_000),
-}
+def check_resume_changes(saved: dict[str, Any], now: dict[str, Any], resumable: tuple[str, ...]) -> None:
+    """Refuse a resumed run whose settings differ from its saved ones, except those in `resumable`."""
+    changed = [k for k in now if now[k] != saved.get(k, now[k]) and k not in resumable]
+    if changed:
+        raise UserError(f"cannot change {', '.join(changed)} when resuming; start a new --out instead")

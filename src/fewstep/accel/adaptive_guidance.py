@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fewstep.accel.base import AcceleratorHandle, build_config, parse_spec
+from fewstep.accel.base import AcceleratorHandle, parse_spec
+from fewstep.config import build_config
 from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
 from fewstep.core.errors import UserError
 from fewstep.samplers.cfg import CFGDenoiser
@@ -124,5 +125,5 @@ def guided_denoiser(denoiser: Denoiser, cfg_scale: float = 1.0, cfg_interval: tu
         raise UserError(f"unknown guidance {name!r}; choose one of {', '.join(GUIDANCE)} or none")
     if cfg_scale == 1.0:
         raise UserError(f"{name} guidance shortens classifier-free guidance; give it a scale, e.g. --cfg-scale 2")
-    config = build_config(GUIDANCE[name], name, settings)
+    config = build_config(GUIDANCE[name], settings, where=name)
     return AdaptiveGuidance(denoiser, cfg_scale, cfg_interval, config.threshold, config.space)

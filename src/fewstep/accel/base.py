@@ -7,20 +7,14 @@ calls it ran in full and the calls it served (partly) from its cache, so FLOPs a
 
 from __future__ import annotations
 
-import json
 import re
-import typing
-from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
-
-C = TypeVar("C")
-
 
 class AcceleratorHandle:
     """An applied accelerator: remove() undoes it, reset() forgets its state, stats() says what it skipped.
@@ -81,31 +75,6 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise UserError(f"bad setting {item!r} in {spec!r}; write NAME:KEY=VALUE,KEY=VALUE")
         settings[key.strip()] = value.strip()
     return name.strip(), settings
-
-
-def _convert(text: str, hint: Any) -> Any:
-    if hint == tuple[int, ...]:
-        value = json.loads(text)
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-            raise ValueError(text)
-        return tuple(value)
-    return hint(text)
-
-
-def build_config(cls: type[C], name: str, settings: dict[str, str]) -> C:
-    """The config dataclass `cls` with the spec's settings converted to the fields' types."""
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    values = {}
-    for key, text in settings.items():
-        if key not in known:
-            raise UserError(f"{name} has no setting {key!r}; it takes {', '.join(known) or 'none'}")
-        try:
-            values[key] = _convert(text, hints[key])
-        except (ValueError, json.JSONDecodeError):
-            kind = {int: "an integer", float: "a number"}.get(hints[key], "a list like [0,3,7]")
-            raise UserError(f"{name}: {key}={text!r} is not {kind}") from None
-    return cls(**values)
 
 
 def find_network(target: Any, cls: type[nn.Module], accelerator: str) -> nn.Module:

@@ -1,11 +1,12 @@
-"""Accelerators by name, and apply_accelerator(model, 'name:key=value,...') -> handle."""
+"""Accelerators by name, and apply_cache(model, 'name:key=value,...') -> handle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fewstep.accel.base import AcceleratorHandle, build_config, parse_spec
+from fewstep.accel.base import AcceleratorHandle, parse_spec
+from fewstep.config import build_config
 from fewstep.accel.blockcache import FirstBlockCacheConfig, apply_first_block_cache
 from fewstep.accel.deepcache import DeepCacheConfig, apply_deepcache
 from fewstep.accel.encoder_propagation import EncoderPropagationConfig, apply_encoder_propagation
@@ -14,7 +15,7 @@ from fewstep.core.errors import UserError
 
 
 @dataclass(frozen=True)
-class Accelerator:
+class CacheMethod:
     """A config dataclass, the function that applies it to a model, and what it caches."""
 
     config: type
@@ -32,22 +33,22 @@ def apply_none(model: Any, config: NoConfig) -> AcceleratorHandle:
     return AcceleratorHandle()
 
 
-ACCELERATORS: dict[str, Accelerator] = {
-    "none": Accelerator(NoConfig, apply_none, "no acceleration"),
-    "deepcache": Accelerator(DeepCacheConfig, apply_deepcache, "U-Net: reuse deep features, run the shallow branch"),
-    "encprop": Accelerator(EncoderPropagationConfig, apply_encoder_propagation,
+CACHES: dict[str, CacheMethod] = {
+    "none": CacheMethod(NoConfig, apply_none, "no acceleration"),
+    "deepcache": CacheMethod(DeepCacheConfig, apply_deepcache, "U-Net: reuse deep features, run the shallow branch"),
+    "encprop": CacheMethod(EncoderPropagationConfig, apply_encoder_propagation,
                            "U-Net: reuse encoder features, run the decoder"),
-    "fbcache": Accelerator(FirstBlockCacheConfig, apply_first_block_cache,
+    "fbcache": CacheMethod(FirstBlockCacheConfig, apply_first_block_cache,
                            "DiT: skip the tail blocks while the first block's residual barely changes"),
-    "errorcache": Accelerator(ErrorCacheConfig, apply_error_cache,
+    "errorcache": CacheMethod(ErrorCacheConfig, apply_error_cache,
                               "DiT: reuse the block stack's residual on profiled calls, with a fitted scale"),
 }
 
 
-def apply_accelerator(model: Any, spec: str) -> AcceleratorHandle:
+def apply_cache(model: Any, spec: str) -> AcceleratorHandle:
     """Apply the accelerator of a spec like 'deepcache:interval=3,branch=0' to a network, denoiser or LoadedModel."""
     name, settings = parse_spec(spec)
-    if name not in ACCELERATORS:
-        raise UserError(f"unknown accelerator {name!r}; choose one of {', '.join(ACCELERATORS)}")
-    accelerator = ACCELERATORS[name]
-    return accelerator.apply(model, build_config(accelerator.config, name, settings))
+    if name not in CACHES:
+        raise UserError(f"unknown cache {name!r}; choose one of {', '.join(CACHES)}")
+    accelerator = CACHES[name]
+    return accelerator.apply(model, build_config(accelerator.config, settings, where=name))

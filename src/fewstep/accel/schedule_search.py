@@ -9,7 +9,6 @@ fresh draws of a 2-D law, or FD against real images the ruler's FD does not use 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 
 from fewstep.core.errors import UserError
-from fewstep.core.schedules import append_zero, explicit, make_schedule
+from fewstep.core.schedules import append_zero, make_schedule
 from fewstep.data import Dataset, load_dataset
 from fewstep.metrics import feature_network, frechet_distance, real_split, reference_features, sliced_wasserstein2
 from fewstep.metrics.image import real_images
@@ -97,30 +96,3 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
             "model": str(model.path), "model_hash": model_hash(model.path), "dataset": data.name, "seed": seed, "n": n,
             "evaluations": len(values), "search_seconds": time.perf_counter() - began,
             "search_network_evaluations": len(values) * n * nfe}
-
-
-def save_schedule(result: dict[str, object], path: str | Path) -> Path:
-    """Write a searched schedule as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    return path
-
-
-def is_searched(schedule: str | None) -> bool:
-    """Whether `schedule` names a searched schedule file (fewstep search-schedule's JSON) rather than a formula."""
-    return schedule is not None and schedule.endswith(".json")
-
-
-def load_schedule(path: str | Path) -> dict[str, object]:
-    """Read a searched schedule JSON, checking its sigmas."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"schedule file {path} does not exist")
-    try:
-        result = json.loads(path.read_text())
-        result["sigmas"] = explicit(result["sigmas"]).tolist()
-        result["sampler"] = str(result["sampler"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a searched schedule: {e}") from None
-    return result

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from fewstep.accel import AdaptiveGuidance, apply_accelerator, guided_denoiser, resolve_acceleration
+from fewstep.accel import AdaptiveGuidance
 from fewstep.bench.provenance import machine, stamp, versions
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
@@ -19,24 +19,18 @@ from fewstep.data import load_dataset
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
 from fewstep.metrics.inception import inception_quality, load_inception
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
-from fewstep.sample import sampler_for, schedule_for
+from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
 from fewstep.samplers import generate, get_sampler, initial_latents
 
 
 @dataclass
-class EvalSettings:
-    """How to sample and measure: sampler, schedule, steps, n, seed, guidance, timing batch."""
+class EvalSettings(PlanSettings):
+    """How to sample and measure: the sampling plan's settings (fewstep.plan; None = the model's record), n, seed,
+    timing batch, agreement, dataset and device."""
 
-    sampler: str | None = None  # None: the model's recorded sampler (heun for a teacher, its own for a student)
-    steps: int | None = None  # None: the recorded steps (and a student's recorded sigmas)
-    schedule: str | None = None  # None: the recorded schedule; a .json path: a searched schedule (fixes the steps)
     n: int = 2000
     seed: int = 0
     batch_size: int = 256
-    cfg_scale: float = 1.0  # 1 = the recorded scale of an accelerated folder, else conditional only (no guidance)
-    cfg_interval: tuple[float, float] | None = None  # None: the recorded interval, else guide at every sigma
-    cache: str | None = None  # accelerator spec, e.g. "deepcache:interval=3,branch=0" (docs/acceleration.md)
-    guidance: str | None = None  # guidance spec on top of CFG, e.g. "adaptive:threshold=0.995"
     timing_batch: int = 64
     timing_repeats: int = 5
     agreement: bool = True
@@ -45,21 +39,21 @@ class EvalSettings:
     inception: str | None = None  # Inception weights (.safetensors) for standard FID (docs/metrics.md)
 
 
-def _cost(denoiser, shape, sigmas, labels, s: EvalSettings) -> dict[str, object]:
+def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) -> dict[str, object]:
     """FLOPs per sample of a whole sampler run, median seconds per sample at timing_batch, peak memory."""
-    spec = get_sampler(s.sampler)
+    denoiser, spec, sigmas = run.denoiser, get_sampler(plan.sampler), plan.sigmas.to(s.device)
     b = s.timing_batch
     x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
     lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
     noise = SampleNoise(s.seed, range(b), s.device, stream=1)
 
-    def run() -> torch.Tensor:
+    def timed() -> torch.Tensor:
         return spec.fn(denoiser, x, sigmas, lab, noise)
 
     flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, None if lab is None else lab[:4],
                                         SampleNoise(s.seed, range(4), s.device, stream=1))) / 4
-    timing = time_per_sample(run, b, repeats=s.timing_repeats)
-    memory = peak_memory(run, s.device)
+    timing = time_per_sample(timed, b, repeats=s.timing_repeats)
+    memory = peak_memory(timed, s.device)
     return {"flops_per_sample": flops, "seconds_per_sample": timing.seconds_per_sample, "timing_batch": b,
             "timing_repeats_seconds": [round(t, 5) for t in timing.repeats_seconds],
             "peak_memory_bytes": memory.peak_bytes, "memory_method": memory.method}
@@ -77,22 +71,16 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     if s.inception and data.kind != "image":
         raise UserError(f"--inception measures images; {data.name} is a 2-D set (measured with sw2, mmd and logp)")
     inception = load_inception(s.inception).to(s.device) if s.inception else None  # a bad file fails early
-    sigmas = schedule_for(model, s.steps, s.schedule).to(s.device)
-    recorded = model.info.sampler
-    accel = resolve_acceleration(model.info, s.cache, s.guidance, s.cfg_scale, s.cfg_interval)
-    s = replace(s, sampler=sampler_for(model, s.sampler, s.schedule), steps=len(sigmas) - 1,
-                schedule=s.schedule or recorded.get("schedule", "karras"), **asdict(accel))
+    plan = build_plan(model, s)
+    s = replace(s, **asdict(plan.settings()))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
-    denoiser = guided_denoiser(model.denoiser, s.cfg_scale, s.cfg_interval, s.guidance)
-    handle = apply_accelerator(model, s.cache or "none")
-    try:  # the cache is removed before the teacher's reference is sampled: it may be this very model
-        result = generate(denoiser, model.info.shape, s.n, sigmas, s.sampler, s.seed, labels, s.batch_size, s.device)
-        skipped = {"cache_stats": handle.stats() if s.cache else None,
-                   "rows_evaluated": getattr(denoiser, "rows_evaluated", None),
-                   "guidance_stats": denoiser.stats() if isinstance(denoiser, AdaptiveGuidance) else None}
-        cost = _cost(denoiser, model.info.shape, sigmas, labels, s)
-    finally:
-        handle.remove()
+    with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
+        result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, labels,
+                          s.batch_size, s.device)
+        skipped = {"cache_stats": run.handle.stats() if s.cache else None,
+                   "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
+                   "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
+        cost = _cost(run, plan, model.info.shape, labels, s)
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fewstep.bench.evaluate import quality_key
 from fewstep.metrics.floor import IDEAL, ties
-from fewstep.sample import is_searched
+from fewstep.core.schedules import is_schedule_file
 
 PLOTS = {"nfe": "NFE", "flops_per_sample": "FLOPs per sample", "seconds_per_sample": "seconds per sample"}
 MARKERS = {"converged": "*", "sampler": "o", "accelerator": "s", "student": "^"}
@@ -23,7 +23,7 @@ def converged_row(rows: list[dict]) -> dict:
 
 def schedule_name(row: dict) -> str:
     """The schedule's name, or a searched schedule's file name."""
-    return Path(row["schedule"]).name if is_searched(row["schedule"]) else row["schedule"]
+    return Path(row["schedule"]).name if is_schedule_file(row["schedule"]) else row["schedule"]
 
 
 def accelerations(row: dict) -> list[str]:

@@ -86,9 +86,8 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
         return path
     s = planned.settings
     image = quality_key(row) == "fd"
-    result = sample_model(planned.model, GRID_N if image else SCATTER_N, s.steps, s.sampler, s.schedule, s.seed,
-                          None, s.batch_size, s.device, cycle_classes=True, cfg_scale=s.cfg_scale,
-                          cfg_interval=s.cfg_interval, cache=s.cache, guidance=s.guidance)
+    result = sample_model(planned.model, GRID_N if image else SCATTER_N, s.plan_settings(), s.seed,
+                          batch_size=s.batch_size, device=s.device, cycle_classes=True)
     reference = None if image else load_dataset(row["dataset"]).test
     return save_samples(result.samples, path, reference, title=label(row))
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fewstep.accel import apply_accelerator, guided_denoiser
-from fewstep.accel.schedule_search import load_schedule
 from fewstep.bench.evaluate import EvalSettings, steps_for_nfe
 from fewstep.config import build_config, read_toml
 from fewstep.core.errors import UserError
-from fewstep.core.schedules import SCHEDULES
+from fewstep.core.schedules import SCHEDULES, is_schedule_file, read_schedule_file
 from fewstep.models.io import FEWSTEP_JSON, LoadedModel, ModelInfo, load_model, resolve_model_dir
-from fewstep.sample import is_searched
+from fewstep.plan import PlanSettings, build_plan
 from fewstep.samplers import get_sampler
 
 DEFAULT_SAMPLERS = ("euler", "heun", "dpmpp_2m")
@@ -86,11 +84,7 @@ TABLES = {"samplers": SamplerGrid, "accelerators": AcceleratorRow, "students": S
 def _table(cls: type, layer: object, where: str):
     if not isinstance(layer, dict):
         raise UserError(f"{where} must be a table of keys, got {layer!r}")
-    try:
-        return build_config(cls, layer)
-    except UserError as e:
-        message = str(e).replace("config field", "key").replace("known fields", "known keys")
-        raise UserError(f"{where}: {message}") from None
+    return build_config(cls, layer, where=where)
 
 
 def read_suite(path: str | Path) -> Suite:
@@ -167,8 +161,8 @@ def _settings(suite: Suite, sampler: str, schedule: str, steps: int, **extra) ->
 
 
 def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettings:
-    if is_searched(a.schedule):
-        searched = load_schedule(a.schedule)
+    if is_schedule_file(a.schedule):
+        searched = read_schedule_file(a.schedule)
         sampler, steps = a.sampler or searched["sampler"], len(searched["sigmas"]) - 1
     else:
         sampler, steps = a.sampler or converged["name"], a.steps or converged["steps"]
@@ -183,14 +177,14 @@ def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettin
 
 def _accelerator_family(a: AcceleratorRow) -> str:
     parts = [spec.split(":")[0] for spec in (a.cache, a.guidance) if spec]
-    parts += ["searched schedule"] * is_searched(a.schedule) + ["cfg interval"] * bool(a.cfg_interval)
+    parts += ["searched schedule"] * is_schedule_file(a.schedule) + ["cfg interval"] * bool(a.cfg_interval)
     return " + ".join(parts) or f"cfg {a.cfg_scale:g}"
 
 
 def _try_on(teacher: LoadedModel, a: AcceleratorRow) -> None:
     """Fail now, not an hour into the bench, on a cache or guidance spec that does not apply to this teacher."""
-    apply_accelerator(teacher, a.cache or "none").remove()
-    guided_denoiser(teacher.denoiser, a.cfg_scale, tuple(a.cfg_interval) or None, a.guidance or None)
+    build_plan(teacher, PlanSettings(cfg_scale=a.cfg_scale, cfg_interval=tuple(a.cfg_interval) or None,
+                                     guidance=a.guidance or None, cache=a.cache or None)).check(teacher)
 
 
 def _student_rows(suite: Suite, entry: StudentEntry, teacher: Path) -> list[BenchRow]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -56,9 +58,12 @@ def discrete_uniform(n: int, discrete_sigmas: torch.Tensor, spacing: str = "lead
 
 def explicit(sigmas: Sequence[float]) -> torch.Tensor:
     """An explicit decreasing list of sigmas (searched or distilled schedules); a final 0 is appended if missing."""
-    s = torch.as_tensor(list(sigmas), dtype=torch.float32)
-    if s.ndim != 1 or len(s) == 0 or (s < 0).any() or (s[1:] >= s[:-1]).any():
-        raise UserError("a sigma schedule must be a non-empty, strictly decreasing list of non-negative numbers")
+    try:
+        s = torch.as_tensor(list(sigmas), dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise UserError("a sigma schedule must be a list of numbers") from None
+    if s.ndim != 1 or len(s) == 0 or not s.isfinite().all() or (s < 0).any() or (s[1:] >= s[:-1]).any():
+        raise UserError("a sigma schedule must be a non-empty, strictly decreasing list of finite, non-negative numbers")
     return s if s[-1] == 0 else append_zero(s)
 
 
@@ -83,3 +88,37 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
             raise UserError("schedule 'uniform' needs a discrete-time model; use karras or loglinear")
         return discrete_uniform(steps, sigma_range.discrete)
     raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+# A schedule file (`fewstep search-schedule`'s output): JSON with "sigmas" (ending in 0), the "sampler" it was made
+# for, and how it was found (objective, quality, model hash, seeds, cost).
+
+
+def is_schedule_file(schedule: str | None) -> bool:
+    """Whether `schedule` names a schedule file (a .json path) rather than a formula."""
+    return schedule is not None and str(schedule).endswith(".json")
+
+
+def read_schedule_file(path: str | Path) -> dict[str, Any]:
+    """Read a schedule file, checking its sigmas and sampler; a bad file is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"schedule file {path} does not exist")
+    try:
+        result = json.loads(path.read_text())
+        result["sigmas"] = explicit(result["sigmas"]).tolist()
+        if not isinstance(result["sampler"], str):
+            raise TypeError("'sampler' must be a sampler name")
+    except UserError as e:
+        raise UserError(f"{path} is not a schedule file: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a schedule file: {type(e).__name__} {e}") from None
+    return result
+
+
+def write_schedule_file(result: dict[str, Any], path: str | Path) -> Path:
+    """Write a schedule file as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path

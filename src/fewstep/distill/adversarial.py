@@ -5,18 +5,40 @@ works for any backbone and any data; hinge loss and approximate R1."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.schedules import make_schedule
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
-from fewstep.distill.progressive import rounds
+from fewstep.distill.progressive import ProgressiveOptions, rounds
 from fewstep.samplers.ode import ode_step
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
+
+
+@dataclass
+class AdversarialOptions:
+    """The discriminator's loss terms and learning rate, and the student's non-adversarial term."""
+
+    adv_distill_weight: float = option(2.5, "add: score-distillation weight (0 = LADD); lightning: regression "
+                                            "weight (0 = MSE-free)")
+    adv_r1_gamma: float = option(1.0, "add, lightning: approximate-R1 penalty on the discriminator (0 = none)")
+    adv_disc_lr_scale: float = option(10.0, "add, lightning: the discriminator heads' learning rate / the student's")
+
+    PRESETS: ClassVar[dict] = {}
+
+
+@dataclass
+class LightningOptions(ProgressiveOptions, AdversarialOptions):
+    """SDXL-Lightning: progressive rounds judged by a discriminator."""
+
+    PRESETS: ClassVar[dict] = ProgressiveOptions.PRESETS
 
 
 def _renoise(x: torch.Tensor, sigma_x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -132,8 +154,8 @@ def run_add(ctx) -> list[Path]:
     data = ctx.require_data()
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     method = AdversarialDistillation(ctx.make_student(), ctx.guided_teacher(), ctx.teacher.denoiser, sigmas,
-                                     _discriminator(ctx), ctx.cfg.adv_distill_weight, ctx.cfg.adv_r1_gamma,
-                                     ctx.cfg.adv_disc_lr_scale)
+                                     _discriminator(ctx), ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
+                                     ctx.options.adv_disc_lr_scale)
     trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
     if not ctx.finished():
         return []
@@ -145,10 +167,11 @@ def run_lightning(ctx) -> list[Path]:
     data = ctx.require_data()
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver
     student, exported = ctx.make_student(), []
-    for n in rounds(ctx.cfg.pd_start_steps, ctx.steps):
+    for n in rounds(ctx.options.pd_start_steps, ctx.steps):
         sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
         method = LightningRound(student, teacher, ctx.teacher.denoiser, sigmas, _discriminator(ctx, paired=True),
-                                solver, ctx.cfg.adv_distill_weight, ctx.cfg.adv_r1_gamma, ctx.cfg.adv_disc_lr_scale)
+                                solver, ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
+                                ctx.options.adv_disc_lr_scale)
         trained = ctx.train(method, f"round-{n:03d}", data.train, ctx.train_labels(), "euler", n)["student"]
         if not ctx.finished():
             return exported

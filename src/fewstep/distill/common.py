@@ -5,9 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -78,7 +77,12 @@ class DistillContext:
             from fewstep.config import to_toml
 
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.toml").write_text(to_toml(cfg))
+            (self.out / "config.toml").write_text(to_toml(cfg.flat()))
+
+    @property
+    def options(self):
+        """The method's options (fewstep.distill.METHODS[method].options)."""
+        return self.cfg.options
 
     @property
     def sigma_range(self):
@@ -144,7 +148,6 @@ class DistillContext:
         Previews and the guard's recall check sample the stage's student in `steps` steps (default: the fewest).
         """
         run_dir = self.out / name
-        settings = SimpleNamespace(**{**asdict(self.cfg), "steps": self.cfg.train_steps})
         sigmas = self.student_schedule(steps or self.steps[0])
 
         def on_sample(step: int, modules: dict[str, nn.Module]) -> None:
@@ -152,7 +155,7 @@ class DistillContext:
                 student = modules[method.ema_modules[0]]  # the module that is exported
                 preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
-        modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), settings, run_dir, on_sample, self.acc, self.stop_at,
+        modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), self.cfg.loop(), run_dir, on_sample, self.acc, self.stop_at,
                            self.recall_monitor(method.ema_modules[0], sampler, sigmas))
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:

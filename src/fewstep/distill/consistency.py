@@ -4,12 +4,14 @@ trajectory maps to the trajectory's end, with the boundary f(x, sigma_min) = x b
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
+from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
 from fewstep.core.precond import ConsistencyBoundary
@@ -39,6 +41,21 @@ def make_distance(name: str, data=None) -> Distance:
         net = feature_network(data)
         return lambda a, b: ((net.to(a.device).body(a) - net.body(b)) ** 2).mean(1)
     raise UserError(f"unknown --distance {name!r}; choose {', '.join(DISTANCES)}")
+
+
+@dataclass
+class ConsistencyOptions:
+    """Consistency distillation's grid, target network, distance and boundary condition."""
+
+    cd_grid: int = option(18, "consistency: number of Karras sigmas in the teacher's grid")
+    cd_skip: int = option(1, "consistency: grid points skipped by one teacher step (LCM's skipping step)")
+    cd_target_ema: float = option(0.95, "consistency: EMA decay of the target network (0 = the student without "
+                                        "gradient)")
+    distance: str = option("l2", "consistency: l2 | huber (pseudo-Huber) | feature (dataset classifier space)")
+    boundary_scale: float = option(10.0, "consistency: time scaling of the boundary condition's c_skip / c_out")
+
+    PRESETS: ClassVar[dict] = {("tiny", "image"): {"cd_grid": 8}, ("tiny", "vector"): {"cd_grid": 8},
+                               ("base", "image"): {"cd_grid": 40}, ("base", "vector"): {"cd_grid": 40}}
 
 
 class ConsistencyDistillation:
@@ -84,14 +101,14 @@ class ConsistencyDistillation:
 
 def run(ctx) -> list[Path]:
     """Train one consistency student and export it as out/model (multistep consistency sampling)."""
-    cfg, data = ctx.cfg, ctx.require_data()
+    cfg, opts, data = ctx.cfg, ctx.options, ctx.require_data()
     rng = ctx.sigma_range
-    student = ConsistencyBoundary(ctx.make_student(), rng.sigma_min, cfg.boundary_scale)
-    grid = karras(cfg.cd_grid, rng.sigma_min, rng.sigma_max)[:-1]
-    method = ConsistencyDistillation(student, ctx.guided_teacher(), grid, cfg.cd_skip, cfg.solver,
-                                     make_distance(cfg.distance, data), cfg.cd_target_ema)
+    student = ConsistencyBoundary(ctx.make_student(), rng.sigma_min, opts.boundary_scale)
+    grid = karras(opts.cd_grid, rng.sigma_min, rng.sigma_max)[:-1]
+    method = ConsistencyDistillation(student, ctx.guided_teacher(), grid, opts.cd_skip, cfg.solver,
+                                     make_distance(opts.distance, data), opts.cd_target_ema)
     trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
     if not ctx.finished():
         return []
-    boundary = {"sigma_min": rng.sigma_min, "scale": cfg.boundary_scale}
+    boundary = {"sigma_min": rng.sigma_min, "scale": opts.boundary_scale}
     return [ctx.export(trained, "model", "consistency", ctx.steps, "consistency", consistency=boundary)]

@@ -4,18 +4,32 @@ the teacher's ("real") and an online "fake" score at its own noised samples; no 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
 
 GAN_FAKE_WEIGHT = 1e-2  # the GAN classifier's weight in the fake score's loss (DMD2's guidance_cls_loss_weight)
+
+
+@dataclass
+class DMD2Options:
+    """DMD2's two time-scale updates and GAN term."""
+
+    dmd_fake_updates: int = option(5, "dmd2: fake-score updates per generator update (two time-scale rule)")
+    dmd_gan_weight: float = option(3e-3, "dmd2: weight of the GAN term on the fake score's features (0 = none, "
+                                         "data-free)")
+
+    PRESETS: ClassVar[dict] = {}
 
 
 class FakeScore(nn.Module):
@@ -99,11 +113,12 @@ class DMD2:
 
 def run(ctx) -> list[Path]:
     """Train a DMD2 generator for the most requested steps and export it as out/model (consistency sampling)."""
-    gan = ctx.cfg.dmd_gan_weight > 0
+    opts = ctx.options
+    gan = opts.dmd_gan_weight > 0
     info = ctx.teacher.info
     data = ctx.require_data() if info.num_classes or gan else ctx.data
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
-    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, ctx.cfg.dmd_fake_updates, ctx.cfg.dmd_gan_weight,
+    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
                   tuple(info.shape), info.num_classes)
     items = data.train if data is not None else torch.zeros(1, *info.shape)
     trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import make_schedule
 from fewstep.samplers.ode import ode_step
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_weight
+
+
+@dataclass
+class ProgressiveOptions:
+    """Progressive distillation's rounds."""
+
+    pd_start_steps: int = option(16, "progressive, lightning: student steps of the first round (its teacher takes "
+                                     "twice as many); halved each round")
+
+    PRESETS: ClassVar[dict] = {("tiny", "image"): {"pd_start_steps": 2}, ("tiny", "vector"): {"pd_start_steps": 2},
+                               ("base", "image"): {"pd_start_steps": 64}, ("base", "vector"): {"pd_start_steps": 64}}
 
 
 class ProgressiveRound:
@@ -66,7 +80,7 @@ def run(ctx) -> list[Path]:
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver  # the first round's teacher may take Heun steps
     student = ctx.make_student()
     exported = []
-    for n in rounds(ctx.cfg.pd_start_steps, ctx.steps):
+    for n in rounds(ctx.options.pd_start_steps, ctx.steps):
         sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
         trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
                             ctx.train_labels(), "euler", n)["student"]

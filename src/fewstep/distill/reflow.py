@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.noise import SampleNoise
 from fewstep.core.schedules import make_schedule
@@ -25,6 +28,20 @@ PAIR_SEED_OFFSET = 1_000_003  # pairs never reuse the evaluation seeds' noise
 PAIR_CHUNK = 512  # pairs per progress update
 
 
+@dataclass
+class ReflowOptions:
+    """How many teacher pairs reflow trains on, and how they are solved."""
+
+    reflow_pairs: int = option(8192, "reflow: number of (noise, teacher sample) pairs, generated once")
+    reflow_solver_steps: int = option(18, "reflow: teacher ODE steps per pair")
+
+    PRESETS: ClassVar[dict] = {
+        ("tiny", "image"): {"reflow_pairs": 32, "reflow_solver_steps": 6},
+        ("tiny", "vector"): {"reflow_pairs": 256, "reflow_solver_steps": 6},
+        ("small", "vector"): {"reflow_pairs": 32768},
+        ("base", "image"): {"reflow_pairs": 100_000}, ("base", "vector"): {"reflow_pairs": 200_000}}
+
+
 def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(unit noise z, teacher ODE sample y, seconds it took) for n seeds, generated once and cached on disk.
 
@@ -33,7 +50,7 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
     """
     cfg, teacher = ctx.cfg, ctx.teacher
     seed = cfg.seed + PAIR_SEED_OFFSET
-    settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": cfg.reflow_solver_steps,
+    settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": ctx.options.reflow_solver_steps,
                 "schedule": "karras", "cfg_scale": cfg.cfg_scale, "seed": seed, "n": n,
                 "labels": tensor_digest(labels)}
     path = cache_path("pairs", teacher.path.name, settings_hash(settings), ".safetensors")
@@ -43,7 +60,7 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
         with safe_open(path, "pt") as f:
             return noise, f.get_tensor("samples"), float(f.metadata()["seconds"])
     start = time.perf_counter()
-    sigmas = make_schedule("karras", cfg.reflow_solver_steps, ctx.sigma_range)
+    sigmas = make_schedule("karras", ctx.options.reflow_solver_steps, ctx.sigma_range)
     from tqdm.auto import tqdm
 
     teacher_denoiser, chunks = ctx.guided_teacher(), []
@@ -86,7 +103,7 @@ class Reflow:
 
 def run(ctx) -> list[Path]:
     """Generate (or reuse) the pairs, train the straight-flow student, export it as out/model (Euler sampling)."""
-    n = ctx.cfg.reflow_pairs
+    n = ctx.options.reflow_pairs
     classes = ctx.teacher.info.num_classes
     labels = torch.arange(n) % classes if classes else None
     noise, samples, seconds = teacher_pairs(ctx, n, labels)

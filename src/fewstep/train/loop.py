@@ -23,12 +23,14 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
+from fewstep.config import GuardConfig, LoopConfig
 from fewstep.core.errors import UserError
 from fewstep.data.batches import Batch, BatchSource
 from fewstep.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -81,8 +83,8 @@ def make_accelerator(device: str, mixed_precision: str):
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
 
 
-def _lr(cfg: Any, step: int, scale: float) -> float:
-    return cfg.lr * scale * min(1.0, (step + 1) / max(cfg.lr_warmup_steps, 1))
+def _lr(config: LoopConfig, step: int, scale: float) -> float:
+    return config.lr * scale * min(1.0, (step + 1) / max(config.lr_warmup_steps, 1))
 
 
 class MetricsLog:
@@ -103,66 +105,89 @@ class MetricsLog:
 Monitor = Callable[[dict[str, nn.Module]], float]
 
 
-def run_loop(method: Method, source: BatchSource, cfg: Any, run_dir: Path,
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: the trained modules, their optimisers, EMAs and the method's own state."""
+
+    raw: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    emas: dict[str, EMA]
+    kept: dict[str, nn.Module]
+
+    def trained(self) -> dict[str, nn.Module]:
+        """Each module as it would be exported: its EMA where it has one, else the raw module."""
+        return {n: self.emas[n].module if n in self.emas else m for n, m in self.raw.items()}
+
+
+def save_state(state: TrainState, ckpt_dir: Path, step: int, extra: dict[str, Any], keep: int, acc: Any) -> None:
+    """Checkpoint `state` at `step` (main process writes; every process waits for it)."""
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        sds = {n: m.state_dict() for n, m in state.raw.items()}
+        sds |= {f"{n}-ema": e.module.state_dict() for n, e in state.emas.items()}
+        sds |= {f"{n}-state": m.state_dict() for n, m in state.kept.items()}
+        save_checkpoint(ckpt_dir, step, sds, {n: o.state_dict() for n, o in state.optimizers.items()}, extra, keep)
+    acc.wait_for_everyone()
+
+
+def restore_state(state: TrainState, path: Path) -> tuple[int, dict[str, Any]]:
+    """Load a checkpoint into `state`; its step and extra state."""
+    step, sds, opt_sds, extra = load_checkpoint(path)
+    try:
+        for n, module in state.raw.items():
+            module.load_state_dict(sds[n])
+            state.optimizers[n].load_state_dict(opt_sds[n])
+        for n, ema in state.emas.items():
+            ema.module.load_state_dict(sds[f"{n}-ema"])
+        for n, module in state.kept.items():
+            module.load_state_dict(sds[f"{n}-state"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not fit this run ({str(e).splitlines()[0]}); "
+                        "delete it or start a new --out") from None
+    return step, extra
+
+
+def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: Path,
              on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
              stop_at: int | None = None, monitor: Monitor | None = None) -> dict[str, nn.Module]:
-    """Train `method` for cfg.steps; returns the EMA (else raw) modules, unwrapped.
+    """Train `method` for config.steps on batches from `source`; returns the EMA (else raw) modules, unwrapped.
 
     `stop_at` simulates a process killed after that many steps: the loop returns without a final checkpoint.
     `monitor(modules) -> value` (higher is better) guards every checkpoint against a collapse.
     """
-    acc = accelerator or make_accelerator(cfg.device, cfg.mixed_precision)
+    acc = accelerator or make_accelerator("auto", "no")
     main = acc.is_main_process
-    if cfg.batch_size % acc.num_processes:
-        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {acc.num_processes} processes")
+    if config.batch_size % acc.num_processes:
+        raise UserError(f"batch_size {config.batch_size} must be divisible by the {acc.num_processes} processes")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     names = list(method.modules)
     raw = {n: method.modules[n] for n in names}
     if hasattr(method, "to"):
         method.to(acc.device)
-    optims = {n: torch.optim.Adam(raw[n].parameters(), lr=cfg.lr, betas=(0.9, 0.999)) for n in names}
+    optims = {n: torch.optim.Adam(raw[n].parameters(), lr=config.lr, betas=(0.9, 0.999)) for n in names}
     prepared = acc.prepare(*[raw[n] for n in names], *[optims[n] for n in names])
     models = dict(zip(names, prepared[: len(names)]))
-    optims = dict(zip(names, prepared[len(names):]))
     method.modules.update(models)  # the method calls the wrapped (e.g. DDP) modules, so gradients are all-reduced
-    raw = {n: acc.unwrap_model(models[n]) for n in names}
-    emas = {n: EMA(raw[n], cfg.ema_halflife_steps) for n in method.ema_modules}
-    kept = dict(getattr(method, "state_modules", {}))
-
-    def trained() -> dict[str, nn.Module]:
-        """Each module as it would be exported: its EMA where it has one, else the raw module."""
-        return {n: emas[n].module if n in emas else raw[n] for n in names}
-
+    state = TrainState({n: acc.unwrap_model(models[n]) for n in names}, dict(zip(names, prepared[len(names):])), {},
+                       dict(getattr(method, "state_modules", {})))
+    state.emas = {n: EMA(state.raw[n], config.ema_halflife_steps) for n in method.ema_modules}
+    optims = state.optimizers
     every = dict(getattr(method, "update_every", {}))
     lr_scales = dict(getattr(method, "lr_scale", {}))
     ckpt_dir = run_dir / "checkpoints"
 
+    def checkpoint(step: int, extra: dict[str, Any]) -> None:
+        save_state(state, ckpt_dir, step, extra, config.keep_checkpoints, acc)
+
     def restore(path: Path) -> tuple[int, dict[str, Any]]:
-        step, sds, opt_sds, state = load_checkpoint(path)
-        for n in names:
-            raw[n].load_state_dict(sds[n])
-            optims[n].load_state_dict(opt_sds[n])
-        for n, ema in emas.items():
-            ema.module.load_state_dict(sds[f"{n}-ema"])
-        for n, module in kept.items():
-            module.load_state_dict(sds[f"{n}-state"])
-        return step, state
+        return restore_state(state, path)
 
-    def checkpoint(step: int, state: dict[str, Any]) -> None:
-        acc.wait_for_everyone()
-        if main:
-            sds = {n: raw[n].state_dict() for n in names} | {f"{n}-ema": e.module.state_dict() for n, e in emas.items()}
-            sds |= {f"{n}-state": m.state_dict() for n, m in kept.items()}
-            save_checkpoint(ckpt_dir, step, sds, {n: o.state_dict() for n, o in optims.items()}, state,
-                            cfg.keep_checkpoints)
-        acc.wait_for_everyone()
-
-    start, state = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0, "recent": {}, "troubled": 0}
+    start, extra = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0, "recent": {}, "troubled": 0}
     found = latest_checkpoint(ckpt_dir)
     if found is not None:
         start, saved = restore(found)
-        state.update(saved)
+        extra.update(saved)
         if main:
             print(f"resuming from {found} (step {start})", file=sys.stderr)
     log = MetricsLog(run_dir / "metrics.jsonl", start, main)
@@ -170,26 +195,26 @@ def run_loop(method: Method, source: BatchSource, cfg: Any, run_dir: Path,
         models[n].train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
+    bar = tqdm(total=config.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    step, t0, seconds0 = start, time.perf_counter(), state["train_seconds"]
+    step, t0, seconds0 = start, time.perf_counter(), extra["train_seconds"]
     clean, last = True, {}
     try:
         with StepBoundaryInterrupt() as interrupted:
-            while step < cfg.steps:
+            while step < config.steps:
                 if interrupted():  # Ctrl-C waits for the step in flight, so a checkpoint never holds half a step
                     raise KeyboardInterrupt
                 if stop_at is not None and step >= stop_at:
                     bar.close()
-                    return trained()
-                batch = source.batch(step, cfg.batch_size, acc.process_index, acc.num_processes, acc.device)
-                lr = _lr(cfg, step, state["lr_scale"])
+                    return state.trained()
+                batch = source.batch(step, config.batch_size, acc.process_index, acc.num_processes, acc.device)
+                lr = _lr(config, step, extra["lr_scale"])
                 with acc.autocast():
                     losses = method.losses(batch)
                 reduced = {n: acc.reduce(loss.detach().float(), "mean").item() for n, loss in losses.items()}
-                reason = _trouble(method, reduced, state, cfg)
+                reason = _trouble(method, reduced, extra, config.guard)
                 if reason:
-                    step = _roll_back(step, reason, state, cfg, ckpt_dir, restore, log, main)
+                    step = _roll_back(step, reason, extra, config.guard, ckpt_dir, restore, log, main)
                     continue
                 last.update(reduced)  # the latest value of each loss, also of modules not stepped this time
                 clean = False  # from here to the EMA update, a checkpoint would hold half a step
@@ -197,48 +222,48 @@ def run_loop(method: Method, source: BatchSource, cfg: Any, run_dir: Path,
                     for o in optims.values():
                         o.zero_grad(set_to_none=True)
                     acc.backward(losses[n], retain_graph=True)
-                    if cfg.grad_clip > 0:
-                        acc.clip_grad_norm_(models[n].parameters(), cfg.grad_clip)
+                    if config.grad_clip > 0:
+                        acc.clip_grad_norm_(models[n].parameters(), config.grad_clip)
                     for group in optims[n].param_groups:
                         group["lr"] = lr * lr_scales.get(n, 1.0)
                     optims[n].step()
                 step += 1
-                for n, ema in emas.items():
-                    ema.update(raw[n], step)
+                for n, ema in state.emas.items():
+                    ema.update(state.raw[n], step)
                 clean = True
-                state["train_seconds"] = seconds0 + time.perf_counter() - t0
+                extra["train_seconds"] = seconds0 + time.perf_counter() - t0
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    record = {"step": step, "lr": lr, "seconds": round(state["train_seconds"], 2),
+                if step % config.log_every == 0 or step == config.steps:
+                    record = {"step": step, "lr": lr, "seconds": round(extra["train_seconds"], 2),
                               **{f"loss_{n}": v for n, v in last.items()}}
                     log.write(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
-                if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    collapsed = _check(monitor, step, trained(), state, cfg, log)
+                if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+                    collapsed = _check(monitor, step, state.trained(), extra, config.guard, log)
                     if collapsed:
-                        step = _roll_back(step, collapsed, state, cfg, ckpt_dir, restore, log, main)
+                        step = _roll_back(step, collapsed, extra, config.guard, ckpt_dir, restore, log, main)
                         continue
-                    if step < cfg.steps:
-                        checkpoint(step, state)
-                if on_sample and main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                    on_sample(step, trained())
+                    if step < config.steps:
+                        checkpoint(step, extra)
+                if on_sample and main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
+                    on_sample(step, state.trained())
     except KeyboardInterrupt:
         bar.close()
         if not clean:  # a second Ctrl-C inside a step: keep the last good checkpoint rather than save half a step
             raise TrainingInterrupted(f"interrupted inside step {step + 1}; the last checkpoint in {ckpt_dir} "
                                       "is kept") from None
-        checkpoint(step, state)
+        checkpoint(step, extra)
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved in {ckpt_dir}") from None
     bar.close()
-    checkpoint(step, state)
-    return trained()
+    checkpoint(step, extra)
+    return state.trained()
 
 
-def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], cfg: Any) -> str | None:
+def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], guard: GuardConfig) -> str | None:
     """Why this step's losses call for a roll-back (non-finite, exploding, the method's own check), else None."""
     if not all(math.isfinite(v) for v in reduced.values()):
         return f"non-finite loss {reduced}"
-    factor = cfg.explode_factor
+    factor = guard.explode_factor
     for n, v in reduced.items():
         recent = state["recent"].setdefault(n, [])  # |loss| of the last 100 steps (adversarial losses go negative)
         scale = max(statistics.median(recent), 1e-2) if len(recent) >= 20 else math.inf
@@ -247,31 +272,31 @@ def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], c
         recent[:] = (recent + [abs(v)])[-100:]
     said = method.diverging(reduced) if hasattr(method, "diverging") else None
     state["troubled"] = state["troubled"] + 1 if said else 0
-    if said and state["troubled"] >= cfg.guard_patience:
+    if said and state["troubled"] >= guard.patience:
         state["troubled"] = 0
-        return f"{said} for {cfg.guard_patience} steps"
+        return f"{said} for {guard.patience} steps"
     return None
 
 
-def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any], cfg: Any,
-           log: MetricsLog) -> str | None:
+def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any],
+           guard: GuardConfig, log: MetricsLog) -> str | None:
     """Run the monitor before a checkpoint: a collapse below the run's best returns the reason, else it is logged."""
     if monitor is None:
         return None
     value, best = monitor(modules), state.get("best_monitor")
     log.write({"step": step, "event": "monitor", "value": round(value, 4)})
-    if best is not None and value < best - cfg.collapse_drop:
-        return (f"collapse: monitored recall {value:.3f} fell more than {cfg.collapse_drop} below the run's best "
+    if best is not None and value < best - guard.collapse_drop:
+        return (f"collapse: monitored recall {value:.3f} fell more than {guard.collapse_drop} below the run's best "
                 f"{best:.3f}")
     state["best_monitor"] = value if best is None else max(best, value)
     return None
 
 
-def _roll_back(step: int, reason: str, state: dict[str, Any], cfg: Any, ckpt_dir: Path,
+def _roll_back(step: int, reason: str, state: dict[str, Any], guard: GuardConfig, ckpt_dir: Path,
                restore: Callable[[Path], tuple[int, dict[str, Any]]], log: MetricsLog, main: bool) -> int:
     """Divergence guard: reload the last good checkpoint with half the learning rate, or stop loudly."""
     found = latest_checkpoint(ckpt_dir)
-    if found is None or state["rollbacks"] >= cfg.max_rollbacks:
+    if found is None or state["rollbacks"] >= guard.max_rollbacks:
         spent = "no checkpoint to roll back to" if found is None else f"{state['rollbacks']} roll-backs spent"
         raise Diverged(f"step {step}: {reason}; {spent}; lower --lr and train again")
     rollbacks = state["rollbacks"] + 1

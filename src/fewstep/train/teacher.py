@@ -77,7 +77,7 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
     def on_sample(step: int, modules: dict) -> None:
         preview(modules["model"], data, run_dir / "samples" / f"step-{step:07d}.png")
 
-    modules = run_loop(method, TensorSource(data.train, labels, cfg.seed), cfg, run_dir, on_sample, acc, stop_at)
+    modules = run_loop(method, TensorSource(data.train, labels, cfg.seed), cfg.loop(), run_dir, on_sample, acc, stop_at)
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]

@@ -1,0 +1,150 @@
+"""The sampling plan: sampler, sigmas, classifier-free guidance, guidance accelerator and cache, decided once.
+
+As in k-diffusion, the schedule is chosen outside the sampler: `build_plan` resolves what a user asked for
+(`PlanSettings`: flags, a bench row, a Python call) against what a model folder records (a teacher's converged
+sampler, a student's own sigmas, an accelerated folder's cache and guidance) and against a schedule file from
+`fewstep search-schedule`. Everything that samples (sample, eval, bench, accelerate) then uses one `SamplingPlan`,
+applied to a model by one context (`plan.applied(model)`) that removes everything it added.
+
+Precedence, per setting: an explicit setting > a schedule file's sigmas and sampler > the model's record > the
+defaults (Heun, Karras, 18 steps, no guidance, no cache). `guidance="none"` also drops a recorded CFG scale and
+interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Any, Iterator
+
+import torch
+
+from fewstep.accel.adaptive_guidance import guided_denoiser
+from fewstep.accel.base import AcceleratorHandle
+from fewstep.accel.registry import apply_cache
+from fewstep.core.cond import CondLike
+from fewstep.core.denoiser import Denoiser
+from fewstep.core.errors import UserError
+from fewstep.core.schedules import explicit, is_schedule_file, make_schedule, read_schedule_file
+from fewstep.models.info import LoadedModel
+from fewstep.samplers import SampleResult, generate, get_sampler
+
+DEFAULT_SAMPLER = {"name": "heun", "schedule": "karras", "steps": 18}
+
+
+@dataclass
+class PlanSettings:
+    """What to sample with; None (a CFG scale of 1) leaves the setting to the model's record."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    schedule: str | None = None  # karras | karras_trailing | loglinear | uniform | a schedule file (.json)
+    cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] | None = None  # guide only for LO < sigma <= HI
+    guidance: str | None = None  # a guidance accelerator on top of CFG, e.g. "adaptive:threshold=0.995"; "none"
+    cache: str | None = None  # a feature cache, e.g. "deepcache:interval=3"; "none"
+
+    def plan_settings(self) -> "PlanSettings":
+        """Just the plan's fields (for subclasses such as eval's settings)."""
+        return PlanSettings(**{f.name: getattr(self, f.name) for f in fields(PlanSettings)})
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    """A plan on a model: the denoiser to sample with (guided) and the cache handle (its stats, its removal)."""
+
+    denoiser: Denoiser
+    handle: AcceleratorHandle
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A resolved plan: every setting explicit, the sigmas computed and checked against the model."""
+
+    sampler: str
+    schedule: str
+    sigmas: torch.Tensor
+    recorded_sigmas: tuple[float, ...] | None = None  # sigmas from a record or schedule file, as written there
+    cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] | None = None
+    guidance: str | None = None
+    cache: str | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def settings(self) -> PlanSettings:
+        """The explicit settings that reproduce this plan on the same model (what a result row records)."""
+        return PlanSettings(self.sampler, self.steps, self.schedule, self.cfg_scale, self.cfg_interval,
+                            self.guidance, self.cache)
+
+    def sampler_record(self) -> dict[str, Any]:
+        """ModelInfo.sampler for this plan: name, schedule, steps and, for explicit sigmas, the sigmas."""
+        record = {"name": self.sampler, "schedule": self.schedule, "steps": self.steps}
+        return {**record, "sigmas": list(self.recorded_sigmas)} if self.recorded_sigmas else record
+
+    def acceleration_record(self) -> dict[str, Any] | None:
+        """ModelInfo.acceleration for this plan (None: nothing to record)."""
+        record = {"cache": None if self.cache == "none" else self.cache,
+                  "guidance": None if self.guidance == "none" else self.guidance,
+                  "cfg_scale": self.cfg_scale, "cfg_interval": self.cfg_interval}
+        return None if record == {"cache": None, "guidance": None, "cfg_scale": 1.0, "cfg_interval": None} else record
+
+    @contextlib.contextmanager
+    def applied(self, model: LoadedModel) -> Iterator[AppliedPlan]:
+        """Guidance around the model's denoiser and the cache on its network, removed on exit."""
+        denoiser = guided_denoiser(model.denoiser, self.cfg_scale, self.cfg_interval, self.guidance)
+        handle = apply_cache(model, self.cache or "none")
+        try:
+            yield AppliedPlan(denoiser, handle)
+        finally:
+            handle.remove()
+
+    def check(self, model: LoadedModel) -> None:
+        """Fail now, not an hour into a run, on a cache or guidance that does not apply to this model."""
+        with self.applied(model):
+            pass
+
+
+def _sigmas(model: LoadedModel, s: PlanSettings) -> tuple[str, str | None, torch.Tensor, tuple | None]:
+    """(schedule name, a schedule file's sampler, sigmas, the sigmas as recorded) for the settings."""
+    recorded = {**DEFAULT_SAMPLER, **model.info.sampler}
+    if is_schedule_file(s.schedule):
+        found = read_schedule_file(s.schedule)
+        steps = len(found["sigmas"]) - 1
+        if s.steps is not None and s.steps != steps:
+            raise UserError(f"the schedule file {s.schedule} fixes the steps ({steps}); drop --steps")
+        return str(s.schedule), found["sampler"], explicit(found["sigmas"]), tuple(found["sigmas"][:-1])
+    if s.steps is None and s.schedule is None and recorded.get("sigmas"):  # a student's or searched record
+        return recorded["schedule"], None, explicit(recorded["sigmas"]), tuple(recorded["sigmas"])
+    schedule = s.schedule or recorded["schedule"]
+    steps = recorded["steps"] if s.steps is None else s.steps
+    return schedule, None, make_schedule(schedule, steps, model.denoiser.sigma_range), None
+
+
+def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> SamplingPlan:
+    """Resolve `settings` against the model's record and a schedule file into an explicit, checked plan."""
+    s = (settings or PlanSettings()).plan_settings()
+    schedule, file_sampler, sigmas, recorded_sigmas = _sigmas(model, s)
+    sampler = s.sampler or file_sampler or model.info.sampler.get("name", DEFAULT_SAMPLER["name"])
+    get_sampler(sampler)
+    recorded = model.info.acceleration or {}
+    guided = {} if s.guidance == "none" else recorded
+    interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
+    return SamplingPlan(sampler=sampler, schedule=schedule, sigmas=sigmas, recorded_sigmas=recorded_sigmas,
+                        cfg_scale=guided.get("cfg_scale", 1.0) if s.cfg_scale == 1.0 else s.cfg_scale,
+                        cfg_interval=tuple(interval) if interval else None,
+                        guidance=guided.get("guidance") if s.guidance is None else s.guidance,
+                        cache=recorded.get("cache") if s.cache is None else s.cache)
+
+
+def sample(model: LoadedModel, plan: SamplingPlan, n: int, seed: int = 0, cond: CondLike = None,
+           batch_size: int = 256, device: str | torch.device = "cpu", start_index: int = 0) -> SampleResult:
+    """Draw n samples (items start_index.. of `seed`) from `model` with `plan` applied."""
+    with plan.applied(model) as run:
+        return generate(run.denoiser, model.info.shape, n, plan.sigmas, plan.sampler, seed, cond, batch_size, device,
+                        start_index)
+
+
+__all__ = ["AppliedPlan", "PlanSettings", "SamplingPlan", "build_plan", "sample"]
