@@ -205,6 +205,12 @@ def test_unreadable_and_nan_images_are_one_line(tmp_path):
         with pytest.raises(UserError, match=f"{name}: not a readable image") as e:
             decode_image(tmp_path / name, resolution=2)
         one_line(e)
+    colour_folder(tmp_path, 4, captions="none")  # found by a DataLoader worker, mid-stream: still one line
+    source = StreamSource(open_items(parse_spec(f"folder:{tmp_path}?resolution=2")), torch.arange(6), workers=1)
+    with pytest.raises(UserError, match=r"^\S*(bad.png|nan.tif): not a readable image") as e:
+        for step in range(20):
+            source.batch(step, 4, 0, 1, CPU)
+    one_line(e)
 
 
 # ---------------------------------------------------------------------------------------------- image folders
@@ -474,3 +480,12 @@ def test_dataset_from_tensors_and_torch(tmp_path):
     memory, streamed = dataset_from_torch(Pairs()), dataset_from_torch(Pairs(), stream=True)
     assert memory.num_classes == 5 and torch.equal(memory.test, streamed.test)
     assert_same_batches(batch_source(memory, 2), batch_source(streamed, 2, workers=0), range(3))
+
+
+def test_missing_datasets_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    (tmp_path / "part.parquet").write_bytes(b"PAR1")
+    with pytest.raises(UserError, match=r"pip install 'fewstep\[data\]'") as e:
+        load_dataset(f"hf:{tmp_path / 'part.parquet'}")
+    one_line(e)

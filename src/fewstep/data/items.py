@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,21 @@ def collate(rows: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, to
     return torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), [r[2] for r in rows]
 
 
+def read_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """A DataLoader's batches; a user's mistake found in a worker comes back as its one line (DataLoader prepends
+    the worker's traceback to the message)."""
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    iterator = iter(loader)
+    try:
+        yield from iterator
+        return
+    except UserError as e:
+        message = str(e).strip().splitlines()[-1].removeprefix(prefix)
+        e.__traceback__ = None  # its frames hold the iterator in a cycle: break it, so the workers stop now
+    del iterator
+    raise UserError(message)
+
+
 def worker_count(n: int) -> int:
     """Worker processes for reading n items: none for small sets, else up to 4 (one core stays for the caller)."""
     return 0 if n < PARALLEL_FROM else max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -108,7 +123,7 @@ def materialize(items: Items, index: torch.Tensor, workers: int | None = None) -
     loader = DataLoader(torch.utils.data.Subset(items, index.tolist()), batch_size=64, num_workers=workers,
                         collate_fn=collate)
     x, labels, captions = torch.empty(len(index), *items.shape), torch.empty(len(index), dtype=torch.long), []
-    for batch_x, batch_labels, batch_captions in loader:  # filled in place: no second copy of the set at its peak
+    for batch_x, batch_labels, batch_captions in read_batches(loader):  # filled in place: no second copy of the set at its peak
         x[len(captions):len(captions) + len(batch_x)] = batch_x
         labels[len(captions):len(captions) + len(batch_x)] = batch_labels
         captions += batch_captions

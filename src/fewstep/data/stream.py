@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from fewstep.core import cond as conds
 from fewstep.data.base import Dataset
 from fewstep.data.batches import Batch, BatchSource, TensorSource, TextEncoder, draw_items, rank_rows
-from fewstep.data.items import Items, collate, worker_count
+from fewstep.data.items import Items, collate, read_batches, worker_count
 
 
 class StepRows(Sampler):
@@ -50,7 +50,7 @@ class StreamSource:
         loader = DataLoader(self.items, batch_sampler=rows, num_workers=self.workers, collate_fn=collate,
                             prefetch_factor=self.prefetch if self.workers else None,
                             pin_memory=device.type == "cuda")
-        self._stream = iter(loader)
+        self._stream = read_batches(loader)
 
     def batch(self, step: int, global_size: int, rank: int, world: int, device: torch.device) -> Batch:
         if self._at != (step, global_size, rank, world):  # first call, resume, or another layout: restart there
