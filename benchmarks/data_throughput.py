@@ -3,7 +3,8 @@
 Writes N JPEG photos-like images (smooth colour fields with noise, like real photos compress) as a folder and as
 tar shards, then times: reading the folder into memory, reading the shards into memory, and streaming batches
 through StreamSource (DataLoader workers) from each.
-Usage: python benchmarks/data_throughput.py [--n 2000] [--size 256] [--resolution 64] [--workers 0,1,2]
+Usage: python benchmarks/data_throughput.py [--n 2000] [--size 256] [--resolution 64] [--workers 0,1,2] [--repeats 3]
+Each number is the median of --repeats runs; streaming restarts its DataLoader at every repeat (as a resume does).
 """
 
 from __future__ import annotations
@@ -56,10 +57,14 @@ def write(root: Path, n: int, size: int, per_shard: int = 500) -> tuple[Path, Pa
     return folder, shards
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def timed(fn, repeats: int = 1) -> float:
+    """Median seconds of `repeats` calls (the machine may be shared: the median resists a busy neighbour)."""
+    seconds = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - t)
+    return float(np.median(seconds))
 
 
 def main() -> None:
@@ -69,6 +74,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,17 +88,17 @@ def main() -> None:
             items = open_items(spec)
             print(f"{kind}: listing / index {index_seconds:.2f} s")
             for w in (int(v) for v in args.workers.split(",")):
-                seconds = timed(lambda: materialize(items, torch.arange(len(items)), workers=w))
+                seconds = timed(lambda: materialize(items, torch.arange(len(items)), workers=w), args.repeats)
                 print(f"  {kind} read into memory, {w} workers: {args.n / seconds:7.0f} images/s")
                 source = StreamSource(items, torch.arange(len(items)), seed=0, workers=w)
                 source.batch(0, args.batch, 0, 1, torch.device("cpu"))  # start the workers
                 steps = args.n // args.batch
                 seconds = timed(lambda: [source.batch(s, args.batch, 0, 1, torch.device("cpu"))
-                                         for s in range(1, steps + 1)])
+                                         for s in range(1, steps + 1)], args.repeats)  # each repeat restarts at 1
                 source.close()
                 print(f"  {kind} streamed (StreamSource, batch {args.batch}), {w} workers: "
                       f"{steps * args.batch / seconds:7.0f} images/s")
-        seconds = timed(lambda: load_dataset(f"folder:{folder}?resolution={args.resolution}"))
+        seconds = timed(lambda: load_dataset(f"folder:{folder}?resolution={args.resolution}"), args.repeats)
         print(f"load_dataset(folder) end to end (listing, split, read with default workers): {args.n / seconds:.0f} "
               "images/s")
 

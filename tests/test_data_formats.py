@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
 from fewstep.data import (DataSpec, dataset_from_tensors, dataset_from_torch, load_dataset, parse_spec, recorded_spec)
 from fewstep.data.images import decode_image
@@ -278,7 +279,8 @@ def test_hf_save_to_disk_and_parquet(tmp_path):
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
     d = load_dataset(f"hf:{tmp_path / 'saved'}")
     check_captioned(d, 12)
-    assert d.meta["classes"] == ["even", "odd"] and [int(y) for y in d.train_labels] == [i % 2 for i in item_ids(d.train)]
+    assert d.meta["classes"] == ["even", "odd"]
+    assert [int(y) for y in d.train_labels] == [i % 2 for i in item_ids(d.train)]
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"png": [png_bytes(i) for i in range(12)], "caption": [f"item {i}" for i in range(12)]}),
@@ -318,6 +320,12 @@ def test_shards_round_trip_streamed(tmp_path):
     b = source.batch(2, 6, 0, 1, CPU)
     assert b.text == [f"item {i}" for i in item_ids(b.x)] and b.cond.tolist() == [i % 3 for i in item_ids(b.x)]
     assert_same_batches(source, batch_source(d, seed=5, workers=2), range(4))  # forked workers read their own files
+
+    def encode(captions):  # a stand-in text encoder: the item number as a 1-token "embedding"
+        return Cond(text=torch.tensor([[[float(c.split()[1])]] for c in captions]))
+
+    b = batch_source(d, seed=5, workers=0, encode_text=encode).batch(2, 6, 0, 1, CPU)
+    assert b.cond.text.flatten().tolist() == item_ids(b.x)
     with pytest.raises(UserError, match="not an uncompressed tar shard") as e:
         (tmp_path / "gz").mkdir()
         with tarfile.open(tmp_path / "gz" / "a.tar", "w:gz") as tar:
@@ -342,6 +350,7 @@ def test_streaming_equals_in_memory_and_resumes(tmp_path):
     assert torch.equal(memory.test, streamed.test) and torch.equal(memory.train[:STATS_ITEMS], streamed.train)
     assert_same_batches(batch_source(memory, 11), batch_source(streamed, 11, workers=0), range(5))
     assert_same_batches(batch_source(memory, 11), batch_source(streamed, 11, workers=2), [0, 1, 2, 7, 8, 3])
+    assert_same_batches(batch_source(memory, 11), batch_source(streamed, 11, workers=0), [5, 6])  # a resumed run
     assert not torch.equal(batch_source(streamed, 12, workers=0).batch(0, 8, 0, 1, CPU).x,
                            batch_source(streamed, 11, workers=0).batch(0, 8, 0, 1, CPU).x)
 
@@ -376,7 +385,8 @@ def test_ranks_read_disjoint_rows_that_make_the_global_batch(tmp_path):
     assert len(reads[0]) == len(reads[1]) == 12  # 3 steps x 4 rows each: no process reads another's rows
     from fewstep.data.batches import draw_items
     drawn = [draw_items(4, s, 30, 8)[1] for s in range(3)]
-    assert reads[0] == [i for d in drawn for i in d[:4].tolist()] and reads[1] == [i for d in drawn for i in d[4:].tolist()]
+    assert reads[0] == [i for d in drawn for i in d[:4].tolist()]
+    assert reads[1] == [i for d in drawn for i in d[4:].tolist()]
 
 
 def test_streaming_memory_stays_flat(tmp_path):
@@ -406,7 +416,8 @@ def test_prompts_file(tmp_path):
     assert read_prompts(tmp_path / "p.txt") == ["a red fox", "a blue car", "naïve café"]
     (tmp_path / "empty.txt").write_text("\n \n")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    for name, match in [("empty.txt", "holds no prompts"), ("latin1.txt", "is not UTF-8"), ("none.txt", "does not exist")]:
+    for name, match in [("empty.txt", "holds no prompts"), ("latin1.txt", "is not UTF-8"),
+                        ("none.txt", "does not exist")]:
         with pytest.raises(UserError, match=match) as e:
             read_prompts(tmp_path / name)
         one_line(e)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.data.base import Dataset
+from fewstep.data.prompts import read_prompts
+from fewstep.data.sources import load, probe
 from fewstep.data.spec import BUILTIN, KINDS, DataSpec, parse_spec, recorded_spec, verify_spec
+from fewstep.data.stream import batch_source
 from fewstep.data.tensors import dataset_from_tensors, dataset_from_torch
 
 DATASETS = (*BUILTIN, *(f"{kind}:PATH" for kind in KINDS if kind != "prompts"))
@@ -13,10 +16,8 @@ DATASETS = (*BUILTIN, *(f"{kind}:PATH" for kind in KINDS if kind != "prompts"))
 
 def load_dataset(spec: str | DataSpec, resolution: int | None = None, **options: Any) -> Dataset:
     """Load a built-in set by name, or a user's data by spec (`points:FILE`, `folder:DIR?resolution=64`, ...)."""
-    from fewstep.data.sources import load
-
     return load(spec if isinstance(spec, DataSpec) else parse_spec(spec, resolution=resolution, **options))
 
 
-__all__ = ["DATASETS", "DataSpec", "Dataset", "dataset_from_tensors", "dataset_from_torch", "load_dataset",
-           "parse_spec", "recorded_spec", "verify_spec"]
+__all__ = ["DATASETS", "DataSpec", "Dataset", "batch_source", "dataset_from_tensors", "dataset_from_torch",
+           "load_dataset", "parse_spec", "probe", "read_prompts", "recorded_spec", "verify_spec"]

@@ -42,8 +42,9 @@ def caption_column(columns: list[str], wanted: str, where: object) -> str:
     """The caption column: `wanted` if set, else the first of text, caption, prompt; a UserError when absent."""
     column = wanted or next((c for c in CAPTION_COLUMNS if c in columns), "")
     if column not in columns:
-        raise UserError(f"{where} has no caption column {repr(wanted) if wanted else ' / '.join(CAPTION_COLUMNS)} (it has "
-                        f"{', '.join(columns) or 'none'}); name yours with ?caption_column=NAME")
+        looked_for = repr(wanted) if wanted else " / ".join(CAPTION_COLUMNS)
+        raise UserError(f"{where} has no caption column {looked_for} (it has {', '.join(columns) or 'none'}); name "
+                        "yours with ?caption_column=NAME")
     return column
 
 

@@ -54,8 +54,8 @@ class HFItems(ImageItems):
         ds_lib = require_datasets()
         ds = open_hf(Path(spec.path), spec.option("split"))
         columns, features = list(ds.column_names), ds.features
-        image = spec.option("image_column") or next(
-            (c for c in columns if isinstance(features[c], ds_lib.Image)), next((c for c in IMAGE_COLUMNS if c in columns), ""))
+        typed = [c for c in columns if isinstance(features[c], ds_lib.Image)]
+        image = spec.option("image_column") or next(iter(typed + [c for c in IMAGE_COLUMNS if c in columns]), "")
         if image not in columns:
             raise UserError(f"{spec.path} has no image column {image or ' / '.join(IMAGE_COLUMNS)} (it has "
                             f"{', '.join(columns)}); name it with ?image_column=NAME")

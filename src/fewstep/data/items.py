@@ -115,7 +115,8 @@ def worker_count(n: int) -> int:
     return 0 if n < PARALLEL_FROM else max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def materialize(items: Items, index: torch.Tensor, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def materialize(items: Items, index: torch.Tensor,
+                workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Items `index` (in that order) read into memory: (x [n, C, H, W], labels [n], captions)."""
     if len(index) == 0:
         raise UserError("the dataset holds no items")
@@ -123,7 +124,7 @@ def materialize(items: Items, index: torch.Tensor, workers: int | None = None) -
     loader = DataLoader(torch.utils.data.Subset(items, index.tolist()), batch_size=64, num_workers=workers,
                         collate_fn=collate)
     x, labels, captions = torch.empty(len(index), *items.shape), torch.empty(len(index), dtype=torch.long), []
-    for batch_x, batch_labels, batch_captions in read_batches(loader):  # filled in place: no second copy of the set at its peak
+    for batch_x, batch_labels, batch_captions in read_batches(loader):  # in place: never a second copy of the set
         x[len(captions):len(captions) + len(batch_x)] = batch_x
         labels[len(captions):len(captions) + len(batch_x)] = batch_labels
         captions += batch_captions
@@ -156,8 +157,7 @@ def items_dataset(spec: DataSpec, items: Items) -> Dataset:
 
     if "resolution" in spec.options:  # record the resolution that "0: the images' own" came to
         spec = replace(spec, options={**spec.options, "resolution": items.shape[-1]})
-    train, test = split_indices(len(items), spec.option("test_fraction"), spec.option("split_seed"),
-                                spec.option("max_test"))
+    train, test = split_indices(len(items), *(spec.option(k) for k in ("test_fraction", "split_seed", "max_test")))
     stream = spec.option("stream")
     x_tr, y_tr, text_tr = materialize(items, train[:STATS_ITEMS] if stream else train)  # train is a seeded order
     x_te, y_te, text_te = materialize(items, test)

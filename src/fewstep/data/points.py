@@ -129,7 +129,7 @@ def load_points(spec: DataSpec) -> Dataset:
     centres = _as_points(np.asarray(arrays["centres"]), path, "centres") if "centres" in arrays else None
     if centres is not None and centres.shape[1] != x.shape[1]:
         raise UserError(f"{path}: centres have {centres.shape[1]} coordinates, the points {x.shape[1]}")
-    train, test = split_indices(len(x), spec.option("test_fraction"), spec.option("split_seed"), spec.option("max_test"))
+    train, test = split_indices(len(x), *(spec.option(k) for k in ("test_fraction", "split_seed", "max_test")))
     y = torch.from_numpy(labels) if labels is not None else None
     return Dataset(str(spec), "vector", x[train], x[test], y[train] if y is not None else None,
                    y[test] if y is not None else None, num_classes=len(classes), centres=centres, spec=spec,

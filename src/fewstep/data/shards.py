@@ -64,7 +64,8 @@ class ShardItems(ImageItems):
                     labels.append(_read(handle, parts[label_ext]).decode().strip() if label_ext else None)
                     names.append(f"{path.name}:{key}")
         if not shard:
-            raise UserError(f"the shards under {spec.path} hold no images (keys with .{' / .'.join(sorted(IMAGE_EXTENSIONS))})")
+            kinds = " / ".join(f"key.{e}" for e in sorted(IMAGE_EXTENSIONS))
+            raise UserError(f"the shards under {spec.path} hold no images ({kinds})")
         self.has_text = require_all_captions(text, names)
         labelled = None not in labels
         if labelled and all(v.lstrip("-").isdigit() for v in labels):
