@@ -56,8 +56,8 @@ def test_folder_with_class_subfolders(tmp_path):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(UserError, match="holds no files"):
+    with pytest.raises(UserError, match="holds no images"):
         load_dataset(f"folder:{tmp_path}")
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(UserError, match="notes.txt: not a readable image"):
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(UserError, match="notes.png: not a readable image"):
         load_dataset(f"folder:{tmp_path}")

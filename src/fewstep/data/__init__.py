@@ -1,29 +1,23 @@
-"""Built-in, offline datasets: digits, 2-D toy sets, procedural shapes, and folder:PATH."""
+"""Datasets: built-in offline sets (digits, 2-D toy sets, shapes) and a user's data by spec (docs/data.md)."""
 
 from __future__ import annotations
 
-from fewstep.core.errors import UserError
+from typing import Any
+
 from fewstep.data.base import Dataset
-from fewstep.data.toy2d import TOY_SETS
+from fewstep.data.prompts import read_prompts
+from fewstep.data.sources import load, probe
+from fewstep.data.spec import BUILTIN, KINDS, DataSpec, parse_spec, recorded_spec, verify_spec
+from fewstep.data.stream import batch_source
+from fewstep.data.tensors import dataset_from_tensors, dataset_from_torch
 
-DATASETS = ("digits", *TOY_SETS, "shapes", "folder:PATH")
-
-
-def load_dataset(spec: str, resolution: int | None = None) -> Dataset:
-    """Load a dataset by name: digits, 8gaussians, checkerboard, moons, swissroll, shapes, folder:PATH."""
-    if spec == "digits":
-        from fewstep.data.digits import load_digits
-        return load_digits()
-    if spec in TOY_SETS:
-        from fewstep.data.toy2d import load_toy
-        return load_toy(spec)
-    if spec == "shapes":
-        from fewstep.data.shapes import load_shapes
-        return load_shapes(resolution or 32)
-    if spec.startswith("folder:"):
-        from fewstep.data.folder import load_folder
-        return load_folder(spec[len("folder:"):], resolution or 32)
-    raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}")
+DATASETS = (*BUILTIN, *(f"{kind}:PATH" for kind in KINDS if kind != "prompts"))
 
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+def load_dataset(spec: str | DataSpec, resolution: int | None = None, **options: Any) -> Dataset:
+    """Load a built-in set by name, or a user's data by spec (`points:FILE`, `folder:DIR?resolution=64`, ...)."""
+    return load(spec if isinstance(spec, DataSpec) else parse_spec(spec, resolution=resolution, **options))
+
+
+__all__ = ["DATASETS", "DataSpec", "Dataset", "batch_source", "dataset_from_tensors", "dataset_from_torch",
+           "load_dataset", "parse_spec", "probe", "read_prompts", "recorded_spec", "verify_spec"]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from fewstep.data.items import ItemSplit
+    from fewstep.data.spec import DataSpec
 
 
 @dataclass
@@ -24,6 +28,9 @@ class Dataset:
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None  # exact log p(x) where known
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None  # fresh samples of the true law
     meta: dict = field(default_factory=dict)
+    centres: torch.Tensor | None = None  # [K, D] mode centres of vector data, for mode coverage (metrics.toy)
+    spec: "DataSpec | None" = None  # how a new process finds this data again; saved models record it
+    streamed: "ItemSplit | None" = None  # items read on demand; then `train` holds only a seeded sample of them
 
     @property
     def shape(self) -> tuple[int, ...]:

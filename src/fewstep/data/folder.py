@@ -1,49 +1,101 @@
-"""A user's folder of images (optionally one sub-folder per class), resized to a square resolution."""
+"""A user's image folder in the conventions people use: Hugging Face imagefolder metadata (metadata.jsonl or
+metadata.csv with `file_name` and a caption column), `.txt` caption sidecars, and class sub-folders as labels."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from fewstep.core.errors import UserError
-from fewstep.data.base import Dataset
+from fewstep.data.images import IMAGE_SUFFIXES
+from fewstep.data.items import ImageItems, index_labels, require_all_captions
+from fewstep.data.spec import DataSpec, data_files
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-TEST_FRACTION = 0.1
+METADATA = ("metadata.jsonl", "metadata.csv")
+CAPTION_COLUMNS = ("text", "caption", "prompt")  # looked for in this order unless caption_column names one
 
 
-def _read(path: Path, resolution: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents (a UserError when it is not UTF-8)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
-            return np.asarray(im, np.float32).transpose(2, 0, 1) / 127.5 - 1
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({type(e).__name__}); remove or replace this file") from None
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
 
 
-def load_folder(root: str | Path, resolution: int = 32) -> Dataset:
-    """Every file under root is an image; sub-folders of root, if any hold images, name the classes."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist or is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise UserError(f"image folder {root} holds no files")
-    class_names = sorted({p.parent.relative_to(root).parts[0] for p in files if p.parent != root})
-    labelled = bool(class_names) and all(p.parent != root for p in files)
-    images = np.stack([_read(p, resolution) for p in files])
-    labels = torch.tensor([class_names.index(p.relative_to(root).parts[0]) for p in files]) if labelled else None
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))
-    n_test = max(1, int(len(files) * TEST_FRACTION)) if len(files) > 1 else 0
-    x = torch.from_numpy(images)[order]
-    y = labels[order] if labels is not None else None
-    test_idx, train_idx = slice(0, n_test), slice(n_test, None)
-    return Dataset(f"folder:{root}", "image", x[train_idx], x[test_idx] if n_test else x[:1],
-                   y[train_idx] if y is not None else None, (y[test_idx] if n_test else y[:1]) if y is not None else None,
-                   num_classes=len(class_names) if labelled else 0,
-                   meta={"resolution": resolution, "classes": class_names if labelled else []})
+def _metadata_rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        return list(csv.DictReader(read_text(path).splitlines()))
+    rows = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise UserError(f"{path}:{n}: not a JSON object; metadata.jsonl holds one object per line") from None
+    return rows
+
+
+def caption_column(columns: list[str], wanted: str, where: object) -> str:
+    """The caption column: `wanted` if set, else the first of text, caption, prompt; a UserError when absent."""
+    column = wanted or next((c for c in CAPTION_COLUMNS if c in columns), "")
+    if column not in columns:
+        looked_for = repr(wanted) if wanted else " / ".join(CAPTION_COLUMNS)
+        raise UserError(f"{where} has no caption column {looked_for} (it has {', '.join(columns) or 'none'}); name "
+                        "yours with ?caption_column=NAME")
+    return column
+
+
+def metadata_captions(files: list[Path], wanted_column: str) -> dict[Path, str]:
+    """Captions by image path from every metadata file (file_name is relative to the metadata file's folder)."""
+    captions: dict[Path, str] = {}
+    for meta in (f for f in files if f.name in METADATA):
+        rows = _metadata_rows(meta)
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        if "file_name" not in columns:
+            raise UserError(f"{meta} has no file_name column; imagefolder metadata names each image in file_name")
+        column = caption_column(columns, wanted_column, meta)
+        for row in rows:
+            image = Path(os.path.normpath(meta.parent / str(row["file_name"])))
+            if not image.is_file():
+                raise UserError(f"{meta}: file_name {row['file_name']!r} does not exist; fix the row or add the file")
+            if row.get(column) is not None:
+                captions[image] = str(row[column])
+    return captions
+
+
+class FolderItems(ImageItems):
+    """Every image under a folder, in sorted path order, with its caption and class (first sub-folder) if any."""
+
+    def __init__(self, spec: DataSpec):
+        root = Path(spec.path)
+        if not root.is_dir():
+            raise UserError(f"image folder {root} does not exist or is not a directory")
+        everything = data_files(root)
+        files = [p for p in everything if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise UserError(f"image folder {root} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))})")
+        from_metadata = metadata_captions(everything, spec.option("caption_column"))
+        sidecars = {p for p in everything if p.suffix == ".txt"}
+        captions = [from_metadata.get(p, read_text(p.with_suffix(".txt")).strip() if p.with_suffix(".txt") in sidecars
+                                      else None) for p in files]
+        relative = [p.relative_to(root) for p in files]
+        self.has_text = require_all_captions(captions, [str(r) for r in relative])
+        self.captions = captions if self.has_text else None
+        folders = [r.parts[0] if len(r.parts) > 1 else None for r in relative]
+        labelled = None not in folders and len(set(folders)) > 1  # class sub-folders: every image in one, two or more
+        self.labels, self.classes = index_labels(folders) if labelled else (None, [])
+        self.files = [str(p) for p in files]
+        self.decode_as(spec)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def source(self, i: int) -> str:
+        return self.files[i]
+
+    def name(self, i: int) -> str:
+        return self.files[i]
+
