@@ -11,14 +11,14 @@ import torch
 from fewstep.core.errors import UserError
 from fewstep.data import load_dataset
 from fewstep.data import captions as data_captions
-from fewstep.data.captions import (COLOURS, HELDOUT_PAIRS, LAYOUTS, REGIONS, SHAPES, VOCABULARIES, caption_attributes,
-                                   caption_of, caption_prompts, evaluation_set, is_heldout, load_captions, parse_caption,
-                                   render)
+from fewstep.data.captions import (COLOURS, HELDOUT_PAIRS, LAYOUTS, REGIONS, SHAPES, VOCABULARIES,
+                                   caption_attributes, caption_of, caption_prompts, evaluation_set, is_heldout,
+                                   load_captions, parse_caption, render)
 from fewstep.metrics import cache_dir, caption_floor, caption_quality
 from fewstep.metrics import captions as ruler
 from fewstep.metrics.captions import AttributeConfig, attribute_network
 
-TEST_CONFIG = AttributeConfig(steps=400)  # ~13 s on one core, 99.9 % on held-out scenes; the default trains 1500
+TEST_CONFIG = AttributeConfig(steps=400)  # 11 s, prompt accuracy 0.997 seen / 0.999 held-out; the default: 1500 steps
 N = 300
 
 
@@ -56,7 +56,7 @@ def test_heldout_pairs_never_occur_in_training():
     assert all(any(p in c for p in pairs) for c, h in zip(d.test_text, heldout) if h)
     assert not any(p in c for c, h in zip(d.test_text, heldout) if not h for p in pairs)
     assert all(any(p in c for c in d.test_text) for p in pairs)  # every held-out pair is tested
-    for word in (*COLOURS, *SHAPES, "left of", "right of", "above", "below", *("on the " + r for r in ("left", "right"))):
+    for word in (*COLOURS, *SHAPES, "left of", "right of", "above", "below", "on the left", "in the centre"):
         assert any(word in c for c in d.train_text)  # ... while each colour, shape and relation is trained
 
 
@@ -115,7 +115,7 @@ def test_rendered_colours_are_the_stated_ones():
 
 def test_attribute_network_reads_heldout_scenes_and_is_cached(net, monkeypatch):
     for split in ("seen", "heldout"):
-        report = net.test_report[split]  # on 2000 test images; measured 0.999 and 1.0 at 400 steps
+        report = net.test_report[split]  # on 2000 test images per split
         assert report["prompt_accuracy"] >= 0.98, report
         assert min(v for k, v in report.items() if k != "prompt_accuracy") >= 0.99, report
     record = json.loads(next((cache_dir() / "attributes").glob("captions32-*.json")).read_text())

@@ -82,7 +82,8 @@ def caption_of(row: tuple[int, ...] | torch.Tensor, slot1_first: bool = False) -
 
 def _parse_object(words: list[str], text: str) -> tuple[int, int, int]:
     """(shape, colour, size) of the words 'a SIZE COLOUR SHAPE'."""
-    for word, vocabulary, what in zip(words, (("a",), SIZES, COLOURS, SHAPES), ("'a'", "a size", "a colour", "a shape")):
+    expected = (("a",), SIZES, COLOURS, SHAPES), ("'a'", "a size", "a colour", "a shape")
+    for word, vocabulary, what in zip(words, *expected):
         if word not in vocabulary:
             raise UserError(f"caption {text!r} is outside the grammar: {word!r} is not {what} "
                             f"({', '.join(vocabulary)}); captions read {GRAMMAR}")
@@ -261,7 +262,8 @@ def load_captions(resolution: int = 32, n_train: int = 20000, n_test: int = 2000
     test_attributes = torch.cat([seen_prompts.attributes, heldout_prompts.attributes])
     return Dataset(
         f"captions{resolution}", "image", render(train.attributes, resolution, SEEDS["train"] + RENDER_SEED_OFFSET),
-        torch.cat([seen, heldout]), train_text=train.captions, test_text=seen_prompts.captions + heldout_prompts.captions,
+        torch.cat([seen, heldout]), train_text=train.captions,
+        test_text=seen_prompts.captions + heldout_prompts.captions,
         meta={"resolution": resolution, "attributes": ATTRIBUTES, "train_attributes": train.attributes,
               "test_attributes": test_attributes, "test_heldout": is_heldout(test_attributes),
               "heldout_pairs": HELDOUT_PAIRS})

@@ -13,8 +13,10 @@ CLIP_BATCH = 64
 
 def load_clip(folder: str | Path):
     """A CLIPModel (eval, no gradients) and its CLIPProcessor from a local folder holding model.safetensors."""
-    from transformers import CLIPModel, CLIPProcessor
-
+    try:
+        from transformers import CLIPModel, CLIPProcessor
+    except ImportError:
+        raise UserError("CLIP score needs transformers: pip install 'fewstep[clip]'") from None
     folder = Path(folder).expanduser()
     if not any(folder.glob("*.safetensors")):
         raise UserError(f"{folder} holds no CLIP weights in safetensors; save a CLIPModel there with "
