@@ -34,7 +34,7 @@ def test_feature_network_classifies_digits_and_is_cached(digits, monkeypatch):
     assert net.test_accuracy >= 0.97
     record = json.loads(next((cache_dir() / "features").glob("digits-*.json")).read_text())
     assert record["hash"] == net.settings_hash and record["test_accuracy"] == net.test_accuracy
-    monkeypatch.setattr(features_module, "_train", lambda *a: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(features_module, "train_network", lambda *a: pytest.fail("retrained despite the cache"))
     again = feature_network(data)
     assert torch.equal(again.features(data.test), net.features(data.test))
     assert net.features(data.test[:5]).shape == (5, 128) and net.logits(data.test[:5]).shape == (5, 10)

@@ -1,4 +1,4 @@
-"""Datasets: built-in offline sets (digits, 2-D toy sets, shapes) and a user's data by spec (docs/data.md)."""
+"""Datasets: built-in offline sets (digits, 2-D toy sets, shapes, captions) and a user's data by spec (docs/data.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from fewstep.data.hf import HFItems
 from fewstep.data.items import ImageItems, items_dataset
 from fewstep.data.points import load_points, read_arrays
 from fewstep.data.shards import ShardItems
-from fewstep.data.spec import DataSpec
+from fewstep.data.spec import SIZED_BUILTIN, DataSpec
 
 
 def _builtin(spec: DataSpec) -> Dataset:
@@ -22,6 +22,9 @@ def _builtin(spec: DataSpec) -> Dataset:
     if name == "shapes":
         from fewstep.data.shapes import load_shapes
         return load_shapes(spec.option("resolution"))
+    if name == "captions":
+        from fewstep.data.captions import load_captions
+        return load_captions(spec.option("resolution"))
     from fewstep.data.toy2d import load_toy
     return load_toy(name)
 
@@ -53,7 +56,7 @@ def probe(spec: DataSpec) -> tuple[str, tuple[int, ...]]:
     if spec.kind == "builtin":
         if spec.path == "digits":
             return "image", (1, 8, 8)
-        if spec.path == "shapes":
+        if spec.path in SIZED_BUILTIN:
             return "image", (3, spec.option("resolution"), spec.option("resolution"))
         return "vector", (2,)
     if spec.kind == "points":

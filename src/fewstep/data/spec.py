@@ -14,7 +14,8 @@ from typing import Any
 
 from fewstep.core.errors import UserError
 
-BUILTIN = ("digits", "8gaussians", "checkerboard", "moons", "swissroll", "shapes")
+BUILTIN = ("digits", "8gaussians", "checkerboard", "moons", "swissroll", "shapes", "captions")
+SIZED_BUILTIN = ("shapes", "captions")  # built-in sets rendered at a chosen resolution
 SPLIT_OPTIONS = {"test_fraction": 0.1, "split_seed": 0, "max_test": 4096}
 IMAGE_OPTIONS = {**SPLIT_OPTIONS, "resolution": 0, "center_crop": False, "channels": 3, "stream": False,
                  "caption_column": ""}
@@ -87,7 +88,7 @@ def _convert(kind: str, name: str, value: Any) -> Any:
 def parse_spec(text: str, **options: Any) -> DataSpec:
     """Parse `KIND:PATH?opt=value&...` or a built-in name; keyword options fill in what the string does not set."""
     if text in BUILTIN:
-        keep = {"resolution": int(options["resolution"])} if text == "shapes" and options.get("resolution") else {}
+        keep = {"resolution": int(options["resolution"])} if text in SIZED_BUILTIN and options.get("resolution") else {}
         return DataSpec("builtin", text, keep)
     kind, sep, rest = text.partition(":")
     if not sep or kind not in KINDS:

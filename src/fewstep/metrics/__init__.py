@@ -2,6 +2,9 @@
 
 from fewstep.metrics.agreement import rmse, teacher_agreement
 from fewstep.metrics.cache import cache_dir
+from fewstep.metrics.captions import (AttributeConfig, AttributeNet, attribute_accuracy, attribute_network,
+                                      caption_floor, caption_quality)
+from fewstep.metrics.clip import clip_score, clip_similarities, load_clip
 from fewstep.metrics.cost import PeakMemory, Timing, count_flops, flops_per_call, peak_memory, time_per_sample
 from fewstep.metrics.evaluate import evaluate_samples
 from fewstep.metrics.features import FeatureConfig, FeatureNet, feature_network
@@ -12,9 +15,11 @@ from fewstep.metrics.inception import InceptionFeatures, inception_features, inc
 from fewstep.metrics.toy import log_density, mmd2, sliced_wasserstein2, toy_quality
 
 __all__ = [
-    "IDEAL", "FeatureConfig", "FeatureNet", "InceptionFeatures", "PeakMemory", "RealSplit", "Timing", "cache_dir",
-    "class_agreement", "count_flops", "evaluate_samples", "feature_network", "flops_per_call", "frechet_distance",
-    "image_floor", "image_quality", "inception_features", "inception_fid", "is_tie", "load_inception", "log_density",
-    "mmd2", "peak_memory", "precision_recall", "real_images", "real_split", "reference_features", "rmse",
-    "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample", "toy_floor", "toy_quality",
+    "IDEAL", "AttributeConfig", "AttributeNet", "FeatureConfig", "FeatureNet", "InceptionFeatures", "PeakMemory",
+    "RealSplit", "Timing", "attribute_accuracy", "attribute_network", "cache_dir", "caption_floor", "caption_quality",
+    "class_agreement", "clip_score", "clip_similarities", "count_flops", "evaluate_samples", "feature_network",
+    "flops_per_call", "frechet_distance", "image_floor", "image_quality", "inception_features", "inception_fid",
+    "is_tie", "load_clip", "load_inception", "log_density", "mmd2", "peak_memory", "precision_recall", "real_images",
+    "real_split", "reference_features", "rmse", "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample",
+    "toy_floor", "toy_quality",
 ]

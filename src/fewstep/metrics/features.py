@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +44,12 @@ class FeatureNet(nn.Module):
     """Conv stages (two 3x3 conv + BN + ReLU) with 2x average pooling between them, down to <= 4x4, then pooled.
 
     The last stage has 4 * width channels and each earlier, twice larger stage half as many, so every stage costs
-    about the same and the network's cost grows with log(resolution).
+    about the same and the network's cost grows with log(resolution). With spatial=True the last <= 4x4 map is
+    flattened instead of averaged, so the features keep where things are (the caption ruler needs left from right).
     """
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, width: int = 16, feature_dim: int = 128):
+    def __init__(self, shape: tuple[int, ...], num_classes: int, width: int = 16, feature_dim: int = 128,
+                 spatial: bool = False):
         super().__init__()
         stages, res = 1, min(shape[1:])
         while res > 4:
@@ -58,8 +62,9 @@ class FeatureNet(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
                        nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim),
-                                  nn.ReLU())
+        h, w = (side >> (stages - 1) for side in shape[1:])
+        pool, c_flat = (nn.Identity(), c_in * h * w) if spatial else (nn.AdaptiveAvgPool2d(1), c_in)
+        self.body = nn.Sequential(*layers, pool, nn.Flatten(), nn.Linear(c_flat, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
         self.input_shape = tuple(shape)
         self.test_accuracy = float("nan")
@@ -110,33 +115,39 @@ def _batches(n: int, batch_size: int, steps: int, g: torch.Generator):
             yield order[lo:lo + batch_size]
 
 
-def _train(net: FeatureNet, data: Dataset, cfg: FeatureConfig) -> None:
-    """AdamW with a one-cycle learning rate; shuffling and augmentation come from one seeded generator."""
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train_network(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg, augment: Augment,
+                  loss: Loss = F.cross_entropy) -> None:
+    """AdamW with a one-cycle learning rate (cfg: steps, batch_size, lr, weight_decay, seed); shuffling and
+    augmentation come from one seeded generator."""
     g = torch.Generator().manual_seed(cfg.seed)
-    x, y = data.train.float(), data.train_labels.long()
     opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps)
     net.train()
     for idx in _batches(len(x), cfg.batch_size, cfg.steps, g):
-        loss = F.cross_entropy(net(_random_shift(x[idx], cfg.max_shift, g)), y[idx])
+        value = loss(net(augment(x[idx], g)), targets[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         schedule.step()
     net.eval()
 
 
-def _deterministic_training(net: FeatureNet, data: Dataset, cfg: FeatureConfig) -> None:
-    """Train on one CPU thread with torch's deterministic algorithms, restoring the caller's settings afterwards.
+@contextmanager
+def deterministic_cpu() -> Iterator[None]:
+    """One CPU thread with torch's deterministic algorithms, restoring the caller's settings afterwards.
 
-    One thread makes the weights independent of the machine's core count (and immune to busy cores).
+    One thread makes trained weights independent of the machine's core count (and immune to busy cores).
     """
     previous, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     try:
-        _train(net, data, cfg)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
         torch.set_num_threads(threads)
@@ -182,7 +193,9 @@ def feature_network(data: Dataset, config: FeatureConfig = FeatureConfig()) -> F
     else:
         log.info("training the %s feature network (once; cached in %s)", data.name, weights.parent)
         start = time.perf_counter()
-        _deterministic_training(net, data, config)
+        with deterministic_cpu():
+            train_network(net, data.train.float(), data.train_labels.long(), config,
+                          lambda x, g: _random_shift(x, config.max_shift, g))
         record = {"hash": digest, "settings": settings,
                   "test_accuracy": accuracy(net.logits(data.test), data.test_labels),
                   "train_seconds": round(time.perf_counter() - start, 2), "torch": torch.__version__}
