@@ -19,7 +19,7 @@ from fewstep.models.tiny import build_clip_tokenizer, save_tiny_pipeline, tiny_s
 from fewstep.samplers import SAMPLERS, CFGDenoiser, initial_latents
 
 PROMPTS = ["a red cat", "a photo of a small dog on a tree"]
-VP_COORDINATES = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler")
+VP_COORDINATES = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "PNDMScheduler")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,14 @@ def with_scheduler(folder, tmp_path, name: str, prediction_type: str = "epsilon"
     return out
 
 
-def pipeline_latents(x: torch.Tensor, pipe) -> torch.Tensor:
+def pipeline_latents(x: torch.Tensor, pipe, steps: int) -> torch.Tensor:
     """The `latents=` that make the pipeline start where fewstep starts: it multiplies them by init_noise_sigma.
 
-    fewstep's x is in EDM coordinates; the DDIM / DDPM / DPM-Solver schedulers step the unit-variance VP latent
-    x / sqrt(1 + sigma^2), the Euler ones the EDM latent itself.
+    fewstep's x is in EDM coordinates; the DDIM / DDPM / PNDM / DPM-Solver schedulers step the unit-variance VP
+    latent x / sqrt(1 + sigma^2), the Euler ones the EDM latent itself.
     """
     sched = pipe.scheduler
+    sched.set_timesteps(steps)  # Euler's init_noise_sigma depends on the steps' sigmas
     if type(sched).__name__ in VP_COORDINATES:
         sigma0 = sched.sigmas[0] if hasattr(sched, "sigmas") else ((1 - sched.alphas_cumprod[sched.timesteps[0]])
                                                                    / sched.alphas_cumprod[sched.timesteps[0]]).sqrt()
@@ -67,8 +68,7 @@ def fewstep_images(folder, steps: int, cfg_scale: float, negative=None, seed: in
 
 def diffusers_images(pipe, x: torch.Tensor, steps: int, cfg_scale: float, negative=None) -> torch.Tensor:
     with torch.no_grad():
-        pipe.scheduler.set_timesteps(steps)
-        latents = pipeline_latents(x, pipe)
+        latents = pipeline_latents(x, pipe, steps)
         images = pipe(PROMPTS, negative_prompt=None if negative is None else [negative] * len(PROMPTS),
                       num_inference_steps=steps, guidance_scale=cfg_scale, latents=latents, output_type="pt").images
     return images * 2 - 1  # the pipeline's [0, 1] images back to fewstep's [-1, 1]
@@ -95,6 +95,20 @@ def test_guided_sampling_equals_stable_diffusion_pipeline(base, tmp_path, predic
     assert ours.shape == ref.shape == (2, 3, 16, 16)
     assert ((ref > -1) & (ref < 1)).float().mean() > 0.9  # images not saturated: the comparison means something
     assert (ours - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_plms_equals_stable_diffusion_1_default_pndm(base, tmp_path, steps):
+    """SD 1.x's own scheduler (PNDM, skip_prk_steps, leading + offset 1, set_alpha_to_one=false) mirrored by fewstep's
+    plms; the latents end at the lowest trained sigma, so they are compared in the pipeline's VP coordinates."""
+    folder = with_scheduler(base["epsilon"], tmp_path, "PNDMScheduler")
+    model, x, latents, _ = fewstep_images(folder, steps, 3.0)
+    sigma_last = model.denoiser.sigma_range.discrete[0]
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    with torch.no_grad():
+        ref = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=3.0, output_type="latent",
+                   latents=pipeline_latents(x, pipe, steps)).images
+    assert (latents / (1 + sigma_last**2).sqrt() - ref).abs().max() < 1e-4
 
 
 def test_sdxl_layout_equals_stable_diffusion_xl_pipeline(tmp_path):
@@ -129,12 +143,12 @@ def test_set_alpha_to_one_false_stops_at_the_lowest_trained_sigma(base, tmp_path
 
 def test_default_record_mirrors_the_scheduler(base, tmp_path):
     expected = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "EulerAncestralDiscreteScheduler": "euler_ancestral",
-                "HeunDiscreteScheduler": "heun", "LCMScheduler": "consistency", "PNDMScheduler": "dpmpp_2m",
+                "HeunDiscreteScheduler": "heun", "LCMScheduler": "consistency", "PNDMScheduler": "plms",
                 "UniPCMultistepScheduler": "dpmpp_2m"}
     for name, sampler in expected.items():
         model = load_model(with_scheduler(base["epsilon"], tmp_path, name))
         assert model.info.sampler["name"] == sampler
-        assert ("note" in model.info.sampler) == (name in ("PNDMScheduler", "UniPCMultistepScheduler"))
+        assert ("note" in model.info.sampler) == (name == "UniPCMultistepScheduler")
         sigmas = make_schedule("scheduler", 4, model.denoiser.sigma_range)
         assert len(sigmas) == 5 and (sigmas[1:] < sigmas[:-1]).all()
     dpm = load_model(with_scheduler(base["epsilon"], tmp_path, "DPMSolverMultistepScheduler", solver_order=3,

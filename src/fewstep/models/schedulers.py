@@ -129,8 +129,12 @@ def default_sampler(name: str, settings: dict, steps: int = 50) -> dict:
         return {"name": sampler, **record, **({} if twin else {
             "note": f"algorithm_type={settings.get('algorithm_type')}, solver_type={settings.get('solver_type')}: "
                     f"nearest is fewstep's {sampler} (DPM-Solver++, midpoint)"})}
-    nearest = {"PNDMScheduler": "PLMS (pseudo linear multistep)", "LMSDiscreteScheduler": "linear multistep",
-               "UniPCMultistepScheduler": "UniPC"}[name]
+    if name == "PNDMScheduler":  # PLMS extrapolates the noise estimate; diffusers' PNDM its raw (v) output
+        twin = settings.get("skip_prk_steps") and settings.get("prediction_type", "epsilon") == "epsilon"
+        return {"name": "plms", **record, **({} if twin else {
+            "note": "fewstep's plms extrapolates the noise estimate with a Heun warm-up; PNDMScheduler here "
+                    "extrapolates the v output or warms up with Runge-Kutta steps"})}
+    nearest = {"LMSDiscreteScheduler": "linear multistep", "UniPCMultistepScheduler": "UniPC"}[name]
     return {"name": "dpmpp_2m", **record, "note": f"{nearest} has no fewstep twin: DPM-Solver++(2M) on its timesteps"}
 
 
