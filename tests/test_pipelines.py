@@ -316,3 +316,17 @@ def test_the_network_is_called_at_the_schedulers_own_timesteps(name, settings):
     timesteps = torch.unique_consecutive(read.scheduler.timesteps.float())
     # diffusers interpolates in float32: 1e-4 apart; the wrong map (log for linear) is 5e-4 off
     torch.testing.assert_close(denoiser.sigma_to_t(sigmas[:-1]), timesteps, atol=2e-4, rtol=0)
+
+
+def test_generate_with_prompts_is_independent_of_the_batch_size(base):
+    """The integrator's path: generate() selects each batch's rows of the Cond (and of its negative)."""
+    from fewstep.samplers import generate
+
+    model = load_model(base["epsilon"])
+    cond = model.encode_prompts(PROMPTS + ["a green house"], negative="a blue car")
+    sigmas = make_schedule("scheduler", 3, model.denoiser.sigma_range)
+    guided = CFGDenoiser(model.denoiser, 3.0)
+    whole = generate(guided, model.info.shape, 3, sigmas, "ddim", seed=1, labels=cond)
+    split = generate(guided, model.info.shape, 3, sigmas, "ddim", seed=1, labels=cond, batch_size=2)
+    assert whole.nfe == 3 and whole.samples.shape == (3, 4, 8, 8)
+    torch.testing.assert_close(split.samples, whole.samples, rtol=1e-4, atol=1e-4)
