@@ -330,3 +330,17 @@ def test_generate_with_prompts_is_independent_of_the_batch_size(base):
     split = generate(guided, model.info.shape, 3, sigmas, "ddim", seed=1, labels=cond, batch_size=2)
     assert whole.nfe == 3 and whole.samples.shape == (3, 4, 8, 8)
     torch.testing.assert_close(split.samples, whole.samples, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pipeline_folder_with_a_fewstep_record_keeps_its_encoders(base, tmp_path):
+    """A student saved as a pipeline folder plus fewstep.json: its recorded sampling, the folder's prompt encoder."""
+    from dataclasses import asdict
+
+    folder = tmp_path / "student"
+    shutil.copytree(base["epsilon"], folder)
+    info = load_model(folder).info
+    (folder / "fewstep.json").write_text(json.dumps({**asdict(info), "sampler": {"name": "euler", "steps": 4,
+                                                                               "schedule": "scheduler"}}))
+    model = load_model(folder)
+    assert model.info.sampler["name"] == "euler" and model.info.image_shape == [3, 16, 16]
+    assert model.encode_prompts(PROMPTS).text.shape == (2, 77, 32) and model.decode(torch.zeros(1, 4, 8, 8)).shape[1] == 3

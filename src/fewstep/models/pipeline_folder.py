@@ -39,8 +39,8 @@ def is_text_pipeline(folder: Path) -> bool:
     return data.get("_class_name") in PIPELINES or any(k.startswith(("text_encoder", "tokenizer")) for k in data)
 
 
-def _components(folder: Path) -> tuple[str, dict]:
-    """The pipeline class and its components' library classes, checked against what fewstep reads."""
+def _components(folder: Path) -> tuple[str, dict, dict]:
+    """The pipeline class, its components' library classes (checked against what fewstep reads) and its index."""
     index = json.loads((folder / "model_index.json").read_text())
     name = index.get("_class_name", "")
     if name not in PIPELINES:
@@ -55,7 +55,7 @@ def _components(folder: Path) -> tuple[str, dict]:
         if allowed is not None and entry[1] not in allowed:
             raise UserError(f"{folder}: {part} is a {entry[1]}; fewstep reads {' or '.join(allowed)} there")
         classes[part] = entry[1]
-    return name, {**classes, "_index": index}
+    return name, classes, index
 
 
 def _load(cls, path: Path, weights: bool = True):
@@ -89,7 +89,7 @@ def load_pipeline_folder(folder: Path, device: str | torch.device = "cpu") -> Lo
     from fewstep.models.schedulers import read_scheduler, scheduler_sigmas
     from fewstep.models.text import PromptEncoder
 
-    name, classes = _components(folder)
+    name, classes, index = _components(folder)
     xl = name == "StableDiffusionXLPipeline"
     sched_file = folder / "scheduler" / "scheduler_config.json"
     if not sched_file.exists():
@@ -107,7 +107,7 @@ def load_pipeline_folder(folder: Path, device: str | torch.device = "cpu") -> Lo
     image_hw = [n * autoencoder.downscale for n in latent_hw]
     # SDXL's added time ids: original size, crop top-left, target size (the pipeline's defaults)
     prompts = PromptEncoder(tokenizers, encoders, time_ids=[*image_hw, 0, 0, *image_hw] if xl else None,
-                            force_zeros_for_empty_prompt=bool(classes["_index"].get("force_zeros_for_empty_prompt")))
+                            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt")))
     denoiser = DiffusersVPDenoiser(unet, schedule.alphas_cumprod, schedule.prediction_type,
                                    timestep_map=schedule.timestep_map, boundary_scaling=schedule.boundary_scaling)
     denoiser.sigma_range = replace(denoiser.sigma_range, scheduler=partial(scheduler_sigmas, schedule))
