@@ -77,8 +77,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), settings
 
 
-def find_network(target: Any, cls: type[nn.Module], accelerator: str) -> nn.Module:
-    """The `cls` network inside a network, a denoiser (also behind wrappers with .inner) or a LoadedModel."""
+def find_network(target: Any, cls: type[nn.Module] | tuple[type[nn.Module], ...], accelerator: str) -> nn.Module:
+    """The `cls` network (or one of several classes) inside a network, a denoiser (also behind wrappers with .inner)
+    or a LoadedModel."""
     try:
         obj = backbone(target)
     except TypeError:  # a bare network
@@ -88,7 +89,8 @@ def find_network(target: Any, cls: type[nn.Module], accelerator: str) -> nn.Modu
             if isinstance(module, cls):
                 return module
     found = type(obj).__name__
-    raise UserError(f"{accelerator} works on a diffusers {cls.__name__}; this model's network is a {found}")
+    names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+    raise UserError(f"{accelerator} works on a diffusers {names}; this model's network is a {found}")
 
 
 def wrap_forward(module: nn.Module, forward: Any, accelerator: str) -> None:

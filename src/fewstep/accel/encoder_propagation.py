@@ -30,12 +30,13 @@ class EncoderPropagationHandle(UNetCacheHandle):
     def __init__(self, unet: torch.nn.Module, config: EncoderPropagationConfig):
         super().__init__(unet, config, range(len(unet.up_blocks)))
 
-    def cached_forward(self, sample: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def cached_forward(self, sample: torch.Tensor, emb: torch.Tensor, cross: dict,
+                       forward_upsample_size: bool) -> torch.Tensor:
         hidden = self.inputs[0][0]
         skips = sum((self.inputs[j][1] for j in reversed(range(len(self.unet.up_blocks)))), ())
-        return decode(self.unet, hidden, skips, emb, 0)
+        return decode(self.unet, hidden, skips, emb, 0, cross, forward_upsample_size)
 
 
 def apply_encoder_propagation(model: Any, config: EncoderPropagationConfig) -> EncoderPropagationHandle:
-    """Apply encoder propagation to the UNet2DModel inside `model` (a network, denoiser or LoadedModel)."""
+    """Apply encoder propagation to the diffusers U-Net inside `model` (a network, denoiser or LoadedModel)."""
     return EncoderPropagationHandle(unet_of(model, "encprop"), config)

@@ -13,11 +13,13 @@ from fewstep.core.cond import CondLike as Cond  # class labels [batch], a text/o
 
 @dataclass(frozen=True)
 class SigmaRange:
-    """The noise levels a denoiser is valid for; `discrete` holds the trained sigmas of a discrete-time model."""
+    """The noise levels a denoiser is valid for; `discrete` holds the trained sigmas of a discrete-time model, and
+    `scheduler(steps)` the sigmas of the scheduler it ships with (a diffusers pipeline's), if it has one."""
 
     sigma_min: float
     sigma_max: float
     discrete: torch.Tensor | None = None
+    scheduler: Callable[[int], torch.Tensor] | None = None
 
     @property
     def is_discrete(self) -> bool:

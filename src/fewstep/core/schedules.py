@@ -67,7 +67,7 @@ def explicit(sigmas: Sequence[float]) -> torch.Tensor:
     return s if s[-1] == 0 else append_zero(s)
 
 
-SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform")
+SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform", "scheduler")
 
 
 def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: float | None = None,
@@ -87,6 +87,10 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
         if not sigma_range.is_discrete:
             raise UserError("schedule 'uniform' needs a discrete-time model; use karras or loglinear")
         return discrete_uniform(steps, sigma_range.discrete)
+    if name == "scheduler":  # the model's own diffusers scheduler, every spacing setting as it computes them
+        if sigma_range.scheduler is None:
+            raise UserError("schedule 'scheduler' needs a diffusers pipeline folder's scheduler; use karras or uniform")
+        return sigma_range.scheduler(steps)
     raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 

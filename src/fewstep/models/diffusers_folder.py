@@ -1,4 +1,5 @@
-"""Read a user's local diffusers folder (a pipeline, or a UNet2DModel beside a scheduler config)."""
+"""Read a user's local diffusers folder (a pipeline, or a UNet2DModel beside a scheduler config); text-to-image
+pipelines go to pipeline_folder."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ def _find(folder: Path) -> tuple[Path, Path]:
 
 
 def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A diffusers UNet2DModel and its DDPM/DDIM-style scheduler as an EDM denoiser."""
+    """A diffusers UNet2DModel and its DDPM/DDIM-style scheduler, or a text-to-image pipeline, as an EDM denoiser."""
     import diffusers
 
     from fewstep.models.diffusers_adapter import DiffusersVPDenoiser
+    from fewstep.models.pipeline_folder import is_text_pipeline, load_pipeline_folder
 
+    if is_text_pipeline(folder):
+        return load_pipeline_folder(folder, device)
     net_dir, sched_dir = _find(folder)
     if not (net_dir / "config.json").exists():
         raise UserError(f"{net_dir} has no config.json; expected a diffusers UNet2DModel folder")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
+from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
 
 FEWSTEP_JSON = "fewstep.json"
@@ -26,8 +28,9 @@ class ModelInfo:
     sigma_max: float = 80.0
     num_classes: int = 0
     dataset: str = ""
-    kind: str = "image"
-    shape: list[int] = field(default_factory=list)
+    kind: str = "image"  # image | vector | latent (a pipeline: samplers draw latents, `image_shape` after decoding)
+    shape: list[int] = field(default_factory=list)  # what samplers draw
+    image_shape: list[int] = field(default_factory=list)  # a latent model's decoded images; empty otherwise
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "heun", "schedule": "karras", "steps": 18})
     teacher: str | None = None
     consistency: dict[str, float] | None = None  # {"sigma_min", "scale"}: wrap D in core.precond.ConsistencyBoundary
@@ -46,9 +49,27 @@ class ModelInfo:
 
 @dataclass
 class LoadedModel:
-    """A denoiser ready to sample, the network inside it, and its recorded info."""
+    """A denoiser ready to sample, the network inside it, its recorded info and, for a text-to-image pipeline, its
+    frozen prompt encoder and autoencoder (fewstep.models.text, fewstep.models.autoencoder)."""
 
     denoiser: nn.Module
     network: nn.Module
     info: ModelInfo
     path: Path
+    prompt_encoder: nn.Module | None = None
+    autoencoder: nn.Module | None = None
+
+    def encode_prompts(self, prompts: Sequence[str], negative: str | Sequence[str] | None = None) -> Cond:
+        """The condition of one row per prompt; its null condition is `negative` (default: the pipeline's own)."""
+        if self.prompt_encoder is None:
+            raise UserError("a prompt was given, but this model has no text encoder; "
+                            + ("give class labels instead" if self.info.num_classes else "it is unconditional"))
+        return self.prompt_encoder.encode(prompts, negative)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from what the sampler drew: decoded by the autoencoder, or as they are (pixel models)."""
+        return latents if self.autoencoder is None else self.autoencoder.decode(latents)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """What the sampler draws, from images in [-1, 1]: the autoencoder's latents, or the images themselves."""
+        return images if self.autoencoder is None else self.autoencoder.encode(images)

@@ -48,7 +48,8 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a fewstep model or run folder, or a diffusers UNet2DModel folder with its scheduler, as a denoiser."""
+    """Load a fewstep model or run folder, a diffusers UNet2DModel folder with its scheduler, or a Stable Diffusion
+    (XL) pipeline folder, as a denoiser."""
     from fewstep.models.diffusers_adapter import PREDICTION_TYPES
     from fewstep.models.diffusers_folder import load_diffusers_folder
 
@@ -56,6 +57,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if not (folder / FEWSTEP_JSON).exists():
         return load_diffusers_folder(folder, device)
     info = ModelInfo.from_json(folder / FEWSTEP_JSON)
+    encoders = {}  # a pipeline folder's prompt encoder and autoencoder
     if info.parameterization == "edm":
         from fewstep.core.precond import EDMPrecond
         from fewstep.models.networks import call_network
@@ -64,9 +66,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     elif info.parameterization in PREDICTION_TYPES:  # a student of a user's VP network: its UNet + scheduler config
         found = load_diffusers_folder(folder, device)
         net, denoiser = found.network, found.denoiser
+        encoders = {"prompt_encoder": found.prompt_encoder, "autoencoder": found.autoencoder}
     else:
         raise UserError(f"{folder}: unknown parameterization {info.parameterization!r}")
     if info.consistency:
         from fewstep.core.precond import ConsistencyBoundary
         denoiser = ConsistencyBoundary(denoiser, info.consistency["sigma_min"], info.consistency["scale"])
-    return LoadedModel(denoiser.to(device).eval(), net, info, folder)
+    return LoadedModel(denoiser.to(device).eval(), net, info, folder, **encoders)

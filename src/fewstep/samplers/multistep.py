@@ -13,6 +13,7 @@ import torch
 
 from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
 from fewstep.core.noise import SampleNoise
+from fewstep.samplers.ode import to_d
 
 
 @torch.no_grad()
@@ -60,4 +61,28 @@ def dpmpp_3m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Co
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # first and second divided differences of D in lambda
         d2 = (d1_0 - d1_1) / (r0 + r1)
         x = x + (1 - phi_1 / h) * d1 - ((h - phi_1) / h**2 - 0.5) * d2
+    return x
+
+
+PLMS_COEFFICIENTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+@torch.no_grad()
+def plms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None,
+         generator: SampleNoise | None = None) -> torch.Tensor:
+    """Pseudo linear multistep (Liu et al. 2022, PNDM eq. 12): Adams-Bashforth extrapolation (orders 1-4) of the
+    noise estimate d = (x - D) / sigma, each step the DDIM transfer x + d (sigma_next - sigma) (their eq. 11), and
+    a Heun first step in place of Runge-Kutta warm-up (diffusers' PNDMScheduler with skip_prk_steps).
+    NFE = len(sigmas), or 1 for a single step."""
+    ds: list[torch.Tensor] = []  # noise estimates of the last four steps, oldest first
+    for i in range(len(sigmas) - 1):
+        s = as_sigma_batch(sigmas[i], x)
+        d = to_d(x, s, denoiser(x, s, cond))
+        if i == 0 and len(sigmas) > 2:  # the warm-up: Heun's average of the slopes at both ends
+            s_next, x_next = as_sigma_batch(sigmas[1], x), x + d * (sigmas[1] - sigmas[0])
+            d_next = to_d(x_next, s_next, denoiser(x_next, s_next, cond))
+            x, ds = x + (d + d_next) / 2 * (sigmas[1] - sigmas[0]), [d]
+            continue
+        ds = [*ds[-3:], d]
+        x = x + sum(c * e for c, e in zip(PLMS_COEFFICIENTS[len(ds) - 1], reversed(ds))) * (sigmas[i + 1] - sigmas[i])
     return x

@@ -23,6 +23,11 @@ def one_per_step(steps: int) -> int:
     return steps
 
 
+def plms_nfe(steps: int) -> int:
+    """NFE of PLMS: one per step plus the warm-up's second call (none for a single step)."""
+    return steps + 1 if steps > 1 else 1
+
+
 def heun_nfe(steps: int) -> int:
     """NFE of Heun-type samplers: two calls per step, one on the last step to sigma = 0."""
     return 2 * steps - 1
@@ -34,6 +39,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(ode.heun, heun_nfe),
     "dpmpp_2m": SamplerSpec(multistep.dpmpp_2m, one_per_step),
     "dpmpp_3m": SamplerSpec(multistep.dpmpp_3m, one_per_step),
+    "plms": SamplerSpec(multistep.plms, plms_nfe),
     "euler_ancestral": SamplerSpec(stochastic.euler_ancestral, one_per_step, stochastic=True),
     "ddpm": SamplerSpec(stochastic.ddpm, one_per_step, stochastic=True),
     "edm_stochastic": SamplerSpec(stochastic.edm_stochastic, heun_nfe, stochastic=True),

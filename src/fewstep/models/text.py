@@ -1,0 +1,71 @@
+"""A pipeline's frozen tokenizer(s) and CLIP text encoder(s): prompts -> a `Cond`, built as diffusers' pipelines do."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fewstep.core.cond import Cond
+from fewstep.core.errors import UserError
+
+
+class PromptEncoder(nn.Module):
+    """Encodes a batch of prompts once, without gradients, and their null condition for classifier-free guidance.
+
+    Stable Diffusion: the text encoder's last hidden states, the null condition the empty prompt (or the user's
+    negative prompt). SDXL: both encoders' penultimate hidden states side by side, the second one's pooled
+    projection and the size/crop `time_ids` as added conditions; the null condition is all zeros when the folder
+    says force_zeros_for_empty_prompt and no negative prompt is given (StableDiffusionXLPipeline.encode_prompt).
+    """
+
+    def __init__(self, tokenizers: Sequence, encoders: Sequence[nn.Module], time_ids: Sequence[int] | None = None,
+                 force_zeros_for_empty_prompt: bool = False):
+        super().__init__()
+        self.tokenizers = list(tokenizers)
+        self.encoders = nn.ModuleList(encoders).eval().requires_grad_(False)
+        self.time_ids = None if time_ids is None else torch.tensor([list(time_ids)], dtype=torch.float32)
+        self.force_zeros = force_zeros_for_empty_prompt
+
+    @property
+    def xl(self) -> bool:
+        """Whether this is SDXL's two-encoder layout."""
+        return self.time_ids is not None
+
+    def forward(self, prompts: Sequence[str], negative: str | Sequence[str] | None = None) -> Cond:
+        return self.encode(prompts, negative)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], negative: str | Sequence[str] | None = None) -> Cond:
+        """The Cond of `prompts` (one row each) with `negative` = the null condition of the same rows."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise UserError("no prompts given")
+        negatives = [negative] * len(prompts) if negative is None or isinstance(negative, str) else list(negative)
+        if len(negatives) != len(prompts):
+            raise UserError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one, or one per prompt")
+        cond = self.embed(prompts)
+        if negative is None and self.force_zeros:
+            null = cond.map(torch.zeros_like)
+            null = Cond(text=null.text, pooled=null.pooled, added=cond.added)  # the sizes stay: only text is zeroed
+        else:
+            null = self.embed([n or "" for n in negatives])
+        return Cond(text=cond.text, pooled=cond.pooled, added=cond.added, negative=null)
+
+    def embed(self, prompts: list[str]) -> Cond:
+        """Prompt embeddings of a list of prompts (padded to the tokenizer's max length, as the pipelines do)."""
+        device = next(self.encoders.parameters()).device
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                               return_tensors="pt")
+            mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
+            out = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=self.xl)
+            if not self.xl:
+                return Cond(text=out[0])
+            if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection's text_embeds
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        added = {"time_ids": self.time_ids.to(device).expand(len(prompts), -1)}
+        return Cond(text=torch.cat(hidden, dim=-1), pooled=pooled, added=added)
