@@ -79,7 +79,9 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
     if name == "loglinear":
         return loglinear(steps, lo, hi)
     if name == "uniform":
+        if sigma_range.spacing is not None:
+            return sigma_range.spacing(steps)
         if not sigma_range.is_discrete:
-            raise UserError("schedule 'uniform' needs a discrete-time model; use karras or loglinear")
+            raise UserError("schedule 'uniform' needs a discrete-time model or a flow model; use karras or loglinear")
         return discrete_uniform(steps, sigma_range.discrete)
     raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
