@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -10,6 +12,15 @@ from fewstep.core.denoiser import Cond, SigmaRange, append_dims, as_sigma_batch
 from fewstep.core.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+# network(x_t, the scheduler's timestep, cond) -> its prediction, fed as the model's diffusers pipeline feeds it
+TimestepCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+
+
+def unet_call(net: nn.Module, x_t: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
+    """A UNet2DModel's prediction, with the condition's class labels if it has any."""
+    labels = labels_of(cond)
+    return net(x_t, timestep, class_labels=None if labels is None else labels.to(x_t.device)).sample
 
 
 def discrete_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -22,11 +33,12 @@ class DiffusersVPDenoiser(nn.Module):
     """D(x, sigma) for a discrete-time VP network: x_t = x / sqrt(1 + sigma^2), t found from sigma exactly."""
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 sigma_data: float = 0.5):
+                 sigma_data: float = 0.5, call: TimestepCall = unet_call):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unsupported prediction_type {prediction_type!r}; fewstep reads {', '.join(PREDICTION_TYPES)}")
         self.network = unet
+        self.call = call
         self.prediction_type = prediction_type
         self.sigma_data = float(sigma_data)
         sigmas = discrete_sigmas(alphas_cumprod)
@@ -49,9 +61,7 @@ class DiffusersVPDenoiser(nn.Module):
         s = append_dims(sigma, x.ndim).double()
         sqrt_a, sqrt_1ma = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
         x_t = (x.double() * sqrt_a).float()
-        labels = labels_of(cond)
-        labels = None if labels is None else labels.to(x.device)
-        out = self.network(x_t, self.sigma_to_t(sigma), class_labels=labels).sample.double()
+        out = self.call(self.network, x_t, self.sigma_to_t(sigma), cond).double()
         if self.prediction_type == "epsilon":
             denoised = x.double() - s * out
         elif self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) y  =>  y = sqrt(a) x_t - sqrt(1-a) v
