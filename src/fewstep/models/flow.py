@@ -67,7 +67,7 @@ class FlowSchedule:
     @property
     def t_min(self) -> float:
         """The smallest t of the scheduler's training table (its shifted 1/N)."""
-        return float(self.scheduler.sigma_min if self.scheduler.sigma_min is not None else 1 / self.num_train_timesteps)
+        return float(self.scheduler.sigma_min)
 
     def t_values(self, steps: int) -> torch.Tensor:
         """diffusers' own sigmas (flow times t, float32, ending in 0) for `steps` steps, as the pipeline sets them."""
