@@ -128,3 +128,13 @@ def labels_of(cond: CondLike) -> torch.Tensor | None:
     if cond is None or isinstance(cond, Cond):
         return None if cond is None else cond.labels
     return torch.as_tensor(cond).long()
+
+
+def labels_or_null(cond: CondLike, num_classes: int, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Class labels for a class-conditional network: the given labels, or the null label num_classes for None."""
+    if num_classes == 0:
+        return None
+    labels = labels_of(cond)
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    return labels.to(device).reshape(batch)

@@ -10,11 +10,21 @@ from torch import nn
 
 from fewstep.core.cond import CondLike as Cond  # class labels [batch], a text/other Cond, or None (unconditional)
 
+# sigma = infinity (pure noise: a flow model's t = 1, where diffusers' flow schedules start) as a finite number.
+# t = sigma / (1 + sigma) = 1 - 1.5e-8 rounds to exactly 1 in float32 (and t * 1000 to exactly 1000), so a network
+# sees the inputs diffusers gives it at t = 1; 2^26 is exact in float32. Samplers treat sigma >= SIGMA_INF as the
+# limit sigma -> inf (no Heun correction, no multistep history across it); the state x = (1 + sigma) x_t it implies
+# needs float64 to keep x_t's float32 digits through a step's subtraction (see samplers/generate.py).
+SIGMA_INF = 2.0**26
+
 
 @dataclass(frozen=True)
 class SigmaRange:
-    """The noise levels a denoiser is valid for; `discrete` holds the trained sigmas of a discrete-time model, and
-    `scheduler(steps)` the sigmas of the scheduler it ships with (a diffusers pipeline's), if it has one."""
+    """The noise levels a denoiser is valid for; `discrete` holds the trained sigmas of a discrete-time model.
+
+    `scheduler(steps)`, when set, gives the sigmas (ending in 0) of the diffusers scheduler the model ships with, as
+    that scheduler computes them (a pipeline's spacing, a flow model's shifted timesteps): the schedule "scheduler".
+    """
 
     sigma_min: float
     sigma_max: float

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fewstep.core.cond import labels_of
+from fewstep.core.cond import labels_or_null
 from fewstep.core.denoiser import Cond, SigmaRange, append_dims, as_sigma_batch
 
 NetworkCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -25,15 +25,6 @@ class EDMPrecond(nn.Module):
         self.sigma_range = SigmaRange(float(sigma_min), float(sigma_max))
         self.num_classes = int(num_classes)
 
-    def labels(self, cond: Cond, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Class labels for the network: given labels, or the null label num_classes when cond is None."""
-        if self.num_classes == 0:
-            return None
-        labels = labels_of(cond)
-        if labels is None:
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        return labels.to(device).reshape(batch)
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         sigma = as_sigma_batch(sigma, x)
         s = append_dims(sigma, x.ndim)
@@ -43,7 +34,7 @@ class EDMPrecond(nn.Module):
         c_in = 1 / (s**2 + sd2).sqrt()
         c_noise = sigma.log() / 4
         x = x.float()
-        f = self.call(self.network, c_in * x, c_noise, self.labels(cond, x.shape[0], x.device))
+        f = self.call(self.network, c_in * x, c_noise, labels_or_null(cond, self.num_classes, x.shape[0], x.device))
         return (c_skip * x + c_out * f.float()).float()
 
     def init_noise_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:

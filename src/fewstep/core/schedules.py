@@ -85,11 +85,11 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
         return loglinear(steps, lo, hi)
     if name == "uniform":
         if not sigma_range.is_discrete:
-            raise UserError("schedule 'uniform' needs a discrete-time model; use karras or loglinear")
+            raise UserError("schedule 'uniform' needs a discrete-time model; use scheduler, karras or loglinear")
         return discrete_uniform(steps, sigma_range.discrete)
     if name == "scheduler":  # the model's own diffusers scheduler, every spacing setting as it computes them
         if sigma_range.scheduler is None:
-            raise UserError("schedule 'scheduler' needs a diffusers pipeline folder's scheduler; use karras or uniform")
+            raise UserError("schedule 'scheduler' needs a model that ships with a diffusers scheduler; use karras")
         return sigma_range.scheduler(steps)
     raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 

@@ -3,7 +3,7 @@ VP scheduler, seen as an EDM denoiser."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from fewstep.core.errors import UserError
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_MAPS = ("log", "linear", "round")
 LCM_SIGMA_DATA = 0.5  # LCMScheduler's fixed sigma_data of its boundary condition
+
+# network(x_t, the scheduler's timestep, cond) -> its prediction, fed as the model's diffusers pipeline feeds it
+TimestepCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 
 def discrete_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -31,17 +34,20 @@ class DiffusersVPDenoiser(nn.Module):
     model ships with computes it: "log" interpolates log(sigma) (diffusers' _sigma_to_t), "linear" interpolates
     sigma (Euler-type schedulers' np.interp at fractional timesteps), "round" rounds the "log" timestep (DPM-Solver
     and UniPC). `boundary_scaling` is LCMScheduler's timestep_scaling: its consistency boundary condition.
-    A text-conditioned network (a UNet2DConditionModel) takes a `Cond` with the prompt embeddings.
+    A text-conditioned network (a UNet2DConditionModel) takes a `Cond` with the prompt embeddings. `call`, when
+    given, feeds a network that is not a U-Net (a DiT or PixArt transformer) as its pipeline feeds it.
     """
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 sigma_data: float = 0.5, timestep_map: str = "log", boundary_scaling: float | None = None):
+                 sigma_data: float = 0.5, timestep_map: str = "log", boundary_scaling: float | None = None,
+                 call: TimestepCall | None = None):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unsupported prediction_type {prediction_type!r}; fewstep reads {', '.join(PREDICTION_TYPES)}")
         if timestep_map not in TIMESTEP_MAPS:
             raise ValueError(f"timestep_map must be one of {TIMESTEP_MAPS}, got {timestep_map!r}")
         self.network = unet
+        self.call = call
         self.prediction_type = prediction_type
         self.sigma_data = float(sigma_data)
         self.timestep_map = timestep_map
@@ -96,7 +102,10 @@ class DiffusersVPDenoiser(nn.Module):
         sqrt_a, sqrt_1ma = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
         x_t = (x.double() * sqrt_a).float()
         t = self.sigma_to_t(sigma)
-        out = self.network(x_t, t, **self.network_inputs(cond, x.device)).sample.double()
+        if self.call is not None:
+            out = self.call(self.network, x_t, t, cond).double()
+        else:
+            out = self.network(x_t, t, **self.network_inputs(cond, x.device)).sample.double()
         if self.prediction_type == "epsilon":
             denoised = x.double() - s * out
         elif self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) y  =>  y = sqrt(a) x_t - sqrt(1-a) v

@@ -19,7 +19,8 @@ __all__ = ["FEWSTEP_JSON", "LoadedModel", "ModelInfo", "load_model", "model_hash
 def save_model(path: str | Path, network: nn.Module, info: ModelInfo, scheduler_config: dict | None = None) -> Path:
     """Write network (save_pretrained, safetensors), fewstep.json and a diffusers scheduler config.
 
-    EDM models get an EDMEulerScheduler config; a model of a user's VP network keeps `scheduler_config` (its own).
+    EDM models get an EDMEulerScheduler config; a flow model (fewstep's or a user's) and a model of a user's VP
+    network keep `scheduler_config` (a FlowMatchEulerDiscreteScheduler's, or the network's own).
     """
     from fewstep import __version__
 
@@ -48,13 +49,17 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a fewstep model or run folder, a diffusers UNet2DModel folder with its scheduler, or a Stable Diffusion
-    (XL) pipeline folder, as a denoiser."""
+    """Load a fewstep model or run folder, a diffusers UNet2DModel or transformer folder with its scheduler, or a
+    Stable Diffusion (XL) pipeline folder, as a denoiser."""
     from fewstep.models.diffusers_adapter import PREDICTION_TYPES
     from fewstep.models.diffusers_folder import load_diffusers_folder
+    from fewstep.models.networks import ARCHS
+    from fewstep.models.transformers import TRANSFORMERS, is_transformer_folder, load_transformer_folder
 
     folder = resolve_model_dir(path)
     if not (folder / FEWSTEP_JSON).exists():
+        if is_transformer_folder(folder):
+            return load_transformer_folder(folder, device)
         return load_diffusers_folder(folder, device)
     info = ModelInfo.from_json(folder / FEWSTEP_JSON)
     encoders = {}  # a pipeline folder's prompt encoder and autoencoder
@@ -63,6 +68,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         from fewstep.models.networks import call_network
         net = load_network(folder, info.network_class)
         denoiser = EDMPrecond(net, call_network, info.sigma_data, info.sigma_min, info.sigma_max, info.num_classes)
+    elif info.parameterization == "flow" and info.arch in ARCHS:  # a fewstep network trained as a flow
+        from fewstep.models.flow import flow_denoiser, scheduler_config_of
+        net = load_network(folder, info.network_class)
+        denoiser = flow_denoiser(net, info.num_classes, info.sigma_data, scheduler_config_of(folder))
+    elif info.network_class in TRANSFORMERS:  # a student of a user's transformer: its config + scheduler config
+        found = load_transformer_folder(folder, device)
+        net, denoiser = found.network, found.denoiser
     elif info.parameterization in PREDICTION_TYPES:  # a student of a user's VP network: its UNet + scheduler config
         found = load_diffusers_folder(folder, device)
         net, denoiser = found.network, found.denoiser

@@ -9,7 +9,8 @@ from torch import nn
 from fewstep.core.errors import UserError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-NETWORK_CLASSES = ("UNet2DModel", "DiTTransformer2DModel", "ResidualMLP")
+NETWORK_CLASSES = ("UNet2DModel", "DiTTransformer2DModel", "ResidualMLP", "PixArtTransformer2DModel",
+                   "SD3Transformer2DModel", "FluxTransformer2DModel")
 
 
 def model_hash(folder: Path) -> str:

@@ -25,9 +25,13 @@ class SampleResult:
 
 def initial_latents(denoiser: Denoiser, seed: int, indices: Sequence[int], shape: Sequence[int],
                     sigma_max: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The starting point x_T for samples `indices` of `seed`: unit noise times the model's initial noise scale."""
+    """The starting point x_T for samples `indices` of `seed`: unit noise times the model's initial noise scale.
+
+    The latents take the scale's dtype: a flow model's float64 scale at SIGMA_INF gives a float64 state.
+    """
     noise = SampleNoise(seed, indices, device).randn(shape)
-    return noise * denoiser.init_noise_scale(sigma_max).to(noise.device)
+    scale = denoiser.init_noise_scale(sigma_max).to(noise.device)
+    return noise.to(scale.dtype) * scale
 
 
 def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Tensor, sampler: str = "heun",
@@ -46,6 +50,8 @@ def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Ten
         x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device)
         cond = conds.to_device(conds.select(labels, slice(lo, lo + len(idx))), device)
         counter.reset()
-        out.append(spec.fn(counter, x, sigmas, cond, SampleNoise(seed, idx, device, stream=1), **(options or {})).cpu())
+        # sigma differences in the state's dtype: from SIGMA_INF a float32 sigma_next - sigma loses x_t's digits
+        out.append(spec.fn(counter, x, sigmas.to(x.dtype), cond, SampleNoise(seed, idx, device, stream=1),
+                           **(options or {})).float().cpu())
         nfe = counter.nfe
     return SampleResult(torch.cat(out), labels, nfe)

@@ -4,23 +4,30 @@ With x = y + sigma n the exact solution of the ODE from sigma_i to sigma_{i+1} i
 x_{i+1} = (sigma_{i+1} / sigma_i) x_i + int_{lambda_i}^{lambda_{i+1}} e^{lambda - lambda_{i+1}} D dlambda (the
 data-prediction form of DPM-Solver++, divided by alpha); the samplers integrate a polynomial in lambda through the
 denoised outputs of the last steps.
-The step to sigma = 0 (h = inf) is first order: it returns the last denoised output.
+The step to sigma = 0 (h = inf) is first order: it returns the last denoised output. A step from sigma >= SIGMA_INF
+(pure noise) has h = inf too: first order, and the next step's ratio r = h_prev / h is infinite, so no history
+crosses it (the exact sigma -> inf limit, whatever finite number stands for infinity).
 """
 
 from __future__ import annotations
 
 import torch
 
-from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
+from fewstep.core.denoiser import SIGMA_INF, Cond, Denoiser, as_sigma_batch
 from fewstep.core.noise import SampleNoise
 from fewstep.samplers.ode import to_d
+
+
+def log_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """lambda = -log sigma, and -inf at sigma >= SIGMA_INF (pure noise)."""
+    return torch.where(sigmas >= SIGMA_INF, -torch.inf, -sigmas.log())
 
 
 @torch.no_grad()
 def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None,
              generator: SampleNoise | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), first order on the first and the last step. NFE = len(sigmas) - 1."""
-    lambdas = -sigmas.log()
+    lambdas = log_snr(sigmas)
     old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, as_sigma_batch(sigmas[i], x), cond)
@@ -42,7 +49,7 @@ def dpmpp_3m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Co
     The update is Lu et al.'s multistep third-order DPM-Solver++ (their code's multistep_dpm_solver_third_update, as in
     diffusers' DPMSolverMultistepScheduler with solver_order=3). NFE = len(sigmas) - 1.
     """
-    lambdas = -sigmas.log()
+    lambdas = log_snr(sigmas)
     m: list[torch.Tensor] = []  # denoised outputs of the last three steps, newest first
     for i in range(len(sigmas) - 1):
         m = [denoiser(x, as_sigma_batch(sigmas[i], x), cond), *m[:2]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fewstep.core.cond import select
-from fewstep.core.denoiser import Cond, Denoiser, append_dims, as_sigma_batch
+from fewstep.core.denoiser import SIGMA_INF, Cond, Denoiser, append_dims, as_sigma_batch
 from fewstep.core.noise import SampleNoise
 
 
@@ -16,11 +16,15 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
 
 def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
               cond: Cond = None) -> torch.Tensor:
-    """EDM Algorithm 1 lines 4-8: one Heun step from sigma to sigma_next, plain Euler when sigma_next = 0."""
+    """EDM Algorithm 1 lines 4-8: one Heun step from sigma to sigma_next, plain Euler when sigma_next = 0.
+
+    From sigma >= SIGMA_INF (pure noise) the step is Euler too: a trapezoid over an infinite interval has no meaning
+    (its error grows with sigma), while Euler from there is the exact limit "predict y, re-noise with the same n".
+    """
     s = as_sigma_batch(sigma, x)
     d = to_d(x, s, denoiser(x, s, cond))
     x_next = x + d * (sigma_next - sigma)
-    if sigma_next > 0:  # Alg. 1 lines 6-8: correct with the slope at the end point
+    if sigma_next > 0 and sigma < SIGMA_INF:  # Alg. 1 lines 6-8: correct with the slope at the end point
         s_next = as_sigma_batch(sigma_next, x)
         d_next = to_d(x_next, s_next, denoiser(x_next, s_next, cond))
         x_next = x + (d + d_next) / 2 * (sigma_next - sigma)
@@ -54,13 +58,13 @@ def ode_step(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_nex
     """One Euler or Heun step per row, from sigma[b] to sigma_next[b]; rows ending at sigma_next = 0 take Euler.
 
     The training-time step of distillation (each row of a batch sits at its own noise level); for scalar
-    sigmas it equals `heun_step` (or an Euler step).
+    sigmas it equals `heun_step` (or an Euler step), Euler from sigma >= SIGMA_INF included.
     """
     if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown ODE solver {solver!r}; use euler or heun")
     d = to_d(x, sigma, denoiser(x, sigma, cond))
     x_next = x + d * append_dims(sigma_next - sigma, x.ndim)
-    rows = (sigma_next > 0).nonzero()[:, 0]
+    rows = ((sigma_next > 0) & (sigma < SIGMA_INF)).nonzero()[:, 0]
     if solver == "euler" or len(rows) == 0:
         return x_next
     c = select(cond, rows)
