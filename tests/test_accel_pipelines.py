@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from fewstep.accel import apply_accelerator
+from fewstep.accel import apply_cache
 from fewstep.core.schedules import make_schedule
 from fewstep.metrics import count_flops
 from fewstep.models import load_model
@@ -61,7 +61,7 @@ def test_deepcache_equals_deepcache_sd_helper(folder, branch_id):
     cond = model.encode_prompts(PROMPTS)
     x, sigma0 = start(model)
     plain = sample(model, cond, x)
-    handle = apply_accelerator(model, f"deepcache:interval=3,branch={branch_id // 3},layer={branch_id % 3}")
+    handle = apply_cache(model, f"deepcache:interval=3,branch={branch_id // 3},layer={branch_id % 3}")
     ours = sample(model, cond, x)
     assert handle.stats() == {"full_calls": 3, "cached_calls": 5}  # calls 0, 3, 6 in full, as DeepCache's steps
     handle.remove()
@@ -78,7 +78,7 @@ def test_deepcache_on_the_sdxl_layout_equals_deepcache_sd_helper(tmp_path):
     model = load_model(xl)
     cond = model.encode_prompts(PROMPTS)
     x, sigma0 = start(model)
-    handle = apply_accelerator(model, "deepcache:interval=3,branch=0,layer=1")
+    handle = apply_cache(model, "deepcache:interval=3,branch=0,layer=1")
     ours = sample(model, cond, x)
     handle.remove()
     ref = deepcache_pipeline(StableDiffusionXLPipeline.from_pretrained(xl, local_files_only=True), x, sigma0, 1)
@@ -92,7 +92,7 @@ def test_interval_one_reproduces_the_text_model_exactly(folder, spec):
     cond = model.encode_prompts(PROMPTS)
     x, _ = start(model)
     plain = sample(model, cond, x)
-    handle = apply_accelerator(model, spec)
+    handle = apply_cache(model, spec)
     assert torch.equal(sample(model, cond, x), plain)
     assert handle.stats() == {"full_calls": STEPS, "cached_calls": 0}
 
@@ -108,7 +108,7 @@ def test_cached_call_on_the_full_calls_input_equals_it_and_remove_restores(folde
     x, sigma = torch.randn(2, 4, 8, 8) * 3, torch.full((2,), 2.0)
     with torch.no_grad():
         full = model.denoiser(x, sigma, cond)
-        handle = apply_accelerator(model, spec)
+        handle = apply_cache(model, spec)
         first, second = model.denoiser(x, sigma, cond), model.denoiser(x, sigma, cond)
     assert handle.stats() == {"full_calls": 1, "cached_calls": 1}
     assert torch.equal(first, full) and torch.equal(second, full)
@@ -128,4 +128,4 @@ def test_deepcache_layer_out_of_range_is_refused(folder):
 
     model = load_model(folder)
     with pytest.raises(UserError, match=r"layer must lie in 0..2 \(or -1, the whole block\) for branch 0, got 3"):
-        apply_accelerator(model, "deepcache:layer=3")
+        apply_cache(model, "deepcache:layer=3")

@@ -72,7 +72,7 @@ def test_trained_flow_network_samples_unchanged_in_diffusers(tmp_path, arch):
     torch.manual_seed(cfg.seed)
     net = build_network(arch, "tiny", data.shape, data.num_classes)
     method = FlowMatchingTraining(flow_denoiser(net, data.num_classes, data.sigma_data), "logit_normal")
-    ema = run_loop(method, TensorSource(data.train, data.train_labels, cfg.seed), cfg, tmp_path)["model"]
+    ema = run_loop(method, TensorSource(data.train, data.train_labels, cfg.seed), cfg.loop(), tmp_path)["model"]
     scheduler_config = ema.schedule.to_config()
     info = ModelInfo(arch=arch_of(ema.network), network_class=type(ema.network).__name__, parameterization="flow",
                      sigma_data=ema.sigma_data, sigma_min=ema.sigma_range.sigma_min,
