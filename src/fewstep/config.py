@@ -168,8 +168,16 @@ RESUMABLE_RUN = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoi
 class TrainConfig:
     """Teacher training: data, network, EDM loss, optimiser, EMA, and the run's bookkeeping."""
 
-    dataset: str = option("digits", "digits | 8gaussians | checkerboard | moons | swissroll | shapes | folder:PATH")
-    resolution: int = option(0, "image size for shapes and folder:PATH (0 = the dataset's own: 32)")
+    dataset: str = option("digits", "a built-in set (digits, 8gaussians, checkerboard, moons, swissroll, shapes, "
+                                    "captions) or your data: points:FILE | folder:DIR | hf:PATH | shards:PATH "
+                                    "(docs/data.md)")
+    resolution: int = option(0, "image size (0 = the dataset's own: 32 for shapes and captions, a folder's first "
+                                "image's shorter side)")
+    center_crop: bool = option(False, "crop images to a centred square before resizing (else squash)")
+    objective: str = option("edm", "training objective: edm (EDM's denoising loss) | flow (flow matching, saved with "
+                                   "a FlowMatchEulerDiscreteScheduler)")
+    time_sampling: str = option("logit_normal", "flow: training times t ~ logit_normal (SD3) | uniform")
+    flow_shift: float = option(1.0, "flow: the scheduler's timestep shift recorded for sampling (SD3 uses 3)")
     arch: str = option("auto", "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)")
     preset: str = option("small", "size and length: tiny (tests) | small (CPU) | base (GPU)")
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")

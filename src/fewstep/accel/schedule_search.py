@@ -18,10 +18,11 @@ import torch
 
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import append_zero, make_schedule
-from fewstep.data import Dataset, load_dataset
+from fewstep.data import Dataset, load_recorded
 from fewstep.metrics import feature_network, frechet_distance, real_split, reference_features, sliced_wasserstein2
 from fewstep.metrics.image import real_images
 from fewstep.metrics.toy import fresh_samples
+from fewstep.models.info import image_size
 from fewstep.models.io import load_model, model_hash
 from fewstep.samplers import generate
 
@@ -71,9 +72,9 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
     if seed == 0:
         raise UserError("the search must not see the ruler's seed 0; pick held-out seeds, e.g. --seed 1000")
     model = load_model(model_path, device)
-    if not (dataset or model.info.dataset):
+    data = load_recorded(model.info.data, model.info.dataset, dataset, image_size(model.info))
+    if data is None:
         raise UserError("this model records no fewstep dataset; pass --dataset to search against one")
-    data = load_dataset(dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
     name, quality = held_out_objective(data, n)
     labels = torch.arange(n) % model.info.num_classes if model.info.num_classes else None
     values, nfe = [], 0

@@ -15,9 +15,10 @@ from fewstep.bench.provenance import machine, stamp, versions
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
 from fewstep.core.noise import SampleNoise
-from fewstep.data import load_dataset
+from fewstep.data import load_recorded
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
 from fewstep.metrics.inception import inception_quality, load_inception
+from fewstep.models.info import image_size
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
 from fewstep.samplers import generate, get_sampler, initial_latents
@@ -65,9 +66,9 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     if s.n < 2:
         raise UserError(f"--n must be at least 2, got {s.n}")
     model = load_model(model_path, s.device)
-    if not (s.dataset or model.info.dataset) or (s.dataset is None and model.info.extra.get("scheduler")):
+    data = load_recorded(model.info.data, model.info.dataset, s.dataset, image_size(model.info))
+    if data is None:
         raise UserError("this model records no fewstep dataset; pass --dataset to measure it against one")
-    data = load_dataset(s.dataset or model.info.dataset, model.info.shape[-1] if model.info.kind == "image" else None)
     if s.inception and data.kind != "image":
         raise UserError(f"--inception measures images; {data.name} is a 2-D set (measured with sw2, mmd and logp)")
     inception = load_inception(s.inception).to(s.device) if s.inception else None  # a bad file fails early
@@ -89,6 +90,7 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path),
            "method": model.info.extra.get("distill", {}).get("method", "sampler"),
            **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,
+           "dataset_spec": str(data.spec or data.name),
            "nfe": result.nfe, **skipped, **metrics, **cost,
            "versions": versions(), "machine": machine(s.device), **stamp()}
     return row

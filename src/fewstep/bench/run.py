@@ -88,7 +88,7 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
     image = quality_key(row) == "fd"
     result = sample_model(planned.model, GRID_N if image else SCATTER_N, s.plan_settings(), s.seed,
                           batch_size=s.batch_size, device=s.device, cycle_classes=True)
-    reference = None if image else load_dataset(row["dataset"]).test
+    reference = None if image else load_dataset(row.get("dataset_spec") or row["dataset"]).test
     return save_samples(result.samples, path, reference, title=label(row))
 
 

@@ -17,7 +17,8 @@ from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
 from fewstep.core.precond import ConsistencyBoundary, EDMPrecond
 from fewstep.core.schedules import make_schedule
-from fewstep.data import Dataset, load_dataset
+from fewstep.data import Dataset, load_recorded
+from fewstep.models.info import image_size
 from fewstep.models.io import LoadedModel, load_model, save_model
 from fewstep.models.networks import arch_of, build_network, call_network, disable_label_dropout
 from fewstep.samplers.cfg import CFGDenoiser
@@ -66,10 +67,10 @@ class DistillContext:
         self.teacher: LoadedModel = load_model(cfg.teacher, self.device)
         self.teacher.denoiser.requires_grad_(False).eval()
         info = self.teacher.info
-        self.dataset = name = cfg.dataset or (info.dataset if not info.extra.get("scheduler") else "")
-        self.data: Dataset | None = load_dataset(name, info.shape[-1] if info.kind == "image" else None) if name else None
+        self.data: Dataset | None = load_recorded(info.data, info.dataset, cfg.dataset or None, image_size(info))
         if self.data is not None and list(self.data.shape) != list(info.shape):
-            raise UserError(f"dataset {name} has items of shape {list(self.data.shape)}, the teacher {info.shape}")
+            raise UserError(f"dataset {self.data.spec or self.data.name} has items of shape {list(self.data.shape)}, "
+                            f"the teacher {info.shape}")
         if cfg.cfg_scale != 1.0 and not info.num_classes:
             raise UserError("--cfg-scale needs a class-conditional teacher; this one is unconditional")
         self.seconds = 0.0  # distillation wall-clock, summed over stages (and teacher pair generation)
@@ -196,7 +197,9 @@ class DistillContext:
         net = backbone(student)
         sigmas = self.student_schedule(steps[0])
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
-                       dataset=self.dataset or t.info.dataset, consistency=consistency, acceleration=None,
+                       dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
+                       data=self.data.spec.record() if self.data is not None and self.data.spec else t.info.data,
+                       consistency=consistency, acceleration=None,
                        sampler={"name": sampler, "schedule": STUDENT_SCHEDULE, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,

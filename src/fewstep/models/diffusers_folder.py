@@ -57,7 +57,7 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
     shape = [cfg.in_channels, *([cfg.sample_size] * 2 if isinstance(cfg.sample_size, int) else cfg.sample_size)]
     info = ModelInfo(arch="unet", network_class=class_name, parameterization=prediction,
                      sigma_min=denoiser.sigma_range.sigma_min, sigma_max=denoiser.sigma_range.sigma_max,
-                     num_classes=denoiser.num_classes, dataset=str(folder), kind="image", shape=shape,
+                     num_classes=denoiser.num_classes, dataset="", kind="image", shape=shape,
                      sampler={"name": "ddim", "schedule": "uniform", "steps": 50},
                      extra={"scheduler": sched_name, "num_train_timesteps": len(scheduler.alphas_cumprod)})
     return LoadedModel(denoiser.to(device).eval(), net, info, folder)

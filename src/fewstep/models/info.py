@@ -27,7 +27,8 @@ class ModelInfo:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     num_classes: int = 0
-    dataset: str = ""
+    dataset: str = ""  # the data's spec as text (a built-in name, points:FILE, folder:DIR?...), "" = none recorded
+    data: dict[str, Any] | None = None  # the DataSpec record (path, options, fingerprint) that finds it again
     kind: str = "image"  # image | vector | latent (a pipeline: samplers draw latents, `image_shape` after decoding)
     shape: list[int] = field(default_factory=list)  # what samplers draw
     image_shape: list[int] = field(default_factory=list)  # a latent model's decoded images; empty otherwise
@@ -45,6 +46,11 @@ class ModelInfo:
             return cls(**data)
         except (json.JSONDecodeError, TypeError) as e:
             raise UserError(f"{path} is not a valid fewstep.json ({e})") from None
+
+
+def image_size(info: ModelInfo) -> int | None:
+    """The side of a model's items when they are images (the resolution its data is read at), else None."""
+    return info.shape[-1] if info.kind == "image" else None
 
 
 @dataclass

@@ -187,6 +187,6 @@ def load_transformer_folder(folder: Path, device: str | torch.device = "cpu") ->
 
     info = ModelInfo(arch=arch_of(net), network_class=class_name, parameterization=parameterization,
                      sigma_min=denoiser.sigma_range.sigma_min, sigma_max=denoiser.sigma_range.sigma_max,
-                     num_classes=num_classes, dataset=str(folder), kind="image", shape=shape, sampler=sampler,
+                     num_classes=num_classes, dataset="", kind="image", shape=shape, sampler=sampler,
                      extra={"scheduler": sched_cfg.get("_class_name", ""), "text_conditioned": spec.text_conditioned})
     return LoadedModel(denoiser.to(device).eval(), net, info, folder)

@@ -1,4 +1,5 @@
-"""Train a teacher: dataset + network preset + EDM loss through the shared loop, exported as a model folder."""
+"""Train a teacher: dataset + network preset + EDM or flow-matching loss through the shared loop, exported as a model
+folder."""
 
 from __future__ import annotations
 
@@ -12,90 +13,125 @@ from torch import nn
 from fewstep.config import TRAIN_PRESETS, TrainConfig, resolve_config, to_toml
 from fewstep.core.errors import UserError
 from fewstep.core.precond import EDMPrecond
-from fewstep.data import Dataset, load_dataset
-from fewstep.data.toy2d import TOY_SETS
+from fewstep.data import Dataset, batch_source, load_dataset, parse_spec, probe
 from fewstep.data.visualize import save_curve, save_samples
+from fewstep.models.flow import default_sampling, flow_denoiser
 from fewstep.models.io import ModelInfo, save_model
 from fewstep.models.networks import arch_of, build_network, call_network
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
-from fewstep.data.batches import TensorSource
+from fewstep.train.flow import FlowMatchingTraining
 from fewstep.train.loop import run_loop
 
 GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
 
 
+def _data_kind(cfg: TrainConfig) -> str:
+    return probe(parse_spec(cfg.dataset, resolution=cfg.resolution or None))[0]
+
+
 def resolve_train_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
                          resume: bool = False) -> TrainConfig:
-    """defaults < preset (by data kind) < config file < flags; a resumed run starts from its own config.toml."""
-    return resolve_config(TrainConfig, TRAIN_PRESETS, lambda c: "vector" if c.dataset in TOY_SETS else "image",
-                          overrides, config_file, out, resume)
+    """defaults < preset (by the data's kind, read from the data) < config file < flags; a resumed run starts from
+    its own config.toml."""
+    return resolve_config(TrainConfig, TRAIN_PRESETS, _data_kind, overrides, config_file, out, resume)
 
 
-def make_teacher(cfg: TrainConfig, data: Dataset) -> EDMPrecond:
-    """A fresh network of the configured arch/preset behind EDM preconditioning."""
+def make_teacher(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    """A fresh network of the configured arch/preset behind EDM preconditioning or the flow-matching adapter."""
     arch = cfg.arch if cfg.arch != "auto" else ("unet" if data.kind == "image" else "mlp")
     num_classes = data.num_classes if cfg.conditional else 0
     net = build_network(arch, cfg.preset, data.shape, num_classes)
+    if cfg.objective == "flow":
+        return flow_denoiser(net, num_classes, data.sigma_data, {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                                 "shift": cfg.flow_shift})
+    if cfg.objective != "edm":
+        raise UserError(f"unknown objective {cfg.objective!r}; choose edm or flow")
     return EDMPrecond(net, call_network, data.sigma_data, cfg.sigma_min, cfg.sigma_max, num_classes)
 
 
-def preview(denoiser: nn.Module, data: Dataset, path: Path, sampler: str = "heun",
-            sigmas: torch.Tensor | None = None) -> Path:
-    """Sample a fixed-seed grid (64 images) or scatter (2000 points), by default with 18 Heun steps; labels cycle."""
-    n = GRID_N if data.kind == "image" else SCATTER_N
+def preview_plan(denoiser: nn.Module) -> tuple[str, torch.Tensor]:
+    """The previews' sampler and sigmas: the model's own scheduler with Euler (flow models), else 18 Heun steps."""
     from fewstep.core.schedules import make_schedule
+
+    if denoiser.sigma_range.scheduler is not None:
+        return "euler", make_schedule("scheduler", 2 * GRID_STEPS, denoiser.sigma_range)
+    return "heun", make_schedule("karras", GRID_STEPS, denoiser.sigma_range)
+
+
+def preview(denoiser: nn.Module, data: Dataset, path: Path, sampler: str | None = None,
+            sigmas: torch.Tensor | None = None) -> Path:
+    """Sample a fixed-seed grid (64 images) or scatter (2000 points) with the given or the preview plan; labels
+    cycle."""
+    n = GRID_N if data.kind == "image" else SCATTER_N
     from fewstep.samplers import generate
 
     if sigmas is None:
-        sigmas = make_schedule("karras", GRID_STEPS, denoiser.sigma_range)
+        sampler, sigmas = preview_plan(denoiser)
     labels = torch.arange(n) % denoiser.num_classes if denoiser.num_classes else None
     device = next(denoiser.parameters()).device
     out = generate(denoiser, data.shape, n, sigmas, sampler, GRID_SEED, labels, device=device)
     return save_samples(out.samples, path, data.test if data.kind == "vector" else None)
 
 
-def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
-    """Train and export a teacher into run directory `out`; returns the exported model folder."""
+def load_training_data(cfg: TrainConfig) -> Dataset:
+    """The dataset a config names, with its resolution and crop options."""
+    return load_dataset(cfg.dataset, cfg.resolution or None, **({"center_crop": True} if cfg.center_crop else {}))
+
+
+def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
+                  data: Dataset | None = None) -> Path:
+    """Train and export a teacher into run directory `out`; returns the exported model folder.
+
+    `data` (e.g. fewstep.data.dataset_from_tensors(x)) replaces the dataset `cfg.dataset` names.
+    """
     run_dir = Path(out)
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("step-*")) and not resume:
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
-    data = load_dataset(cfg.dataset, cfg.resolution or None)
+    data = data if data is not None else load_training_data(cfg)
     if cfg.conditional and data.num_classes == 0:
         cfg = replace(cfg, conditional=False)
     torch.manual_seed(cfg.seed)  # network initialisation; everything later is seeded per step
     teacher = make_teacher(cfg, data)
-    method = EDMTraining(teacher, cfg.p_mean, cfg.p_std, cfg.label_dropout if cfg.conditional else 0.0)
+    dropout = cfg.label_dropout if cfg.conditional else 0.0
+    method = (FlowMatchingTraining(teacher, cfg.time_sampling, label_dropout=dropout) if cfg.objective == "flow"
+              else EDMTraining(teacher, cfg.p_mean, cfg.p_std, dropout))
     from fewstep.train.loop import make_accelerator
 
     acc = make_accelerator(cfg.device, cfg.mixed_precision)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(cfg))
-    labels = data.train_labels if cfg.conditional else None
 
     def on_sample(step: int, modules: dict) -> None:
         preview(modules["model"], data, run_dir / "samples" / f"step-{step:07d}.png")
 
-    modules = run_loop(method, TensorSource(data.train, labels, cfg.seed), cfg.loop(), run_dir, on_sample, acc, stop_at)
+    modules = run_loop(method, batch_source(data, cfg.seed, cfg.conditional), cfg.loop(), run_dir, on_sample, acc,
+                       stop_at)
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]
     state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
+    spec = data.spec
     info = ModelInfo(arch=arch_of(ema.network), network_class=type(ema.network).__name__, sigma_data=ema.sigma_data,
-                     sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, num_classes=ema.num_classes,
-                     dataset=cfg.dataset, kind=data.kind, shape=list(data.shape),
+                     sigma_min=ema.sigma_range.sigma_min, sigma_max=ema.sigma_range.sigma_max,
+                     num_classes=ema.num_classes, dataset=str(spec) if spec else cfg.dataset,
+                     data=spec.record() if spec else None, kind=data.kind, shape=list(data.shape),
                      extra={"train_steps": cfg.steps, "train_seconds": round(state["train_seconds"], 1),
                             "preset": cfg.preset})
-    model_dir = save_model(run_dir / "model", ema.network, info)
+    scheduler = None
+    if cfg.objective == "flow":
+        scheduler = ema.schedule.to_config()
+        info = replace(info, parameterization="flow", sampler=default_sampling(scheduler))
+    model_dir = save_model(run_dir / "model", ema.network, info, scheduler_config=scheduler)
     preview(ema, data, run_dir / "samples" / "final.png")
-    _loss_plot(run_dir)
+    _loss_plot(run_dir, "flow-matching loss" if cfg.objective == "flow" else "EDM loss")
     return model_dir
 
 
-def _loss_plot(run_dir: Path) -> None:
+def _loss_plot(run_dir: Path, label: str) -> None:
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if "loss_model" in r]
     if rows:
         save_curve([r["step"] for r in rows], [r["loss_model"] for r in rows], run_dir / "loss.png",
-                   "EDM loss", f"training loss ({run_dir.name})")
+                   label, f"training loss ({run_dir.name})")
