@@ -3,16 +3,18 @@ the teacher's ("real") and an online "fake" score at its own noised samples; no 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fewstep.config import option
+from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
 from fewstep.data.batches import Batch
@@ -40,9 +42,29 @@ class FakeScore(nn.Module):
         self.score = copy.deepcopy(generator)
         self.heads = Discriminator(self.score, shape, num_classes) if gan else None
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
-                logits: bool = False) -> torch.Tensor:
-        return self.heads(self.score, x, sigma, labels) if logits else self.score(x, sigma, labels)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fake score's denoised estimate and, with the GAN term, the heads' logits: one pass of the network
+        (the fake score's only call with gradients in a step, as DistributedDataParallel requires)."""
+        if self.heads is None:
+            return self.score(x, sigma, labels), None
+        return self.heads.denoise_and_judge(self.score, x, sigma, labels)
+
+    def logits(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The heads' logits alone (the network stops after the last layer they read)."""
+        return self.heads(self.score, x, sigma, labels)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Gradients flow through `module` to its inputs but not into its parameters."""
+    wanted = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, w in zip(module.parameters(), wanted):
+            p.requires_grad_(w)
 
 
 class DMD2:
@@ -62,7 +84,8 @@ class DMD2:
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0):
-        self.modules = {"generator": generator, "fake": FakeScore(generator, shape, num_classes, gan_weight > 0)}
+        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0)  # unwrapped, for the generator's turn
+        self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
         self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
@@ -87,27 +110,30 @@ class DMD2:
         train_generator = batch.step % self.update_every["generator"] == 0
         with torch.set_grad_enabled(train_generator):
             x, labels = self._generate(batch)
-        fake_net, out = self.modules["fake"], {}
+        out = {}
         if train_generator:
             x_s, sigma = self._noised(x.detach(), batch)
             with torch.no_grad():
                 real = self.teacher(x_s, sigma, labels)
                 norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
-                grad = (fake_net(x_s, sigma, labels) - real) / append_dims(norm, x.ndim)
+                grad = (self.fake(x_s, sigma, labels)[0] - real) / append_dims(norm, x.ndim)
             out["generator"] = 0.5 * ((x - (x - grad).detach()) ** 2).mean()
             if self.gan_weight:
                 x_g, sigma_g = self._noised(x, batch)
-                out["generator"] = out["generator"] + self.gan_weight * F.softplus(-fake_net(x_g, sigma_g, labels,
-                                                                                            logits=True)).mean()
+                with frozen(self.fake):
+                    gan = F.softplus(-self.fake.logits(x_g, sigma_g, labels)).mean()
+                out["generator"] = out["generator"] + self.gan_weight * gan
         x_fake, sigma_f = self._noised(x.detach(), batch)
-        s_f = append_dims(sigma_f, x.ndim)
-        weight = edm_weight(s_f, self.sigma_data)
-        out["fake"] = (weight * (fake_net(x_fake, sigma_f, labels) - x.detach()) ** 2).mean()
-        if self.gan_weight:
-            x_real, sigma_r = self._noised(batch.x, batch)
-            cls = F.softplus(fake_net(x_fake, sigma_f, labels, logits=True)).mean() \
-                + F.softplus(-fake_net(x_real, sigma_r, labels, logits=True)).mean()
-            out["fake"] = out["fake"] + GAN_FAKE_WEIGHT * cls
+        weight = edm_weight(append_dims(sigma_f, x.ndim), self.sigma_data)
+        if not self.gan_weight:
+            out["fake"] = (weight * (self.modules["fake"](x_fake, sigma_f, labels)[0] - x.detach()) ** 2).mean()
+            return out
+        x_real, sigma_r = self._noised(batch.x, batch)
+        n = len(x_fake)
+        both = None if labels is None else conds.concat(labels, labels)
+        denoised, logits = self.modules["fake"](torch.cat([x_fake, x_real]), torch.cat([sigma_f, sigma_r]), both)
+        cls = F.softplus(logits[:n]).mean() + F.softplus(-logits[n:]).mean()
+        out["fake"] = (weight * (denoised[:n] - x.detach()) ** 2).mean() + GAN_FAKE_WEIGHT * cls
         return out
 
 
