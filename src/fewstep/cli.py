@@ -71,13 +71,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.device)
     labels = class_labels(model, args.n, args.class_label, args.classes)
-    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device)
-    path = save_samples(result.samples, args.out)
+    prompts = _prompts(args)
+    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
+                          prompts=prompts, negative_prompt=args.negative_prompt)
+    images = model.decode(result.samples.to(args.device)).cpu()  # latents -> pixels; pixel models as they are
+    if prompts is None:
+        path = save_samples(images, args.out)
+    else:
+        from fewstep.data.visualize import save_prompt_grid
+        path = save_prompt_grid(images, [prompts[i % len(prompts)] for i in range(args.n)], args.out)
     if args.save_tensor:
         from safetensors.torch import save_file
-        save_file({"samples": result.samples.contiguous()}, args.save_tensor)
-    print(f"wrote {path} ({args.n} samples, NFE {result.nfe})")
+        decoded = {"images": images.contiguous()} if model.autoencoder is not None else {}
+        save_file({"samples": result.samples.contiguous(), **decoded}, args.save_tensor)
+    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {_conditioning(model, args, prompts)})")
     return 0
+
+
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    """--prompt TEXT or the lines of --prompts FILE (None when neither is given)."""
+    from fewstep.core.errors import UserError
+    from fewstep.data.prompts import read_prompts
+
+    if args.prompt is not None and args.prompts is not None:
+        raise UserError("give --prompt TEXT or --prompts FILE, not both")
+    return [args.prompt] if args.prompt is not None else read_prompts(args.prompts) if args.prompts else None
+
+
+def _conditioning(model: Any, args: argparse.Namespace, prompts: list[str] | None) -> str:
+    """What the samples were conditioned on, in words, for the printed line."""
+    from fewstep.plan import build_plan
+
+    if prompts is None:
+        what = (f"class {args.class_label}" if args.class_label is not None else
+                "classes cycling" if args.classes and model.info.num_classes else "unconditional")
+    else:
+        source = f"{len(prompts)} prompts from {args.prompts}" if args.prompts else f"prompt {prompts[0]!r}"
+        scale = build_plan(model, _plan_settings(args)).cfg_scale
+        null = f"negative prompt {args.negative_prompt!r}" if args.negative_prompt else "the empty prompt"
+        what = f"text: {source}, CFG {scale:g} against {null}"
+    decoded = f"; decoded by the VAE to {'x'.join(map(str, model.info.image_shape))}" if model.autoencoder else ""
+    return what + decoded
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -240,6 +274,10 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
+    p.add_argument("--prompt", help="text-to-image: condition every sample on this prompt")
+    p.add_argument("--prompts", help="text-to-image: a UTF-8 file, one prompt per line; sample i gets prompt i mod k "
+                                     "and the grid has one labelled row per prompt")
+    p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
