@@ -133,7 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=args.seed, batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
-                            device=args.device, inception=args.inception)
+                            device=args.device, inception=args.inception, prompts=args.prompts,
+                            negative_prompt=args.negative_prompt, clip=args.clip)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
@@ -165,9 +166,13 @@ def _print_row(row: dict, as_json: bool) -> None:
         q = quality_key(row)
         accel = "".join(f"  {row[k]}" for k in ("cache", "guidance") if row.get(k))
         fid = f"  fid_inception {row['fid_inception']:.4g}" if "fid_inception" in row else ""
+        fid += "".join(f"  {p}prompt_accuracy {row[p + 'prompt_accuracy']:.3g} (real {row[p + 'prompt_accuracy_floor']:.3g})"
+                       for p in ("", "heldout_") if p + "prompt_accuracy" in row)
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
               flush=True)
+        if row.get("scored_by"):
+            print(f"{'':>15} prompts {row['prompts']}: {row['scored_by']}", flush=True)
 
 
 def cmd_search_schedule(args: argparse.Namespace) -> int:
@@ -236,6 +241,12 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
                                         "none = off (default: the recorded one)")
 
 
+def _add_prompt_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", help="text-to-image prompt set: FILE (one prompt per line) | captions:seen | "
+                                          "captions:heldout | captions (both, reported apart; the default of a "
+                                          "captions model)")
+
+
 def _plan_settings(args: argparse.Namespace) -> Any:
     from fewstep.core.errors import UserError
     from fewstep.plan import PlanSettings
@@ -295,6 +306,9 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", metavar="PATH.safetensors",
                    help="also report standard FID (fid_inception) with these Inception weights (docs/metrics.md)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    _add_prompt_set_flag(p)
+    p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
+    p.add_argument("--clip", metavar="DIR", help="text-to-image: also report clip_score with this local CLIP folder")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--json", action="store_true", help="print each result row as one JSON object")
     p.add_argument("--results", default="results.jsonl", help="results file to append to (default results.jsonl)")
