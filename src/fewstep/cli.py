@@ -172,7 +172,7 @@ def _print_row(row: dict, as_json: bool) -> None:
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
               flush=True)
         if row.get("scored_by"):
-            print(f"{'':>15} prompts {row['prompts']}: {row['scored_by']}", flush=True)
+            print(f"{'':>15} prompts {row['prompt_set']}: {row['scored_by']}", flush=True)
 
 
 def cmd_search_schedule(args: argparse.Namespace) -> int:
@@ -210,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fewstep.bench.run import run_bench
     from fewstep.bench.suite import resolve_suite
 
-    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device)
+    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device, args.prompts)
     report = run_bench(suite, args.out)
     rows = json.loads((Path(args.out) / "results.json").read_text())
     print(f"{summary_table(rows)}\n\nreport: {report}")
@@ -349,6 +349,7 @@ def _bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--students", help="folder searched for student models distilled from --teacher")
     p.add_argument("--n", type=int, help="samples per row (default: the suite's, 2000)")
     p.add_argument("--device", help="cpu | cuda (default: the suite's, cpu)")
+    _add_prompt_set_flag(p)
     p.set_defaults(func=cmd_bench)
 
 

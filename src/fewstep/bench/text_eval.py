@@ -72,7 +72,7 @@ def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: Ev
         raise UserError("these prompts have no reference data, so agreement with the teacher is the only quality "
                         "eval can measure; drop --no-agreement (or use --prompts captions:seen)")
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
-    measured: dict[str, object] = {"prompts": "captions" if len(sets) > 1 else sets[0].name,
+    measured: dict[str, object] = {"prompt_set": "captions" if len(sets) > 1 else sets[0].name,
                                    "split": sets[0].split, "image_shape": model.info.image_shape}
     for i, prompts in enumerate(sets):
         cond = prompt_cond(model, prompts.prompts, s.n, s.negative_prompt)
