@@ -181,7 +181,8 @@ def cmd_search_schedule(args: argparse.Namespace) -> int:
     from fewstep.core.schedules import write_schedule_file
 
     result = search_schedule(args.model, args.sampler, steps_for_nfe(args.sampler, args.nfe), args.n, args.seed,
-                             args.evaluations, args.dataset, args.batch_size, args.device)
+                             args.evaluations, args.dataset, args.batch_size, args.device, args.prompts,
+                             args.cfg_scale)
     write_schedule_file(result, args.out)
     print(f"wrote {args.out}: {args.sampler} NFE {result['nfe']}, {result['objective']} {result['quality']:.4g} "
           f"(karras {result['start_quality']:.4g}) on held-out seed {args.seed}; {result['evaluations']} evaluations "
@@ -337,6 +338,9 @@ def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1000, help="held-out noise seed, not the ruler's 0 (default 1000)")
     p.add_argument("--evaluations", type=int, default=80, help="most schedules to evaluate (default 80)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    _add_prompt_set_flag(p)
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="text-to-image: the CFG scale to search at (default: the model's recorded one, else 7.5)")
     p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.set_defaults(func=cmd_search_schedule)

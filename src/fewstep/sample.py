@@ -10,7 +10,7 @@ import torch
 
 from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
-from fewstep.models.info import LoadedModel
+from fewstep.models.info import LoadedModel, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.plan import PlanSettings, build_plan, sample
 from fewstep.samplers import SampleResult
@@ -29,17 +29,6 @@ def class_labels(model: LoadedModel, n: int, label: int | None = None, cycle: bo
             raise UserError(f"class labels must lie in 0..{classes - 1}")
         return torch.full((n,), label, dtype=torch.long)
     return torch.arange(n) % classes if cycle and classes else None
-
-
-def prompt_cond(model: LoadedModel, prompts: Sequence[str], n: int, negative_prompt: str | None = None) -> Cond:
-    """The condition of n samples, sample i on prompts[i mod len(prompts)]: each distinct prompt encoded once,
-    without gradients; the null condition of guidance is `negative_prompt` (default: the pipeline's own)."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise UserError("no prompts given; pass --prompt TEXT or --prompts FILE")
-    row_of = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    rows = torch.tensor([row_of[prompts[i % len(prompts)]] for i in range(n)])
-    return model.encode_prompts(list(row_of), negative_prompt).select(rows)
 
 
 def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSettings | None = None, seed: int = 0,

@@ -13,22 +13,19 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fewstep.bench.evaluate import EvalSettings, result_row, sample_and_cost
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
-from fewstep.data.captions import RESOLUTIONS
 from fewstep.data.prompts import PromptSet, prompt_sets
+from fewstep.metrics import captions
 from fewstep.metrics.agreement import teacher_agreement
-from fewstep.metrics.captions import AttributeConfig, caption_quality
-from fewstep.models.info import LoadedModel
+from fewstep.metrics.captions import caption_quality, ruler_images
+from fewstep.models.info import LoadedModel, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.plan import build_plan
-from fewstep.sample import prompt_cond
 from fewstep.samplers import generate
 
-ATTRIBUTE_CONFIG = AttributeConfig()  # the captions attribute network every row is read by
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
 
 
@@ -43,19 +40,9 @@ def decode(model: LoadedModel, latents: torch.Tensor, batch_size: int, device: s
                       for i in range(0, len(latents), batch_size)])
 
 
-def ruler_images(images: torch.Tensor) -> torch.Tensor:
-    """Images at a resolution the captions ruler reads: as decoded when it is 16, 32 or 64 pixels, else resized
-    (antialiased bilinear) to the nearest of them."""
-    side = images.shape[-1]
-    if side in RESOLUTIONS:
-        return images
-    target = min(RESOLUTIONS, key=lambda r: abs(r - side))
-    return F.interpolate(images, size=(target, target), mode="bilinear", antialias=True, align_corners=False)
-
-
 def _quality(images: torch.Tensor, prompts: PromptSet, clip: str | None) -> dict:
     if prompts.split is not None:
-        return caption_quality(ruler_images(images), prompts.prompts, prompts.split, clip, ATTRIBUTE_CONFIG)
+        return caption_quality(ruler_images(images), prompts.prompts, prompts.split, clip, captions.RULER_CONFIG)
     out = {"n": len(images), "scored_by": NO_REFERENCE}
     if clip is not None:
         from fewstep.metrics.clip import clip_score
