@@ -69,9 +69,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.models.io import load_model
     from fewstep.sample import class_labels, sample_model
 
+    prompts = _prompts(args)  # a bad prompt file fails before the model loads
     model = load_model(args.model, args.device)
     labels = class_labels(model, args.n, args.class_label, args.classes)
-    prompts = _prompts(args)
     result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
                           prompts=prompts, negative_prompt=args.negative_prompt)
     images = model.decode(result.samples.to(args.device)).cpu()  # latents -> pixels; pixel models as they are
