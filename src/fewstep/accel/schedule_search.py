@@ -4,7 +4,9 @@ The schedule's knots are log sigma_1 .. log sigma_{K-1} (sigma_0 = sigma_max sta
 search starts from Karras's rho = 7 schedule and is a coordinate (pattern) search: each knot tries +-step, a move is
 kept when it lowers the objective, and the step halves after a sweep without one. The objective is the ruler's
 headline metric on samples of the held-out noise seed SEARCH_SEED (the ruler samples seed 0): sliced W2 against
-fresh draws of a 2-D law, or FD against real images the ruler's FD does not use (its floor's held-out half).
+fresh draws of a 2-D law, or FD against real images the ruler's FD does not use (its floor's held-out half); for a
+text-to-image model, on decoded samples of a prompt set, FD against renders of the same captions, or the RMSE to
+the model's converged guided ODE for prompts without reference data (text_objective).
 """
 
 from __future__ import annotations
