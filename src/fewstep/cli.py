@@ -91,10 +91,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _prompts(args: argparse.Namespace) -> list[str] | None:
     """--prompt TEXT or the lines of --prompts FILE (None when neither is given)."""
     from fewstep.core.errors import UserError
-    from fewstep.data.prompts import read_prompts
+    from fewstep.data.prompts import prompt_sets, read_prompts
 
     if args.prompt is not None and args.prompts is not None:
         raise UserError("give --prompt TEXT or --prompts FILE, not both")
+    if args.prompts and args.prompts.startswith("captions"):  # the first n captions of a test split
+        return prompt_sets(args.prompts, args.n)[0].prompts
     return [args.prompt] if args.prompt is not None else read_prompts(args.prompts) if args.prompts else None
 
 
@@ -166,7 +168,8 @@ def _print_row(row: dict, as_json: bool) -> None:
         q = quality_key(row)
         accel = "".join(f"  {row[k]}" for k in ("cache", "guidance") if row.get(k))
         fid = f"  fid_inception {row['fid_inception']:.4g}" if "fid_inception" in row else ""
-        fid += "".join(f"  {p}prompt_accuracy {row[p + 'prompt_accuracy']:.3g} (real {row[p + 'prompt_accuracy_floor']:.3g})"
+        fid += "".join(f"  {p}prompt_accuracy {row[p + 'prompt_accuracy']:.3g} "
+                       f"(real {row[p + 'prompt_accuracy_floor']:.3g})"
                        for p in ("", "heldout_") if p + "prompt_accuracy" in row)
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
@@ -287,8 +290,8 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
     p.add_argument("--prompt", help="text-to-image: condition every sample on this prompt")
-    p.add_argument("--prompts", help="text-to-image: a UTF-8 file, one prompt per line; sample i gets prompt i mod k "
-                                     "and the grid has one labelled row per prompt")
+    p.add_argument("--prompts", help="text-to-image: a UTF-8 file, one prompt per line (sample i gets prompt i mod k; "
+                                     "the grid has one labelled row per prompt), or captions:seen | captions:heldout")
     p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")

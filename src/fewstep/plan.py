@@ -7,9 +7,9 @@ sampler, a student's own sigmas, an accelerated folder's cache and guidance) and
 applied to a model by one context (`plan.applied(model)`) that removes everything it added.
 
 Precedence, per setting: an explicit setting > a schedule file's sigmas and sampler > the model's record > the
-defaults (Heun, Karras, 18 steps, no guidance, no cache; a text-to-image model's CFG scale models.info.TEXT_CFG_SCALE, as
-diffusers' StableDiffusionPipeline). `guidance="none"` also drops a recorded or default CFG scale and interval;
-`cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
+defaults (Heun, Karras, 18 steps, no guidance, no cache; a text-to-image model's CFG scale
+models.info.TEXT_CFG_SCALE, as diffusers' StableDiffusionPipeline). `guidance="none"` also drops a recorded or
+default CFG scale and interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def attribute_network(resolution: int = 32, config: AttributeConfig = AttributeC
     return net.eval().requires_grad_(False)
 
 
-RULER_CONFIG = AttributeConfig()  # the attribute network eval, bench and search-schedule read text-to-image samples with
+RULER_CONFIG = AttributeConfig()  # the attribute network eval, bench and search-schedule read text-to-image samples by
 
 
 def ruler_resolution(side: int) -> int:
