@@ -187,6 +187,7 @@ def _broken(pipe, tmp_path, how: str) -> str:
     ("pickle", "holds only pickle weights (diffusion_pytorch_model.bin); fewstep loads safetensors only"),
     ("eval_no_set", "records no prompt set; pass --prompts FILE"),
     ("eval_pixels", "--prompts, --negative-prompt and --clip need a text-to-image model"),
+    ("eval_dataset", "a text-to-image model is measured on prompt sets, not on digits"),
 ])
 def test_bad_text_input_is_one_line_and_exit_2(pipe, prompts_file, tmp_path, capsys, case, message):
     from tests.test_diffusers_adapter import save_pipeline
@@ -208,6 +209,7 @@ def test_bad_text_input_is_one_line_and_exit_2(pipe, prompts_file, tmp_path, cap
                        "--prompt", "a cat"],
             "eval_no_set": ["eval", "--model", pipe, "--n", "4", "--steps", "1"],
             "eval_pixels": ["eval", "--model", str(tmp_path / "pixels"), "--prompts", prompts_file, "--n", "4"],
+            "eval_dataset": ["eval", "--model", pipe, "--dataset", "digits", "--n", "4"],
             }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -52,6 +52,12 @@ def _quality(images: torch.Tensor, prompts: PromptSet, clip: str | None) -> dict
 
 def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: EvalSettings) -> dict[str, object]:
     """Sample every prompt set of `settings.prompts`, decode, score (see the module) and cost; one result row."""
+    if settings.dataset and not settings.dataset.startswith("captions"):
+        raise UserError(f"a text-to-image model is measured on prompt sets, not on {settings.dataset}; --dataset "
+                        "takes captions (its prompts are scored by the captions ruler), or pass --prompts")
+    if settings.inception:
+        raise UserError("--inception measures against a dataset's images; a text-to-image model is measured on prompt "
+                        "sets (docs/evaluation.md)")
     plan = build_plan(model, settings)
     s = replace(settings, **asdict(plan.settings()))
     sets = prompt_sets(s.prompts, s.n, is_captions_task(model, s.dataset))
