@@ -132,6 +132,25 @@ def test_bench_default_suite_of_a_text_teacher(pipe, prompts_file):
     assert ("", "", (0.28, 5.42)) in specs and suite.prompts == prompts_file
 
 
+def test_bench_on_an_accelerated_pipeline_resumes_and_writes_its_grid(pipe, prompts_file, tmp_path, capsys):
+    """The converged row of a folder recording dpmpp_2m, 3 steps, CFG 5: measured once, then found again (rows are
+    keyed by the resolved plan, recorded CFG scale included); the grid is decoded images."""
+    from fewstep.bench.run import run_bench
+
+    fast = tmp_path / "fast"
+    save_accelerated(pipe, fast, PlanSettings(sampler="dpmpp_2m", steps=3, cfg_scale=5.0))
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'teacher = "{fast}"\nn = 4\ntiming_batch = 2\nprompts = "{prompts_file}"\n')
+    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert len(rows) == 1 and rows[0]["cfg_scale"] == 5.0 and rows[0]["prompt_set"] == prompts_file
+    assert rows[0]["nfe"] == 3 and rows[0]["agreement_rmse"] > 0
+    assert len(list((tmp_path / "bench" / "grids").glob("*.png"))) == 1
+    capsys.readouterr()
+    run_bench(resolve_suite(str(suite)), tmp_path / "bench")
+    assert "1 of 1 rows already in" in capsys.readouterr().err
+
+
 def test_accelerated_pipeline_folder_samples_as_the_plan_applied_by_hand(pipe, tmp_path):
     settings = PlanSettings(sampler="dpmpp_2m", steps=3, cache="deepcache:interval=2,branch=0", cfg_scale=5.0)
     out = tmp_path / "fast"
