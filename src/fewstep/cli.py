@@ -74,7 +74,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     labels = class_labels(model, args.n, args.class_label, args.classes)
     result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
                           prompts=prompts, negative_prompt=args.negative_prompt)
-    images = model.decode(result.samples.to(args.device)).cpu()  # latents -> pixels; pixel models as they are
+    images = model.decode(result.samples, args.batch_size)  # latents -> pixels; pixel models as they are
     if prompts is None:
         path = save_samples(images, args.out)
     else:

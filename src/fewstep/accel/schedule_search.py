@@ -69,7 +69,7 @@ def text_objective(model: LoadedModel, denoiser: Denoiser, n: int, prompts: str 
         return "fd", lambda images: frechet_distance(net.features(ruler_images(images)), reference), cond, chosen.name
     sigmas = make_schedule("karras", 64, model.denoiser.sigma_range).to(device)  # the ruler's converged reference
     converged = generate(denoiser, model.info.shape, n, sigmas, "heun", seed, cond, batch_size, device).samples
-    reference = model.decode(converged.to(device)).cpu()
+    reference = model.decode(converged, batch_size)
     return "agreement_rmse", lambda images: rmse(images, reference), cond, chosen.name
 
 
@@ -124,7 +124,7 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
         nonlocal nfe
         sigmas = append_zero(knots.exp().float()).to(device)
         result = generate(denoiser, model.info.shape, n, sigmas, sampler, seed, labels, batch_size, device)
-        value, nfe = quality(decode(result.samples.to(device)).cpu()), result.nfe
+        value, nfe = quality(decode(result.samples, batch_size)), result.nfe
         values.append(value if math.isfinite(value) else math.inf)
         return values[-1]
 

@@ -93,7 +93,7 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
         prompts = prompt_sets(row["prompt_set"], GRID_N)[0].prompts
         result = sample_model(model, GRID_N, s.plan_settings(), s.seed, batch_size=s.batch_size, device=s.device,
                               prompts=prompts, negative_prompt=s.negative_prompt)
-        return save_samples(model.decode(result.samples.to(s.device)).cpu(), path)
+        return save_samples(model.decode(result.samples, s.batch_size), path)
     image = quality_key(row) == "fd"
     result = sample_model(planned.model, GRID_N if image else SCATTER_N, s.plan_settings(), s.seed,
                           batch_size=s.batch_size, device=s.device, cycle_classes=True)

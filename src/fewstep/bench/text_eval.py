@@ -34,12 +34,6 @@ def is_captions_task(model: LoadedModel, dataset: str | None = None) -> bool:
     return (dataset or model.info.dataset or "").startswith("captions")
 
 
-def decode(model: LoadedModel, latents: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
-    """Images in [-1, 1] of sampled latents, decoded by the model's VAE in batches (the ruler's explicit step)."""
-    return torch.cat([model.decode(latents[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(latents), batch_size)])
-
-
 def _quality(images: torch.Tensor, prompts: PromptSet, clip: str | None) -> dict:
     if prompts.split is not None:
         return caption_quality(ruler_images(images), prompts.prompts, prompts.split, clip, captions.RULER_CONFIG)
@@ -76,12 +70,12 @@ def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: Ev
             with plan.applied(model) as run:
                 result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
                                   s.batch_size, s.device)
-        images = decode(model, result.samples, s.batch_size, s.device)
+        images = model.decode(result.samples, s.batch_size)
         metrics = _quality(images, prompts, s.clip)
         if s.agreement:
             teacher_cond = cond if teacher is model else prompt_cond(teacher, prompts.prompts, s.n, s.negative_prompt)
             reference = converged_samples(teacher, s.n, s.seed, teacher_cond, s.batch_size, s.device, plan.cfg_scale)
-            metrics.update(teacher_agreement(images, decode(teacher, reference, s.batch_size, s.device)))
+            metrics.update(teacher_agreement(images, teacher.decode(reference, s.batch_size)))
             if prompts.split is None:
                 metrics["agreement_rmse_floor"] = 0.0  # the same noise, deterministic: no floor to hide behind
         prefix = "" if i == 0 else f"{prompts.split}_"

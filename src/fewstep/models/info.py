@@ -73,9 +73,14 @@ class LoadedModel:
                             + ("give class labels instead" if self.info.num_classes else "it is unconditional"))
         return self.prompt_encoder.encode(prompts, negative)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from what the sampler drew: decoded by the autoencoder, or as they are (pixel models)."""
-        return latents if self.autoencoder is None else self.autoencoder.decode(latents)
+    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images in [-1, 1] from what the sampler drew: decoded by the autoencoder, batch_size latents at a time, on
+        the autoencoder's device and returned on the latents' device; or as they are (pixel models)."""
+        if self.autoencoder is None:
+            return latents
+        device = next(self.autoencoder.parameters()).device
+        return torch.cat([self.autoencoder.decode(latents[i:i + batch_size].to(device)).to(latents.device)
+                          for i in range(0, len(latents), batch_size)])
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """What the sampler draws, from images in [-1, 1]: the autoencoder's latents, or the images themselves."""
