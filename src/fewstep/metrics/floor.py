@@ -18,7 +18,7 @@ REFERENCE_SEED, FLOOR_SEED = 1001, 1002  # fresh 2-D draws; distinct from load_t
 
 # The value a perfect method would reach; a difference counts as a tie when smaller than |floor - ideal|.
 IDEAL = {"fd": 0.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0, "confidence": 1.0,
-         "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0, "fid_inception": 0.0,
+         "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0, "fid_inception": 0.0, "agreement_rmse": 0.0,
          "modes_covered": 1.0, "worst_mode_ratio": 1.0, "off_mode": 0.0,
          **{f"{k}_accuracy": 1.0 for k in ("prompt", "count", "layout", "shape", "colour", "size")}}
 
