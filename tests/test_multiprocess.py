@@ -58,8 +58,8 @@ def test_every_method_on_two_processes_matches_one(tiny_teacher, tmp_path, metho
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = exported(tmp_path / "two"), exported(tmp_path / "one")
-    for k in a:
-        assert (a[k] - b[k]).abs().max() < 1e-4, k
+    for k in a:  # up to all-reduce order: Adam turns ~1e-8 gradient differences into up to lr-sized steps
+        assert (a[k] - b[k]).abs().max() < 1e-3, k
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
