@@ -29,6 +29,9 @@ class SamplerGrid:
     names: list = field(default_factory=lambda: list(DEFAULT_SAMPLERS))
     schedules: list = field(default_factory=lambda: list(DEFAULT_SCHEDULES))
     nfe: list = field(default_factory=lambda: list(DEFAULT_NFE))
+    # Heun-type samplers under 3 steps are degenerate: the last step to sigma = 0 is plain Euler, so 2 steps are one
+    # Heun step and an Euler step from a large sigma (a near-noise grid at NFE 3); leave them out unless asked for
+    skip_degenerate: bool = True
 
 
 @dataclass
@@ -201,6 +204,11 @@ def _student_rows(suite: Suite, entry: StudentEntry, teacher: Path) -> list[Benc
     return [BenchRow(model.path, _settings(suite, sampler, schedule, k), "student", family) for k in steps]
 
 
+def is_degenerate(sampler: str, steps: int) -> bool:
+    """A second-order (Heun-type) sampler with fewer than 3 steps: mostly its final Euler step."""
+    return get_sampler(sampler).nfe(2) == 3 and steps < 3
+
+
 def suite_rows(suite: Suite) -> list[BenchRow]:
     """The rows of a suite, the teacher's converged setting first; each with explicit sampler, schedule and steps."""
     _check(suite)
@@ -214,7 +222,8 @@ def suite_rows(suite: Suite) -> list[BenchRow]:
     if grid is not None:
         rows += [BenchRow(teacher.path, _settings(suite, name, schedule, steps_for_nfe(name, nfe)), "sampler",
                           f"{name} ({schedule})")
-                 for name in grid.names for schedule in grid.schedules for nfe in grid.nfe]
+                 for name in grid.names for schedule in grid.schedules for nfe in grid.nfe
+                 if not (grid.skip_degenerate and is_degenerate(name, steps_for_nfe(name, nfe)))]
     for a in suite.accelerators:
         _try_on(teacher, a)
         rows.append(BenchRow(teacher.path, _accelerated(suite, a, converged), "accelerator", _accelerator_family(a)))
