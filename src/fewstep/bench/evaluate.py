@@ -48,11 +48,13 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) 
     lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
     noise = SampleNoise(s.seed, range(b), s.device, stream=1)
 
+    options = plan.sampler_options or {}
+
     def timed() -> torch.Tensor:
-        return spec.fn(denoiser, x, sigmas, lab, noise)
+        return spec.fn(denoiser, x, sigmas, lab, noise, **options)
 
     flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, None if lab is None else lab[:4],
-                                        SampleNoise(s.seed, range(4), s.device, stream=1))) / 4
+                                        SampleNoise(s.seed, range(4), s.device, stream=1), **options)) / 4
     timing = time_per_sample(timed, b, repeats=s.timing_repeats)
     memory = peak_memory(timed, s.device)
     return {"flops_per_sample": flops, "seconds_per_sample": timing.seconds_per_sample, "timing_batch": b,
@@ -77,7 +79,7 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
     with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
         result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, labels,
-                          s.batch_size, s.device)
+                          s.batch_size, s.device, options=plan.sampler_options)
         skipped = {"cache_stats": run.handle.stats() if s.cache else None,
                    "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
                    "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}

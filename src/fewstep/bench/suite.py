@@ -126,13 +126,13 @@ def default_suite(teacher: str | Path) -> Suite:
 
 
 def resolve_suite(path: str | None = None, teacher: str | None = None, students: str | None = None,
-                  n: int | None = None, device: str | None = None) -> Suite:
-    """The suite file (or the default suite) with the command line's teacher, students folder, n and device."""
+                  n: int | None = None, device: str | None = None, seed: int | None = None) -> Suite:
+    """The suite file (or the default suite) with the command line's teacher, students folder, n, device and seed."""
     if path is None and not teacher:
         raise UserError("fewstep bench needs --teacher (or a --suite file that names one)")
     suite = read_suite(path) if path else default_suite(teacher)
     suite = replace(suite, teacher=teacher or suite.teacher, n=suite.n if n is None else n,
-                    device=device or suite.device)
+                    device=device or suite.device, seed=suite.seed if seed is None else seed)
     if not suite.teacher:
         raise UserError(f"{path} names no teacher; add teacher = \"runs/...\" or pass --teacher")
     if students:
