@@ -204,7 +204,7 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
     """The sampling plan's flags (fewstep.plan.PlanSettings); unset ones take the model folder's record."""
     parser.add_argument("--sampler", help=f"sampler to {what} (default: a schedule file's, else the model's recorded "
                                           "sampler, e.g. heun or a student's own)")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded steps and sigmas)")
+    parser.add_argument("--steps", type=int, help="number of sampler steps (default: the model's recorded steps and sigmas)")
     parser.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
                                            "search-schedule (default: the model's recorded schedule)")
     parser.add_argument("--cfg-scale", type=float, default=1.0,
@@ -231,7 +231,7 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
 
 # (flag, sampler keyword, help): the options of samplers/ that a k-diffusion or diffusers user expects
 SAMPLER_FLAGS = (
-    ("--eta", "eta", "noise of ddim (0 = deterministic DDIM, the default) and euler_ancestral (default 1)"),
+    ("--eta", "eta", "noise of ddim (0 = deterministic DDIM) and euler_ancestral (default: 0 for ddim, 1 for euler_ancestral)"),
     ("--s-churn", "S_churn", "edm_stochastic: how much noise to add per step (EDM's S_churn, default 40)"),
     ("--s-noise", "S_noise", "edm_stochastic: scale of the added noise (EDM's S_noise, default 1.003)"),
     ("--s-tmin", "S_tmin", "edm_stochastic: churn only at sigma >= this (EDM's S_tmin, default 0.05)"),
@@ -349,8 +349,8 @@ def _bench_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")
-    p.add_argument("--preset", default="small", help="tiny | small (default small: under 30 minutes on 2 cores)")
+    p.add_argument("--out", default="fewstep-demo", help="folder for the teacher, the student and the report (default fewstep-demo)")
+    p.add_argument("--preset", default="small", help="run length: tiny (a smoke test) | small (the real demo; default small)")
     p.add_argument("--device", default="auto", help="device to train and measure on: auto | cpu | cuda (default auto)")
     p.set_defaults(func=cmd_demo)
 

@@ -36,7 +36,7 @@ def heun_nfe(steps: int) -> int:
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(ode.euler, one_per_step),
-    "ddim": SamplerSpec(stochastic.ddim, one_per_step, stochastic=True),
+    "ddim": SamplerSpec(stochastic.ddim, one_per_step),  # deterministic at its default eta = 0
     "heun": SamplerSpec(ode.heun, heun_nfe),
     "dpmpp_2m": SamplerSpec(multistep.dpmpp_2m, one_per_step),
     "dpmpp_3m": SamplerSpec(multistep.dpmpp_3m, one_per_step),
