@@ -100,6 +100,8 @@ def test_headline_states_ratio_and_interval_and_the_warning_fires_when_n_is_too_
     assert "warning: n = 100" in summary_table([ref, student])
     html = render_report([ref, student], {}, {}, "fewstep bench", "2026-01-01")
     assert "class='warning'" in html and html.count("class='tie'") == 1 and "<span class='ci'>[" in html
+    ref["timing_repeats_seconds"], student["timing_repeats_seconds"] = [0.1, 0.12, 0.11], [0.004, 0.005, 0.006]
+    assert "(over the timing repeats: 16.7–30×)" in headline([ref, student])
     far = synthetic("student", "consistency student", 3.0, 0.001, 0.1, BASE, 1)
     assert resolution_warning([ref, far]) is None and "No student or accelerated setting" in headline([ref, far])
 

@@ -21,7 +21,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, field_list: list) -> None
         default = f.default if f.default is not MISSING else f.default_factory()
         text = help_of(f) or f.name.replace("_", " ")
         if "(default" not in text:  # a help that states its own default keeps only that one
-            text += f" (default: the preset's, else {default!r})" if default not in ("", None) else " (default: the preset's)"
+            text += f" (default: the preset's, else {default!r})" if default not in ("", None) else \
+                " (default: the preset's)"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                             metavar=type(default).__name__.upper(), help=text)
 

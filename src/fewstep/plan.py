@@ -90,7 +90,7 @@ class SamplingPlan:
                             self.mixed_precision)
 
     def sampler_record(self) -> dict[str, Any]:
-        """ModelInfo.sampler for this plan: name, schedule, steps, their options and, for explicit sigmas, the sigmas."""
+        """ModelInfo.sampler for this plan: name, schedule, steps, their options and any explicit sigmas."""
         record = {"name": self.sampler, "schedule": self.schedule, "steps": self.steps}
         record.update({k: v for k, v in (("options", self.sampler_options),
                                          ("schedule_options", self.schedule_options)) if v})

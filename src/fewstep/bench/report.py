@@ -49,6 +49,14 @@ def speedup(row: dict, reference: dict) -> float:
     return reference["seconds_per_sample"] / row["seconds_per_sample"]
 
 
+def speedup_range(row: dict, reference: dict) -> str:
+    """The speed-up's range over the timing repeats (slowest reference / fastest row ...), as " (repeats: a–b×)"."""
+    ref_t, row_t = reference.get("timing_repeats_seconds"), row.get("timing_repeats_seconds")
+    if not ref_t or not row_t:
+        return ""
+    return f" (over the timing repeats: {min(ref_t) / max(row_t):.3g}–{max(ref_t) / min(row_t):.3g}×)"
+
+
 def pareto_front(rows: list[dict], x: str) -> list[dict]:
     """Rows no other row beats on both x (cost) and quality (lower is better for both), by increasing x."""
     q = quality_key(rows[0])
@@ -112,10 +120,10 @@ def comparison(row: dict, ref: dict, q: str) -> str:
     """How `row` compares with `ref` on metric q: the ratio with its interval and whether the difference is resolved."""
     d, r = difference(row, ref, q), ratio(row, ref, q)
     if d is None or r is None:
-        return f"{r and r[0] or row[q] / ref[q]:.3g}× the teacher's {q.upper()} (no interval: the rows hold no bootstrap)"
+        return f"{row[q] / ref[q]:.3g}× the teacher's {q.upper()} (no interval: the rows hold no bootstrap)"
     verdict = ("not resolved from it" if d[1] <= 0 <= d[2] else "resolved: better" if d[0] < 0 else "resolved: worse")
-    return (f"{r[0]:.3g}× the teacher's {q.upper()} ({LEVEL:.0%} interval of the ratio {_span(*r[1:])}; the difference "
-            f"{d[0]:+.3g}, interval {_span(*d[1:])}, is {verdict})")
+    return (f"{r[0]:.3g}× the teacher's {q.upper()} ({LEVEL:.0%} interval of the ratio {_span(*r[1:])}; "
+            f"the difference {d[0]:+.3g}, interval {_span(*d[1:])}, is {verdict})")
 
 
 def headline(rows: list[dict]) -> str:
@@ -137,7 +145,8 @@ def headline(rows: list[dict]) -> str:
     return (f"{verdict} {label(r)}: {name} {r[q]:.3g} vs {ref[q]:.3g} for the teacher's converged setting "
             f"({setting(ref)}) at n = {ref['n']}: {comparison(r, ref, q)}; the data floor (real vs real) is "
             f"{ref[f'{q}_floor']:.3g}. Speed-up {speedup(r, ref):.3g}× in seconds per sample "
-            f"({r['seconds_per_sample'] * 1e3:.3g} vs {ref['seconds_per_sample'] * 1e3:.3g} ms).")
+            f"({r['seconds_per_sample'] * 1e3:.3g} vs {ref['seconds_per_sample'] * 1e3:.3g} ms)"
+            f"{speedup_range(r, ref)}.")
 
 
 def resolution_warning(rows: list[dict]) -> str | None:
@@ -229,7 +238,8 @@ def _table(rows: list[dict]) -> str:
         out.append("</tr>")
     floor = [f"<td>{escape(_fmt(ref.get(k + '_floor')))}</td>" for k in quality]
     out += ["</tbody><tfoot><tr class='floor'>",
-            f"<td colspan='8'>data floor (real vs real, n = {ref.get('floor_n', ref['n'])}{escape(floor_note(ref))})</td>", *floor,
+            f"<td colspan='8'>data floor (real vs real, n = {ref.get('floor_n', ref['n'])}"
+            f"{escape(floor_note(ref))})</td>", *floor,
             f"<td colspan='{len(heads) - 8 - len(quality)}'></td></tr></tfoot></table>"]
     return "\n".join(out)
 
@@ -256,8 +266,8 @@ th[data-dir=desc]::after{content:" \\25BC"}tr.converged{font-weight:600;backgrou
 background:#f7f7f7}.tie{background:#dff3df;color:#185c18;border-radius:3px;padding:0 3px;font-size:11px}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(600px,1fr));gap:1em}.plots img{max-width:100%}
 .samples{display:flex;gap:2em;align-items:flex-start}.pinned{position:sticky;top:.5em;flex:0 0 300px;background:#fffbe6;
-padding:.5em;border:1px solid #e8dca0}.gallery{flex:1;display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));
-gap:1.5em 2em}figure{margin:0}figure img{width:100%;max-width:300px}figcaption{font-size:12px;color:#444}
+padding:.5em;border:1px solid #e8dca0}
+.gallery{flex:1;display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:1.5em 2em}figure{margin:0}figure img{width:100%;max-width:300px}figcaption{font-size:12px;color:#444}
 .ci{color:#666;font-size:11px}.warning{background:#fff1f0;border-left:4px solid #d04040;padding:.6em 1em}
 .meta td{text-align:left;border:none;padding:1px 8px 1px 0}"""
 
@@ -305,7 +315,8 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
 {warning}
 <h2>Results</h2>
 <p>Click a column header to sort. Brackets: the {LEVEL:.0%} bootstrap interval of a quality number
-({ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference, seed {ref.get('bootstrap_seed', '-')}).
+({ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
+seed {ref.get('bootstrap_seed', '-')}).
 <span class="tie">tie</span>: the {LEVEL:.0%} interval of the difference from the teacher's converged setting
 (highlighted; paired: same seeds, same reference) contains 0, so this n cannot tell them apart. The data floor (real vs
 real) is context: what real data scores on the same ruler. Speed-up is the converged setting's seconds per sample

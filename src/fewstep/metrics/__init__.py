@@ -16,11 +16,11 @@ from fewstep.metrics.toy import log_density, mmd2, sliced_wasserstein2, toy_qual
 from fewstep.metrics.uncertainty import difference, image_uncertainty, ratio, ties, toy_uncertainty
 
 __all__ = [
-    "IDEAL", "AttributeConfig", "AttributeNet", "FeatureConfig", "FeatureNet", "InceptionFeatures", "PeakMemory",
+    "AttributeConfig", "AttributeNet", "FeatureConfig", "FeatureNet", "IDEAL", "InceptionFeatures", "PeakMemory",
     "RealSplit", "Timing", "attribute_accuracy", "attribute_network", "cache_dir", "caption_floor", "caption_quality",
-    "class_agreement", "difference", "clip_score", "clip_similarities", "count_flops", "evaluate_samples", "feature_network",
-    "flops_per_call", "frechet_distance", "image_floor", "image_quality", "image_uncertainty", "inception_features", "inception_fid",
-    "load_clip", "load_inception", "log_density", "mmd2", "peak_memory", "precision_recall", "real_images",
-    "real_split", "reference_features", "ratio", "rmse", "sliced_wasserstein2", "teacher_agreement", "ties", "time_per_sample",
-    "toy_floor", "toy_quality", "toy_uncertainty",
+    "class_agreement", "clip_score", "clip_similarities", "count_flops", "difference", "evaluate_samples",
+    "feature_network", "flops_per_call", "frechet_distance", "image_floor", "image_quality", "image_uncertainty",
+    "inception_features", "inception_fid", "load_clip", "load_inception", "log_density", "mmd2", "peak_memory",
+    "precision_recall", "ratio", "real_images", "real_split", "reference_features", "rmse", "sliced_wasserstein2",
+    "teacher_agreement", "ties", "time_per_sample", "toy_floor", "toy_quality", "toy_uncertainty",
 ]
