@@ -85,7 +85,7 @@ def plot_pareto(rows: list[dict], x: str, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     q = quality_key(rows[0])
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
     colors = plt.get_cmap("tab20").colors
     front = pareto_front(rows, x)
     ax.step([r[x] for r in front], [r[q] for r in front], where="post", color="gold", lw=8, alpha=0.45, zorder=1,
@@ -106,7 +106,9 @@ def plot_pareto(rows: list[dict], x: str, path: str | Path) -> Path:
     ax.set_xlabel(PLOTS[x])
     ax.set_ylabel(q.upper())
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    # below the axes, in columns: the figure keeps the plot's width, so the legend stays legible when the page
+    # scales the image down
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
@@ -264,7 +266,7 @@ th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}td:nth-child(-n+8){
 th{background:#f0f0f0;cursor:pointer;user-select:none;position:sticky;top:0}th[data-dir=asc]::after{content:" \\25B2"}
 th[data-dir=desc]::after{content:" \\25BC"}tr.converged{font-weight:600;background:#fffbe6}tr.floor{font-style:italic;
 background:#f7f7f7}.tie{background:#dff3df;color:#185c18;border-radius:3px;padding:0 3px;font-size:11px}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(600px,1fr));gap:1em}.plots img{max-width:100%}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1em}.plots img{width:100%;max-width:720px}
 .samples{display:flex;gap:2em;align-items:flex-start}.pinned{position:sticky;top:.5em;flex:0 0 300px;background:#fffbe6;
 padding:.5em;border:1px solid #e8dca0}
 .gallery{flex:1;display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:1.5em 2em}figure{margin:0}figure img{width:100%;max-width:300px}figcaption{font-size:12px;color:#444}
