@@ -182,7 +182,7 @@ class TrainConfig:
     preset: str = option("small", "size and length: tiny (tests) | small (CPU) | base (GPU)")
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
     label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance")
-    steps: int = option(4000, "optimiser steps")
+    steps: int = option(4000, "number of optimiser steps")
     batch_size: int = option(128, "global batch size (split over processes)")
     lr: float = option(1e-3, "Adam learning rate")
     lr_warmup_steps: int = option(200, "linear learning-rate warm-up")
@@ -200,8 +200,8 @@ class TrainConfig:
     max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before giving up")
     explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
                                            "(0 = off)")
-    device: str = option("auto", "auto | cpu | cuda")
-    mixed_precision: str = option("no", "no | bf16 | fp16")
+    device: str = option("auto", "device to train on: auto | cpu | cuda")
+    mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
 
     RESUMABLE_CHANGES = ("steps", *RESUMABLE_RUN)
 
@@ -239,7 +239,7 @@ class DistillConfig:
     teacher: str = option("", "the teacher: run directory, fewstep model folder or diffusers folder")
     method: str = option("consistency", "the distillation method (see fewstep distill --help's list)")
     steps: str = option("1,2,4", "student step counts, e.g. 1,2,4 (progressive exports each; others record them)")
-    dataset: str = option("", "training data (default: the teacher's dataset)")
+    dataset: str = option("", "dataset to train the student on (default: the teacher's dataset)")
     preset: str = option("small", "run length: tiny (tests) | small (CPU) | base (GPU)")
     student_preset: str = option("", "'' = the teacher's network and weights; tiny | small | base = a fresh network "
                                      "of that size")
@@ -265,8 +265,8 @@ class DistillConfig:
     checkpoint_every: int = option(250, "steps between checkpoints")
     keep_checkpoints: int = option(2, "how many checkpoints to keep")
     max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping")
-    device: str = option("auto", "auto | cpu | cuda")
-    mixed_precision: str = option("no", "no | bf16 | fp16")
+    device: str = option("auto", "device to train on: auto | cpu | cuda")
+    mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
     options: Any = field(default=None, init=False, compare=False)  # the method's options dataclass
 
     RESUMABLE_CHANGES = ("train_steps", *RESUMABLE_RUN, "explode_factor", "guard_patience", "monitor_n",
