@@ -41,14 +41,14 @@ class BlockCacheHandle(AcceleratorHandle):
         self._head_in: State | None = None
         self._head_out: State | None = None
         self._reusing = False
-        signature = inspect.signature(stack.net.forward)
+        signature = inspect.signature(type(stack.net).forward)
         for i, block in enumerate(self.blocks):
             wrap_forward(block.module, partial(self._block_forward, i, type(block.module).forward.__get__(block.module)),
                          self.name)
         self._hook = stack.net.register_forward_pre_hook(partial(self._network_call, signature), with_kwargs=True)
 
     def _network_call(self, signature: inspect.Signature, net: nn.Module, args: tuple, kwargs: dict) -> None:
-        bound = signature.bind(*args, **kwargs).arguments
+        bound = signature.bind(net, *args, **kwargs).arguments
         self.begin_call(bound["hidden_states"], bound["timestep"])
         self._reusing = False
 
