@@ -145,14 +145,16 @@ def calibrate(denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler
     return [float(c) for c in np.polyfit(x, y, min(degree, len(x) - 1))]
 
 
-def calibrated_spec(spec: str, denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler: str,
-                    labels: Any = None, device: str = "cpu") -> str:
-    """A teacache spec with calibrate=true turned into one with the fitted coefficients; other specs unchanged."""
+def calibrated_spec(spec: str, model: Any, sigmas: torch.Tensor, sampler: str, n: int = 8) -> str:
+    """A teacache spec with calibrate=true turned into one with the coefficients fitted on the LoadedModel `model`
+    (class labels cycling, as the ruler samples); any other spec unchanged."""
     name, settings = parse_spec(spec)
     if name != "teacache" or settings.get("calibrate", "").lower() not in ("true", "1", "yes"):
         return spec
+    classes = model.info.num_classes
+    labels = torch.arange(n) % classes if classes else None
+    coefficients = calibrate(model.denoiser, model.info.shape, sigmas, sampler, n=n, labels=labels)
     threshold = settings.get("threshold", TeaCacheConfig.threshold)
-    coefficients = calibrate(denoiser, shape, sigmas, sampler, labels=labels, device=device)
     return f"teacache:threshold={threshold},coefficients=[{','.join(f'{c:.6g}' for c in coefficients)}]"
 
 

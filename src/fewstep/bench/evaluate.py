@@ -45,6 +45,7 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) 
     denoiser, spec, sigmas = run.denoiser, get_sampler(plan.sampler), plan.sigmas.to(s.device)
     b = s.timing_batch
     x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
+    sigmas = sigmas.to(x.dtype)  # as generate() passes them: a flow model's SIGMA_INF = 2^26 needs the state's dtype
     lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
     noise = SampleNoise(s.seed, range(b), s.device, stream=1)
 
