@@ -139,7 +139,7 @@ def test_render_report_is_a_pure_function_of_rows():
     ('teacher = "{teacher}"\n[samplers]\nnames = ["euler"]\nnfes = [1]\n', "[samplers] has no setting 'nfes'"),
     ('teacher = "{teacher}"\n[[students]]\npath = "{teacher}/missing"\n', "does not exist"),
     ('teacher = "{teacher}"\n[[accelerators]]\ncache = "nope"\n', "unknown cache 'nope'"),
-    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on a diffusers"),
+    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on transformers"),
     ('teacher = "{teacher}"\nn = "many"\n', "setting 'n' expects int"),
     ('teacher = "{teacher}"\n[samplers]\nnames = ["nope"]\n', "unknown sampler 'nope'"),
     ('n = 32\n', "names no teacher"),
