@@ -2,7 +2,8 @@
 # Transformer caches against the peers (docs/BENCHMARKS.md, "Transformer caches side by side with the peers"): on a
 # flow DiT teacher, fewstep's fbcache / errorcache / teacache and the peers' caches (diffusers hooks, cache-dit) at the
 # teacher's recorded sampler, next to the plain sampler at fewer steps; one `fewstep bench`, then interleaved timings.
-# Usage: bash benchmarks/transformer_caches.sh FLOW_DIT_TEACHER OUT_DIR   (N=500 samples per row by default)
+# Usage: bash benchmarks/transformer_caches.sh FLOW_DIT_TEACHER OUT_DIR
+#   env: N (samples per row, 500), FEWER_NFE ("6, 9, 12": the plain sampler's rows), TIMING_BATCH (32), ROUNDS (2)
 set -euo pipefail
 teacher=$1
 out=$2
@@ -28,11 +29,10 @@ PY
 read -r sampler schedule steps coeffs < <(python -c "import json; d=json.load(open('$out/teacache.json')); \
 print(d['sampler'], d['schedule'], d['steps'], '[' + ','.join(f'{c:.6g}' for c in d['coefficients']) + ']')")
 P="$out/profile.json"
-CACHES=${CACHES:-"fbcache:threshold=0.05 fbcache:threshold=0.1 fbcache:threshold=0.2
-errorcache:profile=$P,budget=0.3 errorcache:profile=$P,budget=0.5
+CACHES=${CACHES:-"fbcache:threshold=0.1 fbcache:threshold=0.2 errorcache:profile=$P,budget=0.5
 teacache:threshold=0.1,coefficients=$coeffs teacache:threshold=0.2,coefficients=$coeffs
 teacache:threshold=0.4,coefficients=$coeffs
-peer:diffusers-fbcache:threshold=0.1 peer:diffusers-fbcache:threshold=0.2
+peer:diffusers-fbcache:threshold=0.1
 peer:diffusers-pab:spatial_attention_block_skip_range=2
 peer:diffusers-taylorseer:cache_interval=2,disable_cache_before_step=2
 peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.1,max_warmup_steps=2
@@ -40,7 +40,7 @@ peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=1,residual_diff_threshold=0
 {
   echo "teacher = \"$teacher\""
   echo "n = $n"
-  echo "timing_batch = 32"
+  echo "timing_batch = ${TIMING_BATCH:-32}"
   echo "[samplers]"
   echo "names = [\"$sampler\"]"
   echo "schedules = [\"$schedule\"]"
