@@ -48,7 +48,11 @@ peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=1,residual_diff_threshold=0
   for c in $CACHES; do printf '[[accelerators]]\ncache = "%s"\n' "$c"; done
 } > "$out/suite.toml"
 python -m fewstep.cli bench --suite "$out/suite.toml" --out "$out/bench"
+python benchmarks/cache_agreement.py "$out/suite.toml" "$out/agreement.json" --n 64
+python benchmarks/cache_verdict.py "$out/bench" --agreement "$out/agreement.json" | tee "$out/verdict.md"
 python benchmarks/accel_timing.py "$teacher" none fbcache:threshold=0.1 "teacache:threshold=0.2,coefficients=$coeffs" \
-  peer:diffusers-fbcache:threshold=0.1 \
+  "teacache:threshold=0.1,coefficients=$coeffs" peer:diffusers-fbcache:threshold=0.1 \
   peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.1,max_warmup_steps=2 \
-  --sampler "$sampler" --schedule "$schedule" --steps "$steps" --batch 32 --rounds ${ROUNDS:-2} | tee "$out/timing.md"
+  peer:diffusers-pab:spatial_attention_block_skip_range=2 \
+  --sampler "$sampler" --schedule "$schedule" --steps "$steps" --batch ${TIMING_BATCH:-32} --rounds ${ROUNDS:-2} \
+  | tee "$out/timing.md"

@@ -189,6 +189,10 @@ def test_cache_dit_runs_and_its_f1b0_dbcache_is_the_first_block_cache():
     assert handle.stats()["network_calls"] == 11  # 6 Heun steps (the last one Euler), 4 samples in one batch
     handle.remove()
     assert torch.equal(run(d, steps=6).samples, base)
+    again = apply_cache(d, "peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.1,"
+                           "max_warmup_steps=1")  # cache-dit patches the DiT's forward once; remove() undid that too
+    assert torch.equal(run(d, steps=6).samples, theirs)
+    again.remove()
     handle = apply_cache(d, "fbcache:threshold=0.1")
     ours = run(d, steps=6).samples
     handle.remove()

@@ -26,9 +26,11 @@ from fewstep.core.errors import UserError
 class PeerHandle(AcceleratorHandle):
     """A peer's cache on one transformer: counts its calls, resets the peer per trajectory, removes it."""
 
-    def __init__(self, name: str, stack: BlockStack, reset: Callable[[], None], release: Callable[[], None]):
+    def __init__(self, name: str, stack: BlockStack, reset: Callable[[], None], release: Callable[[], None],
+                 attributes: dict[nn.Module, set[str]]):
         super().__init__()
         self.name, self.net, self._reset, self._release = name, stack.net, reset, release
+        self._attributes = attributes  # each module's instance attributes before the peer was applied
         self.calls = 0
         signature = inspect.signature(type(stack.net).forward)  # the class's: a peer may wrap the instance's
         self._hook = stack.net.register_forward_pre_hook(partial(self._network_call, signature), with_kwargs=True)
@@ -44,8 +46,9 @@ class PeerHandle(AcceleratorHandle):
     def detach(self) -> None:
         self._hook.remove()
         self._release()
-        for m in self.net.modules():  # instances the peer patched go back to their class's forward (none was before)
-            m.__dict__.pop("forward", None)
+        for m, before in self._attributes.items():  # what the peer set on instances (patched forwards, flags) goes
+            for key in set(m.__dict__) - before:
+                del m.__dict__[key]
 
     def stats(self) -> dict[str, int]:
         """Network calls (the peer keeps its own count of what it skipped; FLOPs count what really ran)."""
@@ -146,7 +149,8 @@ def apply_peer(model: Any, spec: str) -> PeerHandle:
     if any("forward" in m.__dict__ for m in stack.net.modules()):
         raise UserError(f"cannot apply peer {name}: this network is already accelerated; remove() the other first")
     slot: list = []
+    attributes = {m: set(m.__dict__) for m in stack.net.modules()}
     reset, release = PEERS[name].apply(stack, settings, slot)
-    handle = PeerHandle(f"peer:{name}", stack, reset, release)
+    handle = PeerHandle(f"peer:{name}", stack, reset, release, attributes)
     slot.append(handle)
     return handle
