@@ -1,4 +1,4 @@
-"""Paired agreement of each cache with the uncached teacher (docs/BENCHMARKS.md §8): the same noise, the same sampler
+"""Paired agreement of each cache with the uncached teacher (docs/BENCHMARKS.md §9): the same noise, the same sampler
 and steps, with and without the cache; RMSE of the samples. Finer than FD, whose floor at small n hides small changes.
 
 Usage: python benchmarks/cache_agreement.py SUITE_TOML OUT_JSON [--n 64]

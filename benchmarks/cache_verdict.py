@@ -1,4 +1,4 @@
-"""The transformer-cache goal, read off a `fewstep bench` folder (docs/BENCHMARKS.md §8): every cache and peer row
+"""The transformer-cache goal, read off a `fewstep bench` folder (docs/BENCHMARKS.md §9): every cache and peer row
 against the uncached teacher, and the verdict.
 
 Usage: python benchmarks/cache_verdict.py REPORT_DIR [--agreement AGREEMENT.json] [--plot PREFIX] [--max-worse 0.02]

@@ -187,8 +187,8 @@ class DistillContext:
         return monitor
 
     def finished(self) -> bool:
-        """False while a simulated kill (stop_at) cut the run short, or on a non-main process."""
-        return self.acc.is_main_process and (self.stop_at is None or self.stop_at >= self.cfg.train_steps)
+        """False while a simulated kill (stop_at) cut the run short; every process agrees."""
+        return self.stop_at is None or self.stop_at >= self.cfg.train_steps
 
     def export(self, student: nn.Module, name: str, sampler: str, steps: list[int], method: str,
                consistency: dict[str, float] | None = None) -> Path:
@@ -212,9 +212,11 @@ class DistillContext:
             from fewstep.models.diffusers_folder import scheduler_config
             scheduler = scheduler_config(t.path)
         path = self.out / name
-        if path.exists():
-            shutil.rmtree(path)
-        save_model(path, net, info, scheduler)
-        if self.data is not None:
-            preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+        if self.acc.is_main_process:  # every process holds the same student; one writes it
+            if path.exists():
+                shutil.rmtree(path)
+            save_model(path, net, info, scheduler)
+            if self.data is not None:
+                preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+        self.acc.wait_for_everyone()
         return path

@@ -80,7 +80,10 @@ def make_accelerator(device: str, mixed_precision: str):
         raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu")
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    # auto on a machine without CUDA must say cpu=True: otherwise accelerate ignores torchrun's processes, and each
+    # one runs alone as the main process on the same run folder
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
 def _lr(config: LoopConfig, step: int, scale: float) -> float:
