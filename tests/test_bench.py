@@ -173,7 +173,7 @@ def test_pareto_plot_draws_students_above_the_front_with_labelled_log_ticks(tmp_
     ('teacher = "{teacher}"\n[samplers]\nnames = ["euler"]\nnfes = [1]\n', "[samplers] has no setting 'nfes'"),
     ('teacher = "{teacher}"\n[[students]]\npath = "{teacher}/missing"\n', "does not exist"),
     ('teacher = "{teacher}"\n[[accelerators]]\ncache = "nope"\n', "unknown cache 'nope'"),
-    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on a diffusers"),
+    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on transformers"),
     ('teacher = "{teacher}"\nn = "many"\n', "setting 'n' expects int"),
     ('teacher = "{teacher}"\n[samplers]\nnames = ["nope"]\n', "unknown sampler 'nope'"),
     ('n = 32\n', "names no teacher"),

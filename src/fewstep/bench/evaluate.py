@@ -50,6 +50,7 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: Eval
     denoiser, spec, sigmas = run.denoiser, get_sampler(plan.sampler), plan.sigmas.to(s.device)
     b = s.timing_batch
     x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
+    sigmas = sigmas.to(x.dtype)  # as generate() passes them: a flow model's SIGMA_INF = 2^26 needs the state's dtype
     if isinstance(labels, Cond):  # prompts: the rows cycle over the timing batch
         lab = labels.select(torch.arange(b) % len(labels)).to(s.device)
     else:

@@ -189,7 +189,7 @@ def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettin
 
 
 def _accelerator_family(a: AcceleratorRow) -> str:
-    parts = [spec.split(":")[0] for spec in (a.cache, a.guidance) if spec]
+    parts = [":".join(spec.split(":")[:2 if spec.startswith("peer:") else 1]) for spec in (a.cache, a.guidance) if spec]
     parts += ["searched schedule"] * is_schedule_file(a.schedule) + ["cfg interval"] * bool(a.cfg_interval)
     return " + ".join(parts) or f"cfg {a.cfg_scale:g}"
 
