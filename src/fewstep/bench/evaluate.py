@@ -22,6 +22,7 @@ from fewstep.models.info import image_size
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
 from fewstep.samplers import generate, get_sampler, initial_latents
+from fewstep.search.run import search_rows
 
 
 @dataclass
@@ -38,6 +39,7 @@ class EvalSettings(PlanSettings):
     dataset: str | None = None  # defaults to the dataset recorded in fewstep.json
     device: str = "cpu"
     inception: str | None = None  # Inception weights (.safetensors) for standard FID (docs/metrics.md)
+    search: str | None = None  # inference-time search, e.g. "best-of:n=8,verifier=classifier" (fewstep.search)
 
 
 def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) -> dict[str, object]:
@@ -75,9 +77,10 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     plan = build_plan(model, s)
     s = replace(s, **asdict(plan.settings()))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
+    searched = search_rows(model, plan, s.n, s.search, data, s.seed, labels, s.batch_size, s.device)
     with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
-        result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, labels,
-                          s.batch_size, s.device)
+        result = searched.result if searched else generate(run.denoiser, model.info.shape, s.n, plan.sigmas,
+                                                           plan.sampler, s.seed, labels, s.batch_size, s.device)
         skipped = {"cache_stats": run.handle.stats() if s.cache else None,
                    "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
                    "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
@@ -91,7 +94,7 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
            "method": model.info.extra.get("distill", {}).get("method", "sampler"),
            **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,
            "dataset_spec": str(data.spec or data.name),
-           "nfe": result.nfe, **skipped, **metrics, **cost,
+           "nfe": result.nfe, **skipped, **metrics, **cost, **(searched.row(cost) if searched else {}),
            "versions": versions(), "machine": machine(s.device), **stamp()}
     return row
 
