@@ -174,3 +174,20 @@ def test_cli_sample_eval_and_seeds(tiny_teacher, tmp_path, monkeypatch, capsys):
     assert main(["seeds", "--model", str(tiny_teacher), "--calibration", "12", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("fewstep: error:") for line in err)
+
+
+def test_captions_verifier_scores_stated_attributes():
+    from fewstep.data import load_dataset
+    from fewstep.data.captions import caption_prompts, render
+
+    data = load_dataset("captions", resolution=16)
+    verifier = build_verifier("captions:seed=1,steps=20,n_train=256", data)
+    assert verifier.ruler_independent and verifier.flops_per_sample > 0
+    prompts = caption_prompts("seen", 8)
+    real = render(prompts.attributes, 16, 5)
+    right = verifier.score(real, list(prompts.captions))
+    wrong = verifier.score(real, list(prompts.captions[1:]) + [prompts.captions[0]])
+    assert right.shape == (8,) and torch.isfinite(right).all() and (right <= 0).all()
+    assert right.mean() > wrong.mean()  # even a briefly trained network reads the stated attributes better
+    with pytest.raises(UserError, match="one caption per sample"):
+        verifier.score(real, torch.zeros(8))

@@ -100,6 +100,47 @@ class DensityVerifier:
         return torch.logsumexp(-d2.clamp_min(0) / (2 * h2), 1) - norm
 
 
+@dataclass
+class CaptionsConfig:
+    """The captions attribute verifier."""
+
+    seed: int = option(1, "training seed of the attribute network (the captions ruler's is 0)")
+    steps: int = option(1500, "training steps (the ruler's recipe by default)")
+    n_train: int = option(20000, "training renders (the ruler's recipe by default)")
+
+
+class CaptionsVerifier:
+    """Sum over a caption's stated attributes of log p(attribute) under the captions attribute network
+    (metrics/captions.py) trained with its own seed; the request is the list of captions."""
+
+    def __init__(self, data: Dataset, config: CaptionsConfig):
+        from fewstep.metrics.captions import AttributeConfig, attribute_network
+
+        if data.kind != "image" or data.shape[0] != 3:
+            raise UserError(f"the captions verifier scores RGB images of the captions grammar, not {data.name}")
+        ruler = AttributeConfig()
+        self.net = attribute_network(data.shape[-1], AttributeConfig(seed=config.seed, steps=config.steps,
+                                                                     n_train=config.n_train))
+        self.name = f"captions:seed={config.seed}" + ("" if (config.steps, config.n_train) == (
+            ruler.steps, ruler.n_train) else f",steps={config.steps},n_train={config.n_train}")
+        self.ruler_independent = config.seed != ruler.seed
+        self.flops_per_sample = count_flops(lambda: self.net.logits(torch.zeros(PROBE, *data.shape))) / PROBE
+
+    def score(self, samples: torch.Tensor, request: Any) -> torch.Tensor:
+        from fewstep.data.captions import caption_attributes
+        from fewstep.metrics.captions import HEADS
+
+        if not isinstance(request, (list, tuple)) or not all(isinstance(c, str) for c in request):
+            raise UserError("the captions verifier needs one caption per sample as its request")
+        wanted = caption_attributes(list(request))
+        total = torch.zeros(len(samples), dtype=torch.float64)
+        for column, logits in enumerate(self.net.logits(samples).split(HEADS, 1)):
+            stated = wanted[:, column] >= 0
+            logp = logits.double().log_softmax(1).gather(1, wanted[:, column].clamp_min(0).view(-1, 1)).squeeze(1)
+            total += torch.where(stated, logp, torch.zeros_like(logp))
+        return total
+
+
 class FunctionVerifier:
     """A user's `score(samples, request)` function; its FLOPs are what its `flops_per_sample` attribute says (the
     search's total FLOPs count it in any case)."""
@@ -116,6 +157,8 @@ VERIFIERS: dict[str, tuple[type, Callable[[Dataset, Any], Verifier], str]] = {
     "classifier": (ClassifierConfig, ClassifierVerifier, "labelled images: log p(requested class) under a "
                                                         "separately seeded copy of the ruler's feature network"),
     "density": (DensityConfig, DensityVerifier, "2-D: exact log p where known, else a KDE of the training data"),
+    "captions": (CaptionsConfig, CaptionsVerifier, "captioned scenes: log p of every stated attribute under a "
+                                                   "separately seeded attribute network"),
 }
 
 
