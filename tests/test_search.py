@@ -191,3 +191,15 @@ def test_captions_verifier_scores_stated_attributes():
     assert right.mean() > wrong.mean()  # even a briefly trained network reads the stated attributes better
     with pytest.raises(UserError, match="one caption per sample"):
         verifier.score(real, torch.zeros(8))
+
+
+def test_accept_keeps_the_earliest_good_enough_candidate(toy):
+    model, plan, data = toy
+    plain = sample(model, plan, 32).samples
+    everything = search_sample(model, plan, 32, "best-of:n=6,verifier=density,accept=-1e9", data=data)
+    assert torch.equal(everything.samples, plain) and everything.candidates == 6  # all accepted: the plain sample
+    argmax = search_sample(model, plan, 32, "best-of:n=6,verifier=density", data=data)
+    accept = float(argmax.scores.median())
+    found = search_sample(model, plan, 32, f"best-of:n=6,verifier=density,accept={accept}", data=data)
+    assert (found.choice <= argmax.choice).all() and found.choice.sum() < argmax.choice.sum()
+    assert torch.equal(found.scores, argmax.scores.clamp_max(accept))  # as good, up to the threshold

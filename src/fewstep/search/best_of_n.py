@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ class BestOfConfig:
     n: int = option(8, "candidates per item (1 = plain sampling)")
     verifier: str = option("classifier", "verifier that picks the best: classifier[:seed=S] | density | "
                                          "module.path:function")
+    accept: float = option(math.inf, "score at which a candidate is good enough: an item keeps its earliest such "
+                                     "candidate, so search only replaces failures and keeps diversity (inf = argmax)")
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Outcome:
 
 
 def best_of_n(candidates: Candidates, config: BestOfConfig) -> Outcome:
-    """Draw candidates 0..n-1 of every item and keep each item's best."""
+    """Draw candidates 0..n-1 of every item and keep each item's best (the earliest of equals)."""
     samples, scores = candidates.draw(0)
     choice = torch.zeros(len(scores), dtype=torch.long)
     for c in range(1, config.n):

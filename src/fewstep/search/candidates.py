@@ -6,6 +6,7 @@ search contains every candidate of a smaller one. The sampler itself runs throug
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class Candidates:
     batch_size: int = 256
     device: str | torch.device = "cpu"
     start_index: int = 0
+    accept: float = math.inf  # scores at or above this are all equally good: an item keeps its earliest such candidate
     drawn: int = 0  # candidates drawn per item so far
     nfe: int = 0  # denoiser calls per item so far, over every candidate
     history: list[torch.Tensor] = field(default_factory=list)  # each drawn candidate's scores [n]
@@ -55,7 +57,7 @@ class Candidates:
                           self.seed, self.cond, self.batch_size, self.device, self.indices(c).start, noise=noise)
         images = result.samples if self.model.autoencoder is None else \
             self.model.decode(result.samples.to(self.device)).float().cpu()
-        scores = checked_scores(self.verifier, images, self.request)
+        scores = checked_scores(self.verifier, images, self.request).clamp_max(self.accept)
         self.drawn, self.nfe = self.drawn + 1, self.nfe + result.nfe
         self.history.append(scores)
         return result.samples, scores

@@ -23,11 +23,13 @@ class NoiseSearchConfig:
     lambda_: float = option(0.3, "neighbourhood size in (0, 1]: x' = sqrt(1 - lambda^2) x + lambda eps "
                                  "(written lambda=...)")
     verifier: str = option("classifier", "verifier: classifier[:seed=S] | density | module.path:function")
+    accept: float = option(math.inf, "score at which a candidate is good enough: an item keeps its earliest such "
+                                     "candidate, so search only replaces failures and keeps diversity (inf = argmax)")
 
 
 def noise_search(candidates: Candidates, config: NoiseSearchConfig) -> Outcome:
     """Best of n, then `rounds` rounds of n neighbours of each item's pivot noise; the best sample seen is kept."""
-    out = best_of_n(candidates, BestOfConfig(n=config.n, verifier=config.verifier))
+    out = best_of_n(candidates, BestOfConfig(config.n, config.verifier, config.accept))
     pivot = torch.stack([candidates.unit_noise(c) for c in range(config.n)])[out.choice, torch.arange(len(out.choice))]
     keep = math.sqrt(1 - config.lambda_ ** 2)
     for r in range(1, config.rounds + 1):

@@ -101,7 +101,8 @@ def search_sample(model: LoadedModel, plan: SamplingPlan, n: int, search: str,
     request = labels_of(cond) if request is None else request
     start = time.perf_counter()
     with plan.applied(model) as run:
-        candidates = Candidates(model, run, plan, checker, n, seed, cond, request, batch_size, device, start_index)
+        candidates = Candidates(model, run, plan, checker, n, seed, cond, request, batch_size, device, start_index,
+                                config.accept)
         found: list[Outcome] = []
         flops = count_flops(lambda: found.append(SEARCHES[name].fn(candidates, config)))
     seconds = time.perf_counter() - start
