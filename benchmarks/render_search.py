@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def family(row: dict) -> str:
         return f"(d) {who} {row['sampler']} {row['steps']} steps + {row['cache']} + best-of-N"
     if not row.get("search"):
         return f"(a) {who}, more {row['sampler']} steps"
-    kind = row["search"].split(":")[0]
+    kind = row["search"].split(":")[0] + (" (accept)" if "accept=" in row["search"] else "")
     return f"({'c' if who == 'student' else 'b'}) {who} {row['sampler']} {row['steps']} step(s) + {kind}"
 
 
@@ -31,7 +32,7 @@ def table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (family(r), r["nfe"])):
         search = r.get("search") or "—"
         vflops = r.get("verifier_flops_per_sample", 0) / 1e9
-        cells = [family(r), search.split(",verifier")[0], r["nfe"], f"{r['flops_per_sample'] / 1e9:.3g} ({vflops:.2g})",
+        cells = [family(r), re.sub(r",?verifier=[^,]*", "", search), r["nfe"], f"{r['flops_per_sample'] / 1e9:.3g} ({vflops:.2g})",
                  f"{r['accuracy']:.3f} ± {binomial_sd(r['accuracy'], r['n']):.3f}", f"{r['fd']:.3g}",
                  f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r.get('kept_plain_fraction', 1):.2f}",
                  f"{r['mean_verifier_score']:.3f}" if "mean_verifier_score" in r else "—"]
