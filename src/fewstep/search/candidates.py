@@ -7,7 +7,7 @@ search contains every candidate of a smaller one. The sampler itself runs throug
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,7 +40,6 @@ class Candidates:
     accept: float = math.inf  # scores at or above this are all equally good: an item keeps its earliest such candidate
     drawn: int = 0  # candidates drawn per item so far
     nfe: int = 0  # denoiser calls per item so far, over every candidate
-    history: list[torch.Tensor] = field(default_factory=list)  # each drawn candidate's scores [n]
 
     def indices(self, c: int) -> range:
         """The noise indices of candidate c of the n items."""
@@ -59,7 +58,6 @@ class Candidates:
             self.model.decode(result.samples.to(self.device)).float().cpu()
         scores = checked_scores(self.verifier, images, self.request).clamp_max(self.accept)
         self.drawn, self.nfe = self.drawn + 1, self.nfe + result.nfe
-        self.history.append(scores)
         return result.samples, scores
 
 
