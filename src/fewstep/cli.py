@@ -75,8 +75,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = _prompts(args)  # a bad prompt file fails before the model loads
     model = load_model(args.model, args.device)
     labels = class_labels(model, args.n, args.class_label, cycle=not args.unconditional)
-    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
-                          prompts=prompts, negative_prompt=args.negative_prompt)
+    if args.search:
+        result = _search(model, args, labels)
+    else:
+        result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
+                              prompts=prompts, negative_prompt=args.negative_prompt)
     images = model.decode(result.samples, args.batch_size)  # latents -> pixels; pixel models as they are
     if prompts is None:
         path = save_samples(images, args.out)
@@ -145,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=args.seed, batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
                             device=args.device, inception=args.inception, prompts=args.prompts,
-                            negative_prompt=args.negative_prompt, clip=args.clip)
+                            negative_prompt=args.negative_prompt, clip=args.clip, search=args.search)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
@@ -299,6 +302,59 @@ def _plan_settings(args: argparse.Namespace) -> Any:
                         mixed_precision=args.mixed_precision)
 
 
+# --- inference-time search (fewstep.search): --search on sample and eval, and `fewstep seeds` ---
+
+def _add_search_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--search", help="search over initial noise with a verifier: best-of:n=8,verifier=classifier | "
+                                         "noise-search:rounds=4,n=4,lambda=0.3,verifier=classifier (docs/search.md)")
+
+
+def _search(model: Any, args: argparse.Namespace, labels: Any) -> Any:
+    from fewstep.core.errors import UserError
+    from fewstep.plan import build_plan
+    from fewstep.search import search_sample
+    from fewstep.search.run import model_data
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    if model.prompt_encoder is not None:
+        raise UserError("--search on the command line takes class-conditional and unconditional models; for prompts "
+                        "call fewstep.search.search_sample with the captions verifier (docs/search.md)")
+    result = search_sample(model, build_plan(model, _plan_settings(args)), args.n, args.search, data=model_data(model),
+                           seed=args.seed, cond=labels, batch_size=args.batch_size, device=args.device)
+    print(f"search {result.search} with {result.verifier}: {result.candidates} candidates per sample, "
+          f"total NFE {result.nfe}, {result.flops_per_sample:.4g} FLOPs per sample")
+    return result
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from fewstep.search.seeds import run_seeds
+
+    path, ranking = run_seeds(args.model, args.out, args.bank, args.verifier, _plan_settings(args), args.other,
+                              args.calibration, args.heldout, args.seed, args.batch_size, args.device)
+    held = ranking.heldout or {}
+    other = ranking.other_model or {}
+    print(f"wrote {path}: best seeds {ranking.order[:8]}; split-half {ranking.split_half}; held-out transfer "
+          f"{held.get('spearman')} (floor {held.get('floor')}); other model {other.get('spearman')} "
+          f"(floor {other.get('floor')})")
+    return 0
+
+
+def _seeds_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
+    p.add_argument("--out", required=True, help="output folder (seeds.json)")
+    p.add_argument("--bank", type=int, default=256, help="seeds in the bank: noise indices 0..BANK-1 of --seed")
+    p.add_argument("--verifier", default="classifier", help="classifier[:seed=S] | density | module.path:function")
+    p.add_argument("--other", help="another model (e.g. a student) whose ranking of the same seeds is compared")
+    p.add_argument("--calibration", help="labels the ranking is fitted on, e.g. 0,1,2,3,4 (default: first half)")
+    p.add_argument("--heldout", help="labels the transfer is measured on (default: the other half)")
+    _add_plan_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the bank (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.set_defaults(func=cmd_seeds)
+
+
 def _train_parser(p: argparse.ArgumentParser) -> None:
     from fewstep.config import TrainConfig
 
@@ -337,6 +393,7 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
+    _add_search_flag(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -363,6 +420,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samplers", default="euler,heun,dpmpp_2m", help="comma-separated samplers of a sweep")
     p.add_argument("--schedules", default="karras", help="comma-separated schedules of a sweep (default karras)")
     p.add_argument("--nfe", default="4,8,16,32,64,128", help="comma-separated NFE budgets of a sweep")
+    _add_search_flag(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -435,6 +493,10 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] 
               "Evaluate every row of a suite (samplers x schedules x NFE, accelerated settings, students) on the same "
               "seeds, n and timing batch; rows already in OUT/results.jsonl are kept, so a stopped bench resumes. "
               "Writes results, Pareto plots, sample grids and a self-contained OUT/report.html.", _bench_parser),
+    "seeds": ("rank a bank of seeds by a verifier (golden seeds) and measure the ranking's transfer",
+              "Score every seed of a bank on calibration labels with a verifier, rank them, and report the Spearman "
+              "correlation of the ranking with held-out labels and another model, beside its noise floor.",
+              _seeds_parser),
     "demo": ("the main job: train a digits teacher, distill a one-step student, bench both",
              "Train the small digits teacher, distill a one-step reflow student, measure both side by side on the "
              "ruler and print where report.html is. Interrupt it any time; running it again resumes.", _demo_parser),

@@ -24,6 +24,7 @@ from fewstep.models.info import LoadedModel, image_size
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
 from fewstep.samplers import SampleResult, generate, get_sampler, initial_latents
+from fewstep.search.run import search_rows
 
 
 @dataclass
@@ -43,6 +44,7 @@ class EvalSettings(PlanSettings):
     prompts: str | None = None  # a text-to-image model's prompt set (fewstep.data.prompts); None = its default
     negative_prompt: str | None = None  # the null condition of text CFG (None = the empty prompt)
     clip: str | None = None  # a local CLIP folder: text-to-image rows add clip_score (docs/evaluation.md)
+    search: str | None = None  # inference-time search, e.g. "best-of:n=8,verifier=classifier" (fewstep.search)
 
 
 def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: EvalSettings) -> dict[str, object]:
@@ -71,12 +73,13 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: Eval
             "peak_memory_bytes": memory.peak_bytes, "memory_method": memory.method}
 
 
-def sample_and_cost(model: LoadedModel, plan: SamplingPlan, cond: CondLike,
-                    s: EvalSettings) -> tuple[SampleResult, dict, dict]:
-    """n samples of seed s.seed with the plan applied, what its accelerators skipped, and the run's cost."""
+def sample_and_cost(model: LoadedModel, plan: SamplingPlan, cond: CondLike, s: EvalSettings,
+                    result: SampleResult | None = None) -> tuple[SampleResult, dict, dict]:
+    """n samples of seed s.seed with the plan applied (unless a search already drew them), what its accelerators
+    skipped, and the run's cost."""
     with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
-        result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
-                          s.batch_size, s.device, options=plan.sampler_options)
+        result = result or generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
+                                    s.batch_size, s.device, options=plan.sampler_options)
         skipped = {"cache_stats": run.handle.stats() if s.cache else None,
                    "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
                    "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
@@ -115,14 +118,16 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     plan = build_plan(model, s)
     s = replace(s, **asdict(plan.settings()))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
-    result, skipped, cost = sample_and_cost(model, plan, labels, s)
+    searched = search_rows(model, plan, s.n, s.search, data, s.seed, labels, s.batch_size, s.device)
+    result, skipped, cost = sample_and_cost(model, plan, labels, s, searched.result if searched else None)
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
     if inception is not None:
         metrics.update(inception_quality(data, result.samples, inception))
     return result_row(model_path, model, s, {"dataset": data.name, "dataset_spec": str(data.spec or data.name),
-                                             "nfe": result.nfe, **skipped, **metrics, **cost})
+                                             "nfe": result.nfe, **skipped, **metrics, **cost,
+                                             **(searched.row(cost) if searched else {})})
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:

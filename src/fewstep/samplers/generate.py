@@ -24,21 +24,25 @@ class SampleResult:
 
 
 def initial_latents(denoiser: Denoiser, seed: int, indices: Sequence[int], shape: Sequence[int],
-                    sigma_max: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+                    sigma_max: torch.Tensor, device: torch.device | str = "cpu",
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
     """The starting point x_T for samples `indices` of `seed`: unit noise times the model's initial noise scale.
 
-    The latents take the scale's dtype: a flow model's float64 scale at SIGMA_INF gives a float64 state.
+    `noise` replaces the seeded unit noise (noise search moves it). The latents take the scale's dtype: a flow
+    model's float64 scale at SIGMA_INF gives a float64 state.
     """
-    noise = SampleNoise(seed, indices, device).randn(shape)
+    noise = SampleNoise(seed, indices, device).randn(shape) if noise is None else noise.to(device)
     scale = denoiser.init_noise_scale(sigma_max).to(noise.device)
     return noise.to(scale.dtype) * scale
 
 
 def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Tensor, sampler: str = "heun",
              seed: int = 0, labels: CondLike = None, batch_size: int = 256,
-             device: torch.device | str = "cpu", start_index: int = 0, options: dict | None = None) -> SampleResult:
+             device: torch.device | str = "cpu", start_index: int = 0, options: dict | None = None,
+             noise: torch.Tensor | None = None) -> SampleResult:
     """Sample n items of `shape`; item i uses noise seeded by (seed, start_index + i) whatever the batch size.
 
+    `noise` [n, *shape] gives the items' initial unit noise instead (the sampler's own noise stays seeded).
     `options` go to the sampler (e.g. {"eta": 0.5} for euler_ancestral, {"S_churn": 10} for edm_stochastic).
     """
     spec = get_sampler(sampler)
@@ -47,7 +51,8 @@ def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Ten
     out, nfe = [], 0
     for lo in range(0, n, batch_size):
         idx = list(range(start_index + lo, start_index + min(lo + batch_size, n)))
-        x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device)
+        x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device,
+                            None if noise is None else noise[lo:lo + len(idx)])
         cond = conds.to_device(conds.select(labels, slice(lo, lo + len(idx))), device)
         counter.reset()
         # sigma differences in the state's dtype: from SIGMA_INF a float32 sigma_next - sigma loses x_t's digits
