@@ -13,11 +13,13 @@ from typing import Mapping
 
 from fewstep.bench.evaluate import append_results, evaluate_model, quality_key, write_csv
 from fewstep.bench.provenance import stamp
+from fewstep.core.files import read_json_lines
 from fewstep.bench.report import PLOTS, label, plot_pareto, render_report
 from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
 from fewstep.data.visualize import save_samples
 from fewstep.models.io import model_hash
+from fewstep.runlock import locked
 from fewstep.sample import sample_model
 from fewstep.train.teacher import GRID_N, SCATTER_N
 
@@ -34,7 +36,7 @@ def settings_key(row: Mapping[str, object]) -> str:
 def read_results(path: str | Path) -> list[dict[str, object]]:
     """The rows of a JSON-lines results file (none if it does not exist)."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    return read_json_lines(path, "a results file")
 
 
 def row_id(planned: BenchRow, key: str) -> str:
@@ -92,6 +94,7 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
     return save_samples(result.samples, path, reference, title=label(row))
 
 
+@locked("out")
 def run_bench(suite: Suite, out: str | Path) -> Path:
     """Measure every row of `suite` (rows already in out/results.jsonl are kept, not re-run) and write the report.
 

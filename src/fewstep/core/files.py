@@ -18,7 +18,8 @@ from fewstep.core.errors import UserError
 TEMPORARY = ".tmp-"  # prefix of every folder or file written beside its final name
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """'Type: the first line of the message' of an exception, for one-line errors."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
@@ -31,7 +32,7 @@ def read_json(path: str | Path, what: str = "a JSON file") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise UserError(f"{path} is not {what} ({_first_line(e)}); restore or delete it") from None
+        raise UserError(f"{path} is not {what} ({first_line(e)}); restore or delete it") from None
 
 
 def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list[dict[str, Any]]:
@@ -42,7 +43,7 @@ def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list[d
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not {what} ({_first_line(e)}); restore or delete it") from None
+        raise UserError(f"{path} is not {what} ({first_line(e)}); restore or delete it") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,7 +55,7 @@ def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list[d
         except ValueError as e:
             if n == len(lines):  # a write cut short by a kill: the row was never complete
                 break
-            raise UserError(f"{path} line {n} is not {what} ({_first_line(e)}); restore or delete it") from None
+            raise UserError(f"{path} line {n} is not {what} ({first_line(e)}); restore or delete it") from None
         rows.append(row)
     return rows
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from fewstep.config import GuardConfig, LoopConfig
+from fewstep.core.device import check_device
 from fewstep.core.errors import UserError
 from fewstep.core.files import append_json_lines, read_json_lines, remove_temporaries
 from fewstep.data.batches import Batch, BatchSource
@@ -78,10 +79,7 @@ def make_accelerator(device: str, mixed_precision: str):
 
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise UserError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu")
+    check_device(device)
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
 
 
@@ -256,6 +254,9 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
                         checkpoint(step, extra)
                 if on_sample and main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
                     on_sample(step, state.trained())
+    except Diverged:
+        bar.close()
+        raise
     except KeyboardInterrupt:
         bar.close()
         if not clean:  # a second Ctrl-C inside a step: keep the last good checkpoint rather than save half a step
@@ -289,22 +290,21 @@ def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], g
 
 def _unhealthy(method: Method, state: TrainState, source: BatchSource, step: int, config: LoopConfig,
                acc: Any) -> str | None:
-    """Why the state after `step` must not be kept: a non-finite weight, or non-finite losses of the next batch.
+    """Why the state after `step` must not be kept: a non-finite weight, or non-finite losses of the step's batch.
 
     The probe forks the RNG and restores the method's own state modules, so a healthy run is bit-for-bit unchanged.
     """
     emas = {f"{n} (EMA)": e.module for n, e in state.emas.items()}
     bad = nonfinite_module({**state.raw, **emas, **state.kept})
     if bad:
-        return f"non-finite weights in {bad} after step {step}"
+        return f"non-finite weights in {bad}"
     kept = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in state.kept.items()}
     batch = source.batch(step, config.batch_size, acc.process_index, acc.num_processes, acc.device)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), acc.autocast():
         losses = method.losses(batch)
     for n, sd in kept.items():
         state.kept[n].load_state_dict(sd)
-    said = nonfinite_loss({n: acc.reduce(v.detach().float(), "mean").item() for n, v in losses.items()})
-    return f"{said} after step {step}" if said else None
+    return nonfinite_loss({n: acc.reduce(v.detach().float(), "mean").item() for n, v in losses.items()})
 
 
 def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any],
