@@ -231,7 +231,13 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
                         acc.clip_grad_norm_(models[n].parameters(), config.grad_clip)
                     for group in optims[n].param_groups:
                         group["lr"] = lr * lr_scales.get(n, 1.0)
-                    optims[n].step()
+                    try:
+                        optims[n].step()
+                    except RuntimeError as e:  # e.g. an lr beyond float32 (Adam's "cannot be converted ... overflow")
+                        if "overflow" not in str(e):
+                            raise
+                        raise Diverged(f"step {step + 1}: the update of {n} overflows at lr {lr:g}; nothing exported; "
+                                       "lower --lr and train again") from None
                 step += 1
                 for n, ema in state.emas.items():
                     ema.update(state.raw[n], step)
