@@ -207,3 +207,47 @@ def test_stale_temporaries_are_cleaned_on_the_next_start(run_copy):
     (run_copy / ".tmp-model-123").mkdir()
     train_teacher(resolve_train_config({}, out=run_copy, resume=True), run_copy, resume=True)
     assert not list(run_copy.rglob(".tmp-*"))
+
+
+def _mutations(data: bytes) -> list[bytes]:
+    """Random bytes of a few sizes, truncations at several lengths, an empty file."""
+    rng = random.Random(len(data))
+    cuts = sorted({0, 1, len(data) // 10, len(data) // 2, len(data) - 1})
+    return [rng.randbytes(n) for n in (1, 64, 4096)] + [data[:c] for c in cuts if c < len(data)]
+
+
+def _fuzz(path: Path, read) -> None:
+    """Every mutation of `path` is read fine or refused with a one-line UserError; nothing else escapes."""
+    original = path.read_bytes()
+    for mutated in _mutations(original):
+        path.write_bytes(mutated)
+        try:
+            read()
+        except UserError as e:
+            assert "\n" not in str(e) and (path.name in str(e) or path.parent.name in str(e)), str(e)
+    path.write_bytes(original)
+
+
+def test_fuzz_every_file_fewstep_reads(tiny_teacher, tmp_path):
+    from fewstep.accel.errorcache import ResidualProfile
+    from fewstep.bench.run import read_results
+    from fewstep.core.files import read_json_lines
+    from fewstep.core.schedules import read_schedule_file
+    from fewstep.models.io import load_model
+    from fewstep.train.checkpoint import load_checkpoint
+
+    run = Path(shutil.copytree(tiny_teacher, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
+    for f in sorted((run / "model").iterdir()):
+        _fuzz(f, lambda: load_model(run / "model"))
+    ckpt = run / "checkpoints" / "step-0000020"
+    for f in sorted(ckpt.iterdir()):
+        _fuzz(f, lambda: load_checkpoint(ckpt))
+    _fuzz(run / "metrics.jsonl", lambda: read_json_lines(run / "metrics.jsonl", "a metrics log"))
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"sigmas": [80.0, 1.0, 0.0], "sampler": "euler"}))
+    _fuzz(schedule, lambda: read_schedule_file(schedule))
+    profile = ResidualProfile("euler", [1.0, 0.0], [1.0], [[1.0]], 1, 0).save(tmp_path / "profile.json")
+    _fuzz(profile, lambda: ResidualProfile.load(profile))
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"sampler": "heun", "nfe": 35}) + "\n" + json.dumps({"sampler": "euler"}) + "\n")
+    _fuzz(results, lambda: read_results(results))

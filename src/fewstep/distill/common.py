@@ -213,7 +213,7 @@ class DistillContext:
             from fewstep.models.diffusers_folder import scheduler_config
             scheduler = scheduler_config(t.path)
         path = self.out / name
-        check_export(student, t.info.shape)
+        check_export(student, t.info.shape, t.encode_prompts(["", ""]) if t.prompt_encoder is not None else None)
         with replaced_folder(path) as tmp:
             save_model(tmp, net, info, scheduler)
         if self.data is not None:

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fewstep.core.errors import UserError
+from fewstep.core.files import first_line
 
 LATEST = "latest"
 
@@ -100,6 +101,6 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, dict[str, torch.Tensor]]
         if not modules or not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("no weights or no step")
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "delete it to resume from an older one") from None
+        raise UserError(f"checkpoint {path} is unreadable ({first_line(e)}); delete it to resume from an older "
+                        "one") from None
     return int(state.pop("step")), modules, optims, state

@@ -48,19 +48,20 @@ def reseeded(source: Any, reseed: int) -> Any:
 
 
 @torch.no_grad()
-def check_export(denoiser: nn.Module, shape: tuple[int, ...] | list[int]) -> None:
-    """Refuse to export a denoiser with non-finite weights or a non-finite probe sample D(x, sigma) at sigma_max,
-    1 and sigma_min."""
+def check_export(denoiser: nn.Module, shape: tuple[int, ...] | list[int], cond: Any = None) -> None:
+    """Refuse to export a denoiser with non-finite weights or a non-finite probe sample D(x, sigma, cond) at
+    sigma_max, 1 and sigma_min (two rows; `cond` defaults to class 0 for a class-conditional denoiser)."""
     if nonfinite_module({"model": denoiser}):
         raise Diverged("the final weights are not finite; nothing exported; lower --lr and train again")
     device = next(denoiser.parameters()).device
     sr = denoiser.sigma_range
     g = torch.Generator().manual_seed(PROBE_SEED)  # its own generator: the global RNG is left as it was
-    labels = torch.zeros(2, dtype=torch.long, device=device) if getattr(denoiser, "num_classes", 0) else None
+    if cond is None and getattr(denoiser, "num_classes", 0):
+        cond = torch.zeros(2, dtype=torch.long, device=device)
     for sigma in (sr.sigma_max, 1.0, sr.sigma_min):
         x = (torch.randn(2, *shape, generator=g) * sigma).to(device)
         with torch.random.fork_rng(devices=[]):  # e.g. label dropout in train mode must not move the global RNG
-            out = denoiser(x, torch.full((2,), float(sigma), device=device), labels)
+            out = denoiser(x, torch.full((2,), float(sigma), device=device), cond)
         if not bool(torch.isfinite(out).all()):
             raise Diverged(f"a probe sample of the final model at sigma {sigma:g} is not finite; nothing exported; "
                            "lower --lr and train again")
