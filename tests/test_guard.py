@@ -58,11 +58,12 @@ def test_repeated_blow_up_compounds_the_lr_cut_and_gives_up_in_one_line(tmp_path
 
 
 def test_resume_after_a_roll_back_is_bit_exact(tmp_path, monkeypatch):
-    poison_weights_at(15, 1, monkeypatch)
-    whole = train_teacher(tiny_config(steps=30), tmp_path / "whole")
-    poison_weights_at(15, 1, monkeypatch)
-    train_teacher(tiny_config(steps=30), tmp_path / "cut", stop_at=25)  # killed after a checkpoint past the roll-back
-    cut = train_teacher(tiny_config(steps=30), tmp_path / "cut", resume=True)
+    config = tiny_config(checkpoint_every=5)
+    poison_weights_at(7, 1, monkeypatch)
+    whole = train_teacher(config, tmp_path / "whole")
+    poison_weights_at(7, 1, monkeypatch)
+    train_teacher(config, tmp_path / "cut", stop_at=12)  # killed after a checkpoint past the roll-back
+    cut = train_teacher(config, tmp_path / "cut", resume=True)
     assert [e["reseed"] for e in events(tmp_path / "cut")] == [1]
     a, b = (load_file(p / "diffusion_pytorch_model.safetensors") for p in (whole, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
