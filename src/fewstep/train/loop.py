@@ -296,7 +296,7 @@ def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], g
 
 def _unhealthy(method: Method, state: TrainState, source: BatchSource, step: int, config: LoopConfig,
                acc: Any) -> str | None:
-    """Why the state after `step` must not be kept: a non-finite weight, or non-finite losses of the step's batch.
+    """Why the state after `step` must not be kept: a non-finite weight, or non-finite losses of the next batch.
 
     The probe forks the RNG and restores the method's own state modules, so a healthy run is bit-for-bit unchanged.
     """
