@@ -24,6 +24,7 @@ from PIL import Image
 from fewstep.data import load_dataset, parse_spec
 from fewstep.data.items import materialize
 from fewstep.data.sources import open_items
+from fewstep.data.batches import TensorSource
 from fewstep.data.stream import StreamSource
 
 
@@ -67,6 +68,27 @@ def timed(fn, repeats: int = 1) -> float:
     return float(np.median(seconds))
 
 
+def training_rate(resolution: int, batch: int, preset: str, steps: int = 5) -> float:
+    """Images/s one EDM training step of a `preset` U-Net consumes at this resolution (the rate loading must beat)."""
+    from fewstep.core.precond import EDMPrecond
+    from fewstep.models.networks import build_network, call_network
+    from fewstep.train.edm import EDMTraining
+
+    torch.manual_seed(0)
+    denoiser = EDMPrecond(build_network("unet", preset, (3, resolution, resolution), 0), call_network, 0.5)
+    method, opt = EDMTraining(denoiser), torch.optim.Adam(denoiser.parameters(), 1e-4)
+    x = torch.rand(batch, 3, resolution, resolution) * 2 - 1
+
+    def step(s: int) -> None:
+        loss = method.losses(TensorSource(x, None, 0).batch(s, batch, 0, 1, torch.device("cpu")))["model"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(0)  # warm-up
+    return batch / timed(lambda: [step(s) for s in range(1, steps + 1)]) * steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
@@ -75,6 +97,7 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-preset", default="small", help="the U-Net whose training step rate loading must beat")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,6 +124,8 @@ def main() -> None:
         seconds = timed(lambda: load_dataset(f"folder:{folder}?resolution={args.resolution}"), args.repeats)
         print(f"load_dataset(folder) end to end (listing, split, read with default workers): {args.n / seconds:.0f} "
               "images/s")
+    print(f"training step rate, {args.train_preset} U-Net at {args.resolution}x{args.resolution}, batch {args.batch}: "
+          f"{training_rate(args.resolution, args.batch, args.train_preset):.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,19 @@ def arch_of_spec(spec: str) -> str:
     return "dit" if spec.startswith(("fbcache", "errorcache")) else "unet"
 
 
-@pytest.mark.parametrize("spec", ["deepcache:interval=1", "deepcache:interval=1,branch=1", "encprop:interval=1",
-                                  "fbcache:threshold=0", "none"])
+EXACT_SPECS = ["deepcache:interval=1", "deepcache:interval=1,branch=1", "encprop:interval=1", "fbcache:threshold=0",
+               "none"]
+
+
+def test_every_registered_cache_has_an_exact_setting_and_a_removal_test():
+    """A new cache joins the shared checks below (as diffusers' scheduler tests do); errorcache's exactness needs a
+    profile and has its own test."""
+    names = {spec.split(":")[0] for spec in EXACT_SPECS}
+    assert names | {"errorcache"} == set(CACHES)
+    assert {spec.split(":")[0] for spec in UNET_SPECS + DIT_SPECS} | {"none", "errorcache"} == set(CACHES)
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
 def test_interval_one_and_threshold_zero_reproduce_the_model(spec, sampler):
     d = model("dit" if spec.startswith("fbcache") else "unet", "small" if spec.startswith("fbcache") else "tiny")

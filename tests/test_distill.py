@@ -103,7 +103,7 @@ def test_reflow_student_is_straight_enough_for_one_step(ring_teacher, toy_refere
     assert curve[-1] < curve[0]
 
 
-@pytest.mark.parametrize("method", ["consistency", "progressive", "dmd2", "add", "lightning"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_killed_distillation_resumes_bit_exactly(tiny_teacher, tmp_path, method):
     def cfg():
         return resolve_distill_config({"teacher": str(tiny_teacher), "method": method, "preset": "tiny",

@@ -117,13 +117,15 @@ def test_ties_use_the_distance_of_the_floor_from_the_ideal():
     assert ties(a, b) == {"fd": False, "recall": True}
 
 
-def test_frechet_distance_with_fewer_samples_than_dimensions_matches_the_full_formula():
+@pytest.mark.parametrize("n_a, n_b, dim", [(40, 55, 300), (600, 500, 64)])
+def test_frechet_distance_equals_torchmetrics(n_a, n_b, dim):
+    """Both paths (n < dim: the n x n problem; n >= dim: covariances) equal torchmetrics' FID formula."""
     from torchmetrics.image.fid import _compute_fid
 
     from fewstep.metrics.image import frechet_distance
 
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(40, 300, generator=g, dtype=torch.float64)
-    b = torch.randn(55, 300, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    a = torch.randn(n_a, dim, generator=g, dtype=torch.float64) @ torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    b = torch.randn(n_b, dim, generator=g, dtype=torch.float64) * 1.3 + 0.2
     full = float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
     assert frechet_distance(a, b) == pytest.approx(full, rel=1e-6)

@@ -59,10 +59,14 @@ def test_evaluate_reports_every_metric_with_its_floor(gaussians):
     assert toy_floor(gaussians, N) == toy_floor(gaussians, N)
 
 
-def test_a_set_without_a_sampler_has_no_toy_metrics():
+def test_a_set_known_only_by_its_points_is_measured_against_its_own_rows():
+    """No exact sampler and no density (a user's points file): reference and floor are disjoint rows of the data's
+    own points, logp is absent, and mode coverage still comes from the centres."""
     data = load_dataset("8gaussians")
-    data.sampler = None
-    with pytest.raises(UserError, match="no exact sampler"):
-        evaluate_samples(data, uniform(10))
+    data.sampler, data.log_density = None, None
+    row = evaluate_samples(data, uniform(200))
+    assert "logp" not in row and row["n_ref"] == 200 and row["floor_n"] == 200
+    assert row["sw2_floor"] < row["sw2"] and row["modes_covered_floor"] == 1.0
+    assert row["off_mode"] > 0.5 > row["off_mode_floor"]  # uniform noise sits mostly between the modes
     with pytest.raises(UserError, match="at least 4 samples"):
         evaluate_samples(load_dataset("8gaussians"), uniform(3))

@@ -1,5 +1,8 @@
 """Accelerated model folders (`fewstep accelerate`): the same weights, with a fewstep.json recording a sampling plan.
 
+A Stable-Diffusion-layout pipeline folder stays one: its components are hard-linked (or copied) unchanged, so
+diffusers still loads the copy, and fewstep.json beside model_index.json records the plan.
+
 The folder's fewstep.json records the plan's cache, guidance, CFG scale and interval (ModelInfo.acceleration) and
 its sampler and schedule (ModelInfo.sampler, as a distilled student records its own: name, schedule, steps and, for
 a searched schedule, its sigmas). Sampling, evaluating or benching the folder builds its plan from that record.
@@ -8,6 +11,7 @@ a searched schedule, its sigmas). Sampling, evaluating or benching the folder bu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -30,6 +34,18 @@ def _check_out(source: Path, out: Path, force: bool) -> None:
             raise UserError(f"--force replaces model folders only; {out} has no {FEWSTEP_JSON}, choose a new folder")
 
 
+def _link_or_copy(src: str, dst: str) -> str:
+    """Weights (.safetensors, never rewritten in place) are hard-linked where the file system allows; the rest,
+    fewstep.json included, is copied, so writing the new record never touches the source folder."""
+    if src.endswith(".safetensors"):
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:
+            pass
+    return shutil.copy2(src, dst)
+
+
 def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSettings | None = None,
                      force: bool = False, dry_run: bool = False) -> ModelInfo:
     """Copy a model folder to `out` with its fewstep.json recording the sampling plan; the recorded ModelInfo.
@@ -49,6 +65,6 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     if dry_run:
         return info
     with replaced_folder(out) as tmp:  # a failed copy leaves `out` as it was
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
         (tmp / FEWSTEP_JSON).write_text(json.dumps({"fewstep_version": __version__, **asdict(info)}, indent=2))
     return info

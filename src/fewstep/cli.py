@@ -69,15 +69,51 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.models.io import load_model
     from fewstep.sample import class_labels, sample_model
 
+    prompts = _prompts(args)  # a bad prompt file fails before the model loads
     model = load_model(args.model, args.device)
     labels = class_labels(model, args.n, args.class_label, args.classes)
-    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device)
-    path = save_samples(result.samples, args.out)
+    result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
+                          prompts=prompts, negative_prompt=args.negative_prompt)
+    images = model.decode(result.samples, args.batch_size)  # latents -> pixels; pixel models as they are
+    if prompts is None:
+        path = save_samples(images, args.out)
+    else:
+        from fewstep.data.visualize import save_prompt_grid
+        path = save_prompt_grid(images, [prompts[i % len(prompts)] for i in range(args.n)], args.out)
     if args.save_tensor:
         from safetensors.torch import save_file
-        save_file({"samples": result.samples.contiguous()}, args.save_tensor)
-    print(f"wrote {path} ({args.n} samples, NFE {result.nfe})")
+        decoded = {"images": images.contiguous()} if model.autoencoder is not None else {}
+        save_file({"samples": result.samples.contiguous(), **decoded}, args.save_tensor)
+    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {_conditioning(model, args, prompts)})")
     return 0
+
+
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    """--prompt TEXT or the lines of --prompts FILE (None when neither is given)."""
+    from fewstep.core.errors import UserError
+    from fewstep.data.prompts import prompt_sets, read_prompts
+
+    if args.prompt is not None and args.prompts is not None:
+        raise UserError("give --prompt TEXT or --prompts FILE, not both")
+    if args.prompts and args.prompts.startswith("captions"):  # the first n captions of a test split
+        return prompt_sets(args.prompts, args.n)[0].prompts
+    return [args.prompt] if args.prompt is not None else read_prompts(args.prompts) if args.prompts else None
+
+
+def _conditioning(model: Any, args: argparse.Namespace, prompts: list[str] | None) -> str:
+    """What the samples were conditioned on, in words, for the printed line."""
+    from fewstep.plan import build_plan
+
+    if prompts is None:
+        what = (f"class {args.class_label}" if args.class_label is not None else
+                "classes cycling" if args.classes and model.info.num_classes else "unconditional")
+    else:
+        source = f"{len(prompts)} prompts from {args.prompts}" if args.prompts else f"prompt {prompts[0]!r}"
+        scale = build_plan(model, _plan_settings(args)).cfg_scale
+        null = f"negative prompt {args.negative_prompt!r}" if args.negative_prompt else "the empty prompt"
+        what = f"text: {source}, CFG {scale:g} against {null}"
+    decoded = f"; decoded by the VAE to {'x'.join(map(str, model.info.image_shape))}" if model.autoencoder else ""
+    return what + decoded
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -106,7 +142,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=args.seed, batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
-                            device=args.device, inception=args.inception)
+                            device=args.device, inception=args.inception, prompts=args.prompts,
+                            negative_prompt=args.negative_prompt, clip=args.clip)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
@@ -138,9 +175,14 @@ def _print_row(row: dict, as_json: bool) -> None:
         q = quality_key(row)
         accel = "".join(f"  {row[k]}" for k in ("cache", "guidance") if row.get(k))
         fid = f"  fid_inception {row['fid_inception']:.4g}" if "fid_inception" in row else ""
+        fid += "".join(f"  {p}prompt_accuracy {row[p + 'prompt_accuracy']:.3g} "
+                       f"(real {row[p + 'prompt_accuracy_floor']:.3g})"
+                       for p in ("", "heldout_") if p + "prompt_accuracy" in row)
         print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
               flush=True)
+        if row.get("scored_by"):
+            print(f"{'':>15} prompts {row['prompt_set']}: {row['scored_by']}", flush=True)
 
 
 def cmd_search_schedule(args: argparse.Namespace) -> int:
@@ -149,7 +191,8 @@ def cmd_search_schedule(args: argparse.Namespace) -> int:
     from fewstep.core.schedules import write_schedule_file
 
     result = search_schedule(args.model, args.sampler, steps_for_nfe(args.sampler, args.nfe), args.n, args.seed,
-                             args.evaluations, args.dataset, args.batch_size, args.device)
+                             args.evaluations, args.dataset, args.batch_size, args.device, args.prompts,
+                             args.cfg_scale)
     write_schedule_file(result, args.out)
     print(f"wrote {args.out}: {args.sampler} NFE {result['nfe']}, {result['objective']} {result['quality']:.4g} "
           f"(karras {result['start_quality']:.4g}) on held-out seed {args.seed}; {result['evaluations']} evaluations "
@@ -178,7 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fewstep.bench.run import run_bench
     from fewstep.bench.suite import resolve_suite
 
-    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device)
+    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device, args.prompts)
     report = run_bench(suite, args.out)
     rows = json.loads((Path(args.out) / "results.json").read_text())
     print(f"{summary_table(rows)}\n\nreport: {report}")
@@ -207,6 +250,12 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
     parser.add_argument("--cache", help="feature cache, e.g. deepcache:interval=3,branch=0 | encprop:interval=2 | "
                                         "fbcache:threshold=0.05 | errorcache:profile=P.json,budget=0.3; "
                                         "none = off (default: the recorded one)")
+
+
+def _add_prompt_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", help="text-to-image prompt set: FILE (one prompt per line) | captions:seen | "
+                                          "captions:heldout | captions (both, reported apart; the default of a "
+                                          "captions model)")
 
 
 def _plan_settings(args: argparse.Namespace) -> Any:
@@ -247,6 +296,10 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
+    p.add_argument("--prompt", help="text-to-image: condition every sample on this prompt")
+    p.add_argument("--prompts", help="text-to-image: a UTF-8 file, one prompt per line (sample i gets prompt i mod k; "
+                                     "the grid has one labelled row per prompt), or captions:seen | captions:heldout")
+    p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
@@ -264,6 +317,9 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", metavar="PATH.safetensors",
                    help="also report standard FID (fid_inception) with these Inception weights (docs/metrics.md)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    _add_prompt_set_flag(p)
+    p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
+    p.add_argument("--clip", metavar="DIR", help="text-to-image: also report clip_score with this local CLIP folder")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--json", action="store_true", help="print each result row as one JSON object")
     p.add_argument("--results", default="results.jsonl", help="results file to append to (default results.jsonl)")
@@ -292,6 +348,9 @@ def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1000, help="held-out noise seed, not the ruler's 0 (default 1000)")
     p.add_argument("--evaluations", type=int, default=80, help="most schedules to evaluate (default 80)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
+    _add_prompt_set_flag(p)
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="text-to-image: the CFG scale to search at (default: the model's recorded one, else 7.5)")
     p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.set_defaults(func=cmd_search_schedule)
@@ -304,6 +363,7 @@ def _bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--students", help="folder searched for student models distilled from --teacher")
     p.add_argument("--n", type=int, help="samples per row (default: the suite's, 2000)")
     p.add_argument("--device", help="cpu | cuda (default: the suite's, cpu)")
+    _add_prompt_set_flag(p)
     p.set_defaults(func=cmd_bench)
 
 

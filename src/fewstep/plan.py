@@ -7,8 +7,9 @@ sampler, a student's own sigmas, an accelerated folder's cache and guidance) and
 applied to a model by one context (`plan.applied(model)`) that removes everything it added.
 
 Precedence, per setting: an explicit setting > a schedule file's sigmas and sampler > the model's record > the
-defaults (Heun, Karras, 18 steps, no guidance, no cache). `guidance="none"` also drops a recorded CFG scale and
-interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
+defaults (Heun, Karras, 18 steps, no guidance, no cache; a text-to-image model's CFG scale
+models.info.TEXT_CFG_SCALE, as diffusers' StableDiffusionPipeline). `guidance="none"` also drops a recorded or
+default CFG scale and interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fewstep.core.cond import CondLike
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import explicit, is_schedule_file, make_schedule, read_schedule_file
-from fewstep.models.info import LoadedModel
+from fewstep.models.info import LoadedModel, default_cfg_scale
 from fewstep.samplers import SampleResult, generate, get_sampler
 
 DEFAULT_SAMPLER = {"name": "heun", "schedule": "karras", "steps": 18}
@@ -132,8 +133,9 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
     recorded = model.info.acceleration or {}
     guided = {} if s.guidance == "none" else recorded
     interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
+    default_scale = 1.0 if s.guidance == "none" else default_cfg_scale(model)
     return SamplingPlan(sampler=sampler, schedule=schedule, sigmas=sigmas, recorded_sigmas=recorded_sigmas,
-                        cfg_scale=guided.get("cfg_scale", 1.0) if s.cfg_scale == 1.0 else s.cfg_scale,
+                        cfg_scale=default_scale if s.cfg_scale == 1.0 else s.cfg_scale,
                         cfg_interval=tuple(interval) if interval else None,
                         guidance=guided.get("guidance") if s.guidance is None else s.guidance,
                         cache=recorded.get("cache") if s.cache is None else s.cache)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
-from fewstep.models.info import LoadedModel
+from fewstep.models.info import LoadedModel, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.plan import PlanSettings, build_plan, sample
 from fewstep.samplers import SampleResult
@@ -17,6 +19,9 @@ def class_labels(model: LoadedModel, n: int, label: int | None = None, cycle: bo
     """Labels for n samples: all `label`, or 0..C-1 cycling (`cycle`), on a class-conditional model; else None."""
     classes = model.info.num_classes
     if label is not None:
+        if model.prompt_encoder is not None:
+            raise UserError("--class-label given, but this model is conditioned on text prompts; give --prompt TEXT "
+                            "or --prompts FILE instead")
         if not classes:
             raise UserError("--class-label given, but this model is unconditional")
         if not 0 <= label < classes:
@@ -40,11 +45,14 @@ def check_sample_memory(model: LoadedModel, n: int) -> None:
 
 
 def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSettings | None = None, seed: int = 0,
-                 cond: torch.Tensor | None = None, batch_size: int = 256, device: str = "cpu",
-                 cycle_classes: bool = False) -> SampleResult:
+                 cond: torch.Tensor | Cond | None = None, batch_size: int = 256, device: str = "cpu",
+                 cycle_classes: bool = False, prompts: Sequence[str] | None = None,
+                 negative_prompt: str | None = None) -> SampleResult:
     """Draw n samples from a model folder with its recorded sampling plan, overridden by `settings`.
 
-    `cond` conditions sample i on row i; `cycle_classes` labels sample i with class i mod C instead.
+    `cond` conditions sample i on row i; `cycle_classes` labels sample i with class i mod C instead; `prompts`
+    conditions sample i on prompts[i mod len(prompts)] (a text-to-image model, whose samples are latents:
+    `model.decode` turns them into images).
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -52,6 +60,13 @@ def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSet
         raise UserError(f"--steps must be at least 1, got {settings.steps}")
     model = model if isinstance(model, LoadedModel) else load_model(model, device)
     check_sample_memory(model, n)
+    if prompts is not None:
+        cond = prompt_cond(model, prompts, n, negative_prompt)
+    elif negative_prompt is not None:
+        raise UserError("a negative prompt needs prompts: pass --prompt TEXT or --prompts FILE as well")
     if cond is None:
+        if model.prompt_encoder is not None:
+            raise UserError("this model is conditioned on text prompts; give --prompt TEXT or --prompts FILE "
+                            "(prompts=[...] in Python)")
         cond = class_labels(model, n, cycle=cycle_classes)
     return sample(model, build_plan(model, settings), n, seed, cond, batch_size, device)

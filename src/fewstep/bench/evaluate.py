@@ -13,15 +13,17 @@ import torch
 from fewstep.accel import AdaptiveGuidance
 from fewstep.bench.provenance import machine, stamp, versions
 from fewstep.bench.reference import converged_samples
+from fewstep.core import cond as conds
+from fewstep.core.cond import Cond, CondLike
 from fewstep.core.errors import UserError
 from fewstep.core.noise import SampleNoise
 from fewstep.data import load_recorded
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
 from fewstep.metrics.inception import inception_quality, load_inception
-from fewstep.models.info import image_size
+from fewstep.models.info import LoadedModel, image_size
 from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
-from fewstep.samplers import generate, get_sampler, initial_latents
+from fewstep.samplers import SampleResult, generate, get_sampler, initial_latents
 
 
 @dataclass
@@ -38,20 +40,26 @@ class EvalSettings(PlanSettings):
     dataset: str | None = None  # defaults to the dataset recorded in fewstep.json
     device: str = "cpu"
     inception: str | None = None  # Inception weights (.safetensors) for standard FID (docs/metrics.md)
+    prompts: str | None = None  # a text-to-image model's prompt set (fewstep.data.prompts); None = its default
+    negative_prompt: str | None = None  # the null condition of text CFG (None = the empty prompt)
+    clip: str | None = None  # a local CLIP folder: text-to-image rows add clip_score (docs/evaluation.md)
 
 
-def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) -> dict[str, object]:
+def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: EvalSettings) -> dict[str, object]:
     """FLOPs per sample of a whole sampler run, median seconds per sample at timing_batch, peak memory."""
     denoiser, spec, sigmas = run.denoiser, get_sampler(plan.sampler), plan.sigmas.to(s.device)
     b = s.timing_batch
     x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
-    lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
+    if isinstance(labels, Cond):  # prompts: the rows cycle over the timing batch
+        lab = labels.select(torch.arange(b) % len(labels)).to(s.device)
+    else:
+        lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
     noise = SampleNoise(s.seed, range(b), s.device, stream=1)
 
     def timed() -> torch.Tensor:
         return spec.fn(denoiser, x, sigmas, lab, noise)
 
-    flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, None if lab is None else lab[:4],
+    flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, conds.select(lab, slice(0, 4)),
                                         SampleNoise(s.seed, range(4), s.device, stream=1))) / 4
     timing = time_per_sample(timed, b, repeats=s.timing_repeats)
     memory = peak_memory(timed, s.device)
@@ -60,12 +68,41 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels, s: EvalSettings) 
             "peak_memory_bytes": memory.peak_bytes, "memory_method": memory.method}
 
 
+def sample_and_cost(model: LoadedModel, plan: SamplingPlan, cond: CondLike,
+                    s: EvalSettings) -> tuple[SampleResult, dict, dict]:
+    """n samples of seed s.seed with the plan applied, what its accelerators skipped, and the run's cost."""
+    with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
+        result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
+                          s.batch_size, s.device)
+        skipped = {"cache_stats": run.handle.stats() if s.cache else None,
+                   "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
+                   "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
+        cost = _cost(run, plan, model.info.shape, cond, s)
+    return result, skipped, cost
+
+
+def result_row(model_path: str | Path, model: LoadedModel, s: EvalSettings, measured: dict) -> dict[str, object]:
+    """One reproducible row: the model, its hash and method, the settings, what was measured, versions, machine."""
+    return {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path),
+            "method": model.info.extra.get("distill", {}).get("method", "sampler"),
+            **{k: v for k, v in asdict(s).items() if k not in ("device",)}, **measured,
+            "versions": versions(), "machine": machine(s.device), **stamp()}
+
+
 def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, object]:
-    """Sample, score against the data (with floors) and the teacher, and cost; one reproducible result row."""
+    """Sample, score against the data (with floors) and the teacher, and cost; one reproducible result row.
+
+    A text-to-image model is sampled on its prompt sets and scored by fewstep.bench.text_eval."""
     s = settings
     if s.n < 2:
         raise UserError(f"--n must be at least 2, got {s.n}")
     model = load_model(model_path, s.device)
+    if model.prompt_encoder is not None:
+        from fewstep.bench.text_eval import evaluate_text_model
+        return evaluate_text_model(model_path, model, s)
+    if s.prompts or s.negative_prompt or s.clip:
+        raise UserError("--prompts, --negative-prompt and --clip need a text-to-image model; this one has no text "
+                        "encoder")
     data = load_recorded(model.info.data, model.info.dataset, s.dataset, image_size(model.info))
     if data is None:
         raise UserError("this model records no fewstep dataset; pass --dataset to measure it against one")
@@ -75,25 +112,14 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
     plan = build_plan(model, s)
     s = replace(s, **asdict(plan.settings()))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
-    with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
-        result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, labels,
-                          s.batch_size, s.device)
-        skipped = {"cache_stats": run.handle.stats() if s.cache else None,
-                   "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
-                   "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
-        cost = _cost(run, plan, model.info.shape, labels, s)
+    result, skipped, cost = sample_and_cost(model, plan, labels, s)
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
     if inception is not None:
         metrics.update(inception_quality(data, result.samples, inception))
-    row = {"model": str(resolve_model_dir(model_path)), "model_hash": model_hash(model.path),
-           "method": model.info.extra.get("distill", {}).get("method", "sampler"),
-           **{k: v for k, v in asdict(s).items() if k not in ("device",)}, "dataset": data.name,
-           "dataset_spec": str(data.spec or data.name),
-           "nfe": result.nfe, **skipped, **metrics, **cost,
-           "versions": versions(), "machine": machine(s.device), **stamp()}
-    return row
+    return result_row(model_path, model, s, {"dataset": data.name, "dataset_spec": str(data.spec or data.name),
+                                             "nfe": result.nfe, **skipped, **metrics, **cost})
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
@@ -136,8 +162,9 @@ def write_csv(rows: list[dict[str, object]], path: str | Path) -> Path:
 
 
 def quality_key(row: dict[str, object]) -> str:
-    """The headline quality metric of a row: fd for images, sw2 for 2-D data."""
-    return "fd" if "fd" in row else "sw2"
+    """The headline quality metric of a row: fd for images, sw2 for 2-D data, agreement with the teacher for prompts
+    without reference data."""
+    return next((k for k in ("fd", "sw2") if k in row), "agreement_rmse")
 
 
 def plot_sweep(rows: list[dict[str, object]], path: str | Path) -> Path:

@@ -13,7 +13,8 @@ from fewstep.core.schedules import is_schedule_file
 
 PLOTS = {"nfe": "NFE", "flops_per_sample": "FLOPs per sample", "seconds_per_sample": "seconds per sample"}
 MARKERS = {"converged": "*", "sampler": "o", "accelerator": "s", "student": "^"}
-EXTRA_QUALITY = ("precision", "recall", "accuracy", "mmd", "logp")  # shown beside the headline metric when present
+# shown beside the headline metric when present
+EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_prompt_accuracy", "mmd", "logp")
 
 
 def converged_row(rows: list[dict]) -> dict:

@@ -17,15 +17,17 @@ from fewstep.core.files import read_json_lines
 from fewstep.bench.report import PLOTS, label, plot_pareto, render_report
 from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
+from fewstep.data.prompts import prompt_sets
 from fewstep.data.visualize import save_samples
-from fewstep.models.io import model_hash
+from fewstep.models.io import load_model, model_hash
+from fewstep.plan import build_plan
 from fewstep.runlock import locked
 from fewstep.sample import sample_model
 from fewstep.train.teacher import GRID_N, SCATTER_N
 
 RESULTS = "results.jsonl"
 KEY_FIELDS = ("model_hash", "sampler", "schedule", "steps", "cache", "guidance", "cfg_scale", "cfg_interval", "n",
-              "seed", "timing_batch")
+              "seed", "timing_batch", "prompts")
 
 
 def settings_key(row: Mapping[str, object]) -> str:
@@ -47,10 +49,11 @@ def row_id(planned: BenchRow, key: str) -> str:
 
 def plan(suite: Suite) -> dict[str, BenchRow]:
     """The suite's rows by settings key; a setting planned twice (e.g. converged = heun at 35 NFE) is measured once."""
-    hash_of = functools.cache(model_hash)
+    hash_of, model_of = functools.cache(model_hash), functools.cache(load_model)
     planned: dict[str, BenchRow] = {}
-    for p in suite_rows(suite):
-        planned.setdefault(settings_key({"model_hash": hash_of(p.model), **asdict(p.settings)}), p)
+    for p in suite_rows(suite):  # keyed by the resolved plan, as evaluate_model records it (a recorded CFG scale)
+        resolved = asdict(build_plan(model_of(p.model), p.settings).settings())
+        planned.setdefault(settings_key({"model_hash": hash_of(p.model), **asdict(p.settings), **resolved}), p)
     return planned
 
 
@@ -87,6 +90,12 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
     if path.exists():
         return path
     s = planned.settings
+    if row.get("image_shape"):  # a text-to-image row: its first prompt set's first prompts, decoded
+        model = load_model(planned.model, s.device)
+        prompts = prompt_sets(row["prompt_set"], GRID_N)[0].prompts
+        result = sample_model(model, GRID_N, s.plan_settings(), s.seed, batch_size=s.batch_size, device=s.device,
+                              prompts=prompts, negative_prompt=s.negative_prompt)
+        return save_samples(model.decode(result.samples, s.batch_size), path)
     image = quality_key(row) == "fd"
     result = sample_model(planned.model, GRID_N if image else SCATTER_N, s.plan_settings(), s.seed,
                           batch_size=s.batch_size, device=s.device, cycle_classes=True)

@@ -19,7 +19,11 @@ DEFAULT_NFE = (1, 2, 4, 8, 16, 35)
 DEFAULT_CACHES = {  # settings that apply to a backbone, at the teacher's converged sampler and steps
     "UNet2DModel": ("deepcache:interval=2,branch=0", "deepcache:interval=3,branch=0", "encprop:interval=2"),
     "DiTTransformer2DModel": ("fbcache:threshold=0.05", "fbcache:threshold=0.1"),
+    "UNet2DConditionModel": ("deepcache:interval=2,branch=0", "deepcache:interval=3,branch=0"),
 }
+# guidance accelerators on a text-to-image model's CFG: Adaptive Guidance (Castillo et al. 2023), and guidance
+# limited to the middle sigmas (Kynkäänniemi et al. 2024, whose interval (0.28, 5.42] was found on EDM2's latents)
+TEXT_GUIDANCE = ({"guidance": "adaptive:threshold=0.995"}, {"cfg_interval": [0.28, 5.42]})
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Suite:
     timing_batch: int = 64
     batch_size: int = 256
     dataset: str = ""  # "" = the teacher's recorded dataset
+    prompts: str = ""  # a text-to-image teacher's prompt set (FILE | captions:seen | ...); "" = its default
     device: str = "cpu"
     samplers: SamplerGrid | None = None  # None: no sampler baselines
     accelerators: list[AcceleratorRow] = field(default_factory=list)
@@ -117,19 +122,22 @@ def find_students(teacher: str | Path, folder: str | Path) -> list[StudentEntry]
 
 def default_suite(teacher: str | Path) -> Suite:
     """Everything fewstep has for a teacher: samplers x schedules x NFE and the caches that fit its backbone."""
-    info = load_model(teacher).info
-    caches = DEFAULT_CACHES.get(info.network_class, ())
-    return Suite(teacher=str(teacher), samplers=SamplerGrid(), accelerators=[AcceleratorRow(cache=c) for c in caches])
+    model = load_model(teacher)
+    caches = DEFAULT_CACHES.get(model.info.network_class, ())
+    guidance = TEXT_GUIDANCE if model.prompt_encoder is not None else ()
+    return Suite(teacher=str(teacher), samplers=SamplerGrid(),
+                 accelerators=[*(AcceleratorRow(cache=c) for c in caches), *(AcceleratorRow(**g) for g in guidance)])
 
 
 def resolve_suite(path: str | None = None, teacher: str | None = None, students: str | None = None,
-                  n: int | None = None, device: str | None = None) -> Suite:
-    """The suite file (or the default suite) with the command line's teacher, students folder, n and device."""
+                  n: int | None = None, device: str | None = None, prompts: str | None = None) -> Suite:
+    """The suite file (or the default suite) with the command line's teacher, students folder, n, device and
+    prompt set."""
     if path is None and not teacher:
         raise UserError("fewstep bench needs --teacher (or a --suite file that names one)")
     suite = read_suite(path) if path else default_suite(teacher)
     suite = replace(suite, teacher=teacher or suite.teacher, n=suite.n if n is None else n,
-                    device=device or suite.device)
+                    device=device or suite.device, prompts=prompts or suite.prompts)
     if not suite.teacher:
         raise UserError(f"{path} names no teacher; add teacher = \"runs/...\" or pass --teacher")
     if students:
@@ -157,7 +165,7 @@ def _check(suite: Suite) -> None:
 def _settings(suite: Suite, sampler: str, schedule: str, steps: int, **extra) -> EvalSettings:
     return EvalSettings(sampler=sampler, schedule=schedule, steps=steps, n=suite.n, seed=suite.seed,
                         batch_size=suite.batch_size, timing_batch=suite.timing_batch, dataset=suite.dataset or None,
-                        device=suite.device, **extra)
+                        prompts=suite.prompts or None, device=suite.device, **extra)
 
 
 def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettings:

@@ -84,10 +84,13 @@ TOY_SETS = {
 }
 
 
+TOY_CENTRES = {"8gaussians": ring_centers()}  # sets made of separated modes: the ruler reports their coverage
+
+
 def load_toy(name: str, seed: int = 0) -> Dataset:
     """A 2-D set: fixed train/test draws, the exact sampler and the exact log-density."""
     draw, density = TOY_SETS[name]
     g = torch.Generator().manual_seed(seed)
     train, test = draw(N_TRAIN, g), draw(N_TEST, g)
     return Dataset(name, "vector", train.float(), test.float(), log_density=density(),
-                   sampler=lambda n, gen: draw(n, gen).float())
+                   sampler=lambda n, gen: draw(n, gen).float(), centres=TOY_CENTRES.get(name))

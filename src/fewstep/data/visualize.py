@@ -37,6 +37,31 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = N
     return path
 
 
+def save_prompt_grid(images: torch.Tensor, prompts: list[str], path: str | Path, cell: int = 64) -> Path:
+    """Write a PNG with one row per distinct prompt (its samples, in order), the prompt written above its row."""
+    from PIL import Image, ImageDraw
+
+    if len(prompts) != len(images):
+        raise ValueError(f"one prompt per image, got {len(prompts)} prompts for {len(images)} images")
+    order = list(dict.fromkeys(prompts))
+    rows = [[i for i, p in enumerate(prompts) if p == prompt] for prompt in order]
+    ncol, pad, band = max(len(r) for r in rows), 2, 14
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().expand(-1, 3, -1, -1)
+    width = max(pad + ncol * (cell + pad), pad + 6 * max(len(p) for p in order))  # the default font: 6 px a letter
+    canvas = Image.new("RGB", (width, len(rows) * (band + cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (prompt, members) in enumerate(zip(order, rows)):
+        top = pad + r * (band + cell + pad)
+        draw.text((pad, top), prompt, fill="black")
+        for c, i in enumerate(members):
+            tile = Image.fromarray(pixels[i].permute(1, 2, 0).numpy()).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (pad + c * (cell + pad), top + band))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None, title: str = "") -> Path:
     """Scatter 2-D samples (blue) over reference data (grey) and write a PNG."""
     import matplotlib

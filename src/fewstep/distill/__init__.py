@@ -13,7 +13,7 @@ from typing import Any, Callable
 from fewstep.config import DISTILL_PRESETS, DistillConfig, build_config, check_resume_changes, read_toml
 from fewstep.core.errors import UserError
 from fewstep.core.files import read_json
-from fewstep.distill import adversarial, consistency, dmd, progressive, reflow
+from fewstep.distill import adversarial, consistency, dmd, progressive, reflow, sid
 from fewstep.distill.common import DistillContext
 from fewstep.runlock import locked
 
@@ -34,6 +34,8 @@ METHODS: dict[str, DistillMethod] = {
                                  "map any point of a teacher ODE trajectory to its end (LCM-style)"),
     "reflow": DistillMethod(reflow.run, reflow.ReflowOptions, "straighten the flow on (noise, teacher sample) pairs"),
     "dmd2": DistillMethod(dmd.run, dmd.DMD2Options, "distribution matching with an online fake score (+ GAN term)"),
+    "sid": DistillMethod(sid.run, sid.SiDOptions, "score identity distillation: data-free, beats its teacher in the "
+                                                  "paper (SiD)"),
     "add": DistillMethod(adversarial.run_add, adversarial.AdversarialOptions,
                          "adversarial diffusion distillation on the teacher's features (ADD / LADD)"),
     "lightning": DistillMethod(adversarial.run_lightning, adversarial.LightningOptions,

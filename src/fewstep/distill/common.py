@@ -188,8 +188,8 @@ class DistillContext:
         return monitor
 
     def finished(self) -> bool:
-        """False while a simulated kill (stop_at) cut the run short, or on a non-main process."""
-        return self.acc.is_main_process and (self.stop_at is None or self.stop_at >= self.cfg.train_steps)
+        """False while a simulated kill (stop_at) cut the run short; every process agrees."""
+        return self.stop_at is None or self.stop_at >= self.cfg.train_steps
 
     def export(self, student: nn.Module, name: str, sampler: str, steps: list[int], method: str,
                consistency: dict[str, float] | None = None) -> Path:
@@ -214,8 +214,10 @@ class DistillContext:
             scheduler = scheduler_config(t.path)
         path = self.out / name
         check_export(student, t.info.shape, t.encode_prompts(["", ""]) if t.prompt_encoder is not None else None)
-        with replaced_folder(path) as tmp:
-            save_model(tmp, net, info, scheduler)
-        if self.data is not None:
-            preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+        if self.acc.is_main_process:  # every process holds the same student; one writes it
+            with replaced_folder(path) as tmp:
+                save_model(tmp, net, info, scheduler)
+            if self.data is not None:
+                preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+        self.acc.wait_for_everyone()
         return path

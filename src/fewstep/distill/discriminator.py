@@ -34,12 +34,12 @@ def feature_layers(net: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def _capture(layers: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
+def _capture(layers: list[nn.Module], stop: bool = True) -> Iterator[list[torch.Tensor]]:
     found: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: object, output: object) -> None:
         found.append(output[0] if isinstance(output, tuple) else output)
-        if len(found) == len(layers):
+        if stop and len(found) == len(layers):
             raise _Stop
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
@@ -59,6 +59,14 @@ def backbone_features(denoiser: nn.Module, layers: list[nn.Module], x: torch.Ten
         except _Stop:
             pass
     return list(found)
+
+
+def denoise_with_features(denoiser: nn.Module, layers: list[nn.Module], x: torch.Tensor, sigma: torch.Tensor,
+                          labels: Cond) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The denoiser's output and the outputs of `layers`, from one whole forward pass."""
+    with _capture(layers, stop=False) as found:
+        out = denoiser(x, sigma, labels)
+    return out, list(found)
 
 
 class Head(nn.Module):
@@ -115,7 +123,17 @@ class Discriminator(nn.Module):
             with torch.no_grad():
                 first = backbone_features(denoiser, self._layers, start[0], start[1], labels)
             feats = [torch.cat([f, g], dim=1 if f.ndim == 4 else -1) for f, g in zip(feats, first)]
+        return self.judge(feats, labels)
+
+    def judge(self, feats: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        """Logits [B] from the features of the layers the heads read (summed over heads)."""
         return sum(head(f, labels) for head, f in zip(self.heads, feats))
+
+    def denoise_and_judge(self, denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
+                          labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's output and the logits, from one forward pass of `denoiser` (unpaired heads)."""
+        out, feats = denoise_with_features(denoiser, self._layers, x, sigma, labels)
+        return out, self.judge(feats, labels)
 
 
 def hinge_losses(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -3,16 +3,18 @@ the teacher's ("real") and an online "fake" score at its own noised samples; no 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fewstep.config import option
+from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
 from fewstep.data.batches import Batch
@@ -40,9 +42,56 @@ class FakeScore(nn.Module):
         self.score = copy.deepcopy(generator)
         self.heads = Discriminator(self.score, shape, num_classes) if gan else None
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
-                logits: bool = False) -> torch.Tensor:
-        return self.heads(self.score, x, sigma, labels) if logits else self.score(x, sigma, labels)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fake score's denoised estimate and, with the GAN term, the heads' logits: one pass of the network
+        (the fake score's only call with gradients in a step, as DistributedDataParallel requires)."""
+        if self.heads is None:
+            return self.score(x, sigma, labels), None
+        return self.heads.denoise_and_judge(self.score, x, sigma, labels)
+
+    def logits(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The heads' logits alone (the network stops after the last layer they read)."""
+        return self.heads(self.score, x, sigma, labels)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Gradients flow through `module` to its inputs but not into its parameters."""
+    wanted = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, w in zip(module.parameters(), wanted):
+            p.requires_grad_(w)
+
+
+def generate(generator: nn.Module, sigmas: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """A generator's samples for this batch. A multistep generator trains on its own backward simulation (DMD2 sec.
+    4.5): from noise, k steps of predict-clean / re-noise along `sigmas` without gradient, then the trained step."""
+    labels, shape = batch.cond, batch.x.shape[1:]
+    sig = sigmas.to(batch.x.device)
+    k = int(torch.rand(1, generator=batch.generator) * (len(sig) - 1))  # the student step this batch trains
+    x = batch.randn(*shape) * sig[0]
+    with torch.no_grad():
+        for i in range(k):
+            x = generator(x, sig[i].expand(len(x)), labels) + sig[i + 1] * batch.randn(*shape)
+    return generator(x, sig[k].expand(len(x)), labels)
+
+
+def noised(x: torch.Tensor, batch: Batch, sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x + sigma n at EDM's training noise levels (or the given ones), and the sigmas."""
+    sigma = edm_sigma(batch) if sigma is None else sigma
+    return x + append_dims(sigma, x.ndim) * batch.randn(*x.shape[1:]), sigma
+
+
+def fake_score_loss(fake: Callable[..., torch.Tensor], x: torch.Tensor, batch: Batch,
+                    sigma_data: float) -> torch.Tensor:
+    """The fake score's EDM denoising loss on the generator's (detached) samples: it learns their score."""
+    x_f, sigma_f = noised(x.detach(), batch)
+    weight = edm_weight(append_dims(sigma_f, x.ndim), sigma_data)
+    return (weight * (fake(x_f, sigma_f, batch.cond) - x.detach()) ** 2).mean()
 
 
 class DMD2:
@@ -54,74 +103,66 @@ class DMD2:
 
     DMD2's GAN term (`gan_weight` > 0): classifier heads on the fake score network's features tell noised data from
     noised generator samples (non-saturating loss, weight `gan_weight` in the generator's loss and 1e-2 in the fake
-    score's, DMD2's ImageNet setting).
-
-    Multistep generators train on their own backward simulation (DMD2 sec. 4.5): from noise, k steps of
-    predict-clean / re-noise along `sigmas` without gradient, then the trained step at sigma_k.
+    score's, DMD2's ImageNet setting). Multistep generators train on their own backward simulation (`generate`).
     """
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0):
-        self.modules = {"generator": generator, "fake": FakeScore(generator, shape, num_classes, gan_weight > 0)}
+        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0)  # unwrapped, for the generator's turn
+        self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
         self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
         self.sigma_data = generator.sigma_data
 
-    def _generate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        labels, shape = batch.cond, batch.x.shape[1:]
-        sig = self.sigmas.to(batch.x.device)
-        k = int(torch.rand(1, generator=batch.generator) * (len(sig) - 1))  # the student step this batch trains
-        x = batch.randn(*shape) * sig[0]
-        g = self.modules["generator"]
-        with torch.no_grad():
-            for i in range(k):
-                x = g(x, sig[i].expand(len(x)), labels) + sig[i + 1] * batch.randn(*shape)
-        return g(x, sig[k].expand(len(x)), labels), labels
-
-    def _noised(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = edm_sigma(batch)
-        return x + append_dims(sigma, x.ndim) * batch.randn(*x.shape[1:]), sigma
-
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
+        labels = batch.cond
         with torch.set_grad_enabled(train_generator):
-            x, labels = self._generate(batch)
-        fake_net, out = self.modules["fake"], {}
+            x = generate(self.modules["generator"], self.sigmas, batch)
+        out = {}
         if train_generator:
-            x_s, sigma = self._noised(x.detach(), batch)
+            x_s, sigma = noised(x.detach(), batch)
             with torch.no_grad():
                 real = self.teacher(x_s, sigma, labels)
                 norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
-                grad = (fake_net(x_s, sigma, labels) - real) / append_dims(norm, x.ndim)
+                grad = (self.fake(x_s, sigma, labels)[0] - real) / append_dims(norm, x.ndim)
             out["generator"] = 0.5 * ((x - (x - grad).detach()) ** 2).mean()
             if self.gan_weight:
-                x_g, sigma_g = self._noised(x, batch)
-                out["generator"] = out["generator"] + self.gan_weight * F.softplus(-fake_net(x_g, sigma_g, labels,
-                                                                                            logits=True)).mean()
-        x_fake, sigma_f = self._noised(x.detach(), batch)
-        s_f = append_dims(sigma_f, x.ndim)
-        weight = edm_weight(s_f, self.sigma_data)
-        out["fake"] = (weight * (fake_net(x_fake, sigma_f, labels) - x.detach()) ** 2).mean()
-        if self.gan_weight:
-            x_real, sigma_r = self._noised(batch.x, batch)
-            cls = F.softplus(fake_net(x_fake, sigma_f, labels, logits=True)).mean() \
-                + F.softplus(-fake_net(x_real, sigma_r, labels, logits=True)).mean()
-            out["fake"] = out["fake"] + GAN_FAKE_WEIGHT * cls
+                x_g, sigma_g = noised(x, batch)
+                with frozen(self.fake):
+                    gan = F.softplus(-self.fake.logits(x_g, sigma_g, labels)).mean()
+                out["generator"] = out["generator"] + self.gan_weight * gan
+        if not self.gan_weight:
+            out["fake"] = fake_score_loss(lambda *a: self.modules["fake"](*a)[0], x, batch, self.sigma_data)
+            return out
+        x_fake, sigma_f = noised(x.detach(), batch)
+        weight = edm_weight(append_dims(sigma_f, x.ndim), self.sigma_data)
+        x_real, sigma_r = noised(batch.x, batch)
+        n = len(x_fake)
+        both = None if labels is None else conds.concat(labels, labels)
+        denoised, logits = self.modules["fake"](torch.cat([x_fake, x_real]), torch.cat([sigma_f, sigma_r]), both)
+        cls = F.softplus(logits[:n]).mean() + F.softplus(-logits[n:]).mean()
+        out["fake"] = (weight * (denoised[:n] - x.detach()) ** 2).mean() + GAN_FAKE_WEIGHT * cls
         return out
 
 
-def run(ctx) -> list[Path]:
-    """Train a DMD2 generator for the most requested steps and export it as out/model (consistency sampling)."""
-    opts = ctx.options
-    gan = opts.dmd_gan_weight > 0
+def train_generator(ctx, method, name: str, needs_data: bool) -> list[Path]:
+    """Train a distribution-matching generator (data only where the method or class labels need it) and export it
+    as out/model, sampled like a consistency model on its own sigmas."""
     info = ctx.teacher.info
-    data = ctx.require_data() if info.num_classes or gan else ctx.data
-    sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
-    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
-                  tuple(info.shape), info.num_classes)
+    data = ctx.require_data() if info.num_classes or needs_data else ctx.data
     items = data.train if data is not None else torch.zeros(1, *info.shape)
     trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]
     if not ctx.finished():
         return []
-    return [ctx.export(trained, "model", "consistency", ctx.steps, "dmd2")]
+    return [ctx.export(trained, "model", "consistency", ctx.steps, name)]
+
+
+def run(ctx) -> list[Path]:
+    """Train a DMD2 generator for the most requested steps."""
+    opts, info = ctx.options, ctx.teacher.info
+    sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
+    method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
+                  tuple(info.shape), info.num_classes)
+    return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)

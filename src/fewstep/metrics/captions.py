@@ -149,6 +149,23 @@ def attribute_network(resolution: int = 32, config: AttributeConfig = AttributeC
     return net.eval().requires_grad_(False)
 
 
+RULER_CONFIG = AttributeConfig()  # the attribute network eval, bench and search-schedule read text-to-image samples by
+
+
+def ruler_resolution(side: int) -> int:
+    """The resolution the ruler reads images of this side at: the side when it is 16, 32 or 64, else the nearest."""
+    return min(RESOLUTIONS, key=lambda r: abs(r - side))
+
+
+def ruler_images(images: torch.Tensor) -> torch.Tensor:
+    """Images at a resolution the ruler reads: as they are when 16, 32 or 64 pixels wide, else resized (antialiased
+    bilinear) to the nearest of them (a text-to-image model decoding to another size)."""
+    target = ruler_resolution(images.shape[-1])
+    if target == images.shape[-1]:
+        return images
+    return F.interpolate(images, size=(target, target), mode="bilinear", antialias=True, align_corners=False)
+
+
 def _quality(net: AttributeNet, images: torch.Tensor, wanted: torch.Tensor, reference: torch.Tensor) -> dict:
     return {**attribute_accuracy(net.read(images), wanted), **image_quality(net.features(images), reference)}
 

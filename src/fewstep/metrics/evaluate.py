@@ -26,9 +26,8 @@ def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor 
     if labels is not None and len(labels) != n:
         raise UserError(f"got {len(labels)} labels for {n} samples")
     if data.kind == "vector":
-        n_ref = n_ref or n
-        out = {"n": n, "n_ref": n_ref, **toy_quality(data, samples, toy_reference(data, n_ref)),
-               **toy_floor(data, n, n_ref)}
+        reference = toy_reference(data, n, n_ref)
+        out = {"n": n, "n_ref": len(reference), **toy_quality(data, samples, reference), **toy_floor(data, n, n_ref)}
         return {**out, **(teacher_agreement(samples, teacher_samples) if teacher_samples is not None else {})}
     net = feature_network(data)
     split = real_split(len(data.train) + len(data.test), n, n_ref)

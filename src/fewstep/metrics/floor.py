@@ -18,7 +18,8 @@ REFERENCE_SEED, FLOOR_SEED = 1001, 1002  # fresh 2-D draws; distinct from load_t
 
 # The value a perfect method would reach; a difference counts as a tie when smaller than |floor - ideal|.
 IDEAL = {"fd": 0.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0, "confidence": 1.0,
-         "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0, "fid_inception": 0.0,
+         "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0, "fid_inception": 0.0, "agreement_rmse": 0.0,
+         "modes_covered": 1.0, "worst_mode_ratio": 1.0, "off_mode": 0.0,
          **{f"{k}_accuracy": 1.0 for k in ("prompt", "count", "layout", "shape", "colour", "size")}}
 
 
@@ -50,15 +51,26 @@ def image_floor(data: Dataset, net: FeatureNet, n: int, n_ref: int | None = None
     return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": len(split.held_out)}
 
 
-def toy_reference(data: Dataset, n_ref: int) -> torch.Tensor:
-    """The fresh draws of the true law that samples are compared with."""
-    return fresh_samples(data, n_ref, REFERENCE_SEED)
+def _real_points(data: Dataset, n: int, n_ref: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference, floor stand-in) of vector data: fresh draws of the true law where it is known, else disjoint
+    rows of the data's own points (train then test), as for images."""
+    if data.sampler is not None:
+        return fresh_samples(data, n_ref or n, REFERENCE_SEED), fresh_samples(data, n, FLOOR_SEED)
+    pool = torch.cat([data.train, data.test])
+    split = real_split(len(pool), n, n_ref)
+    return pool[split.reference], pool[split.held_out]
+
+
+def toy_reference(data: Dataset, n: int, n_ref: int | None = None) -> torch.Tensor:
+    """The real points that n samples are compared with."""
+    return _real_points(data, n, n_ref)[0]
 
 
 def toy_floor(data: Dataset, n: int, n_ref: int | None = None) -> dict[str, float]:
-    """sw2, mmd, logp and logp_finite of n fresh true draws against the same reference as the samples."""
-    floor = toy_quality(data, fresh_samples(data, n, FLOOR_SEED), toy_reference(data, n_ref or n))
-    return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": n}
+    """Every 2-D metric of real points in place of the samples, against the same reference as the samples."""
+    reference, stand_in = _real_points(data, n, n_ref)
+    floor = toy_quality(data, stand_in, reference)
+    return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": len(stand_in)}
 
 
 def is_tie(a: float, b: float, floor: float, ideal: float = 0.0) -> bool:

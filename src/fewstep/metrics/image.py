@@ -12,22 +12,26 @@ DEFAULT_K = 3  # Kynkäänniemi et al. 2019 use k = 3
 DISTANCE_CHUNK = 2048
 
 
+def _trace_sqrt_product(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
+    """Tr (S_a S_b)^(1/2) for covariances: the eigenvalues of S_a S_b are those of the symmetric S_a^(1/2) S_b S_a^(1/2)."""
+    w, v = torch.linalg.eigh(s_a)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    return torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two feature sets, in float64.
 
-    The formula is torchmetrics' (`_compute_fid`, the trace of the square root taken from the eigenvalues of
-    S_a S_b); fewstep passes it precomputed means and covariances of its own features. With fewer samples than
-    feature dimensions the trace comes from an n x n problem instead (same value, far cheaper for 2048-d features).
+    With fewer samples than feature dimensions the trace comes from an n x n problem instead (same value, far
+    cheaper for 2048-d features).
     """
-    from torchmetrics.image.fid import _compute_fid
-
     a, b = a.double(), b.double()
-    if max(len(a), len(b)) >= a.shape[1]:
-        return float(_compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T)))
     ac, bc = a - a.mean(0), b - b.mean(0)
-    # eig(S_a S_b) \ {0} = eig(M M^T) / k with M = A_c B_c^T, k = (n_a - 1)(n_b - 1): Tr sqrt = sum of M's singular values
-    trace_sqrt = torch.linalg.svdvals(ac @ bc.T).sum() / ((len(a) - 1) * (len(b) - 1)) ** 0.5
     trace = (ac**2).sum() / (len(a) - 1) + (bc**2).sum() / (len(b) - 1)
+    if max(len(a), len(b)) >= a.shape[1]:
+        trace_sqrt = _trace_sqrt_product(torch.cov(a.T), torch.cov(b.T))
+    else:  # eig(S_a S_b) \ {0} = eig(M M^T) / k, M = A_c B_c^T, k = (n_a - 1)(n_b - 1): Tr sqrt = sum of M's singular values
+        trace_sqrt = torch.linalg.svdvals(ac @ bc.T).sum() / ((len(a) - 1) * (len(b) - 1)) ** 0.5
     return float(((a.mean(0) - b.mean(0)) ** 2).sum() + trace - 2 * trace_sqrt)
 
 

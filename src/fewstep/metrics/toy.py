@@ -64,10 +64,14 @@ def fresh_samples(data: Dataset, n: int, seed: int) -> torch.Tensor:
 
 
 def toy_quality(data: Dataset, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """sw2 and mmd against reference draws of the true law, logp and logp_finite under its exact density."""
-    logp, finite = log_density(data, samples)
-    return {"sw2": sliced_wasserstein2(samples, reference), "mmd": mmd2(samples, reference),
-            "logp": logp, "logp_finite": finite}
+    """sw2 and mmd against the reference; logp and logp_finite where the density is known; mode coverage where the
+    data has mode centres."""
+    out = {"sw2": sliced_wasserstein2(samples, reference), "mmd": mmd2(samples, reference)}
+    if data.log_density is not None:
+        out["logp"], out["logp_finite"] = log_density(data, samples)
+    if data.centres is not None:
+        out.update(mode_coverage(samples, reference, data.centres))
+    return out
 
 
 def mode_masses(samples: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
@@ -76,3 +80,22 @@ def mode_masses(samples: torch.Tensor, centers: torch.Tensor, radius: float) -> 
     nearest = d.argmin(1)
     near = d.gather(1, nearest[:, None])[:, 0] <= radius
     return torch.bincount(nearest[near], minlength=len(centers)).double() / len(samples)
+
+
+def mode_radius(centres: torch.Tensor) -> float:
+    """Half the smallest distance between two mode centres: a point within it of a centre is on that mode."""
+    if len(centres) < 2:
+        return math.inf
+    d = torch.cdist(centres.double(), centres.double())
+    return 0.5 * float(d[~torch.eye(len(centres), dtype=torch.bool)].min())
+
+
+def mode_coverage(samples: torch.Tensor, reference: torch.Tensor, centres: torch.Tensor) -> dict[str, float]:
+    """Mode collapse against the reference's mass per mode: the share of modes holding at least half their mass
+    (modes_covered), the worst mode's mass ratio (worst_mode_ratio) and the mass on no mode (off_mode)."""
+    radius = mode_radius(centres)
+    got, want = mode_masses(samples, centres, radius), mode_masses(reference, centres, radius)
+    present = want > 0
+    ratio = got[present] / want[present]
+    return {"modes_covered": float((ratio >= 0.5).double().mean()), "worst_mode_ratio": float(ratio.min()),
+            "off_mode": 1.0 - float(got.sum())}

@@ -13,6 +13,7 @@ from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
 
 FEWSTEP_JSON = "fewstep.json"
+TEXT_CFG_SCALE = 7.5  # a text-to-image model's CFG scale when its record gives none (diffusers' pipeline default)
 
 
 @dataclass
@@ -74,10 +75,33 @@ class LoadedModel:
                             + ("give class labels instead" if self.info.num_classes else "it is unconditional"))
         return self.prompt_encoder.encode(prompts, negative)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from what the sampler drew: decoded by the autoencoder, or as they are (pixel models)."""
-        return latents if self.autoencoder is None else self.autoencoder.decode(latents)
+    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images in [-1, 1] from what the sampler drew: decoded by the autoencoder, batch_size latents at a time, on
+        the autoencoder's device and returned on the latents' device; or as they are (pixel models)."""
+        if self.autoencoder is None:
+            return latents
+        device = next(self.autoencoder.parameters()).device
+        return torch.cat([self.autoencoder.decode(latents[i:i + batch_size].to(device)).to(latents.device)
+                          for i in range(0, len(latents), batch_size)])
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """What the sampler draws, from images in [-1, 1]: the autoencoder's latents, or the images themselves."""
         return images if self.autoencoder is None else self.autoencoder.encode(images)
+
+
+def prompt_cond(model: LoadedModel, prompts: Sequence[str], n: int, negative_prompt: str | None = None) -> Cond:
+    """The condition of n samples, sample i on prompts[i mod len(prompts)]: each distinct prompt encoded once,
+    without gradients; the null condition of guidance is `negative_prompt` (default: the pipeline's own)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise UserError("no prompts given; pass --prompt TEXT or --prompts FILE")
+    row_of = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    rows = torch.tensor([row_of[prompts[i % len(prompts)]] for i in range(n)])
+    return model.encode_prompts(list(row_of), negative_prompt).select(rows)
+
+
+def default_cfg_scale(model: LoadedModel) -> float:
+    """The CFG scale a model samples with unless told otherwise: its record's, else TEXT_CFG_SCALE for a
+    text-to-image model, else 1 (no guidance)."""
+    recorded = (model.info.acceleration or {}).get("cfg_scale")
+    return recorded if recorded is not None else TEXT_CFG_SCALE if model.prompt_encoder is not None else 1.0

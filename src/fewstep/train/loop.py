@@ -80,7 +80,10 @@ def make_accelerator(device: str, mixed_precision: str):
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise UserError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
     check_device(device)
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    # auto on a machine without CUDA must say cpu=True: otherwise accelerate ignores torchrun's processes, and each
+    # one runs alone as the main process on the same run folder
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
 def _lr(config: LoopConfig, step: int, scale: float) -> float:

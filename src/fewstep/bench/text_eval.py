@@ -1,0 +1,83 @@
+"""`fewstep eval` on a text-to-image model: each prompt set sampled from the same seeds, decoded, and scored.
+
+Metric dispatch: prompts the captions ruler can read (a model trained on captions, or `--prompts captions:SPLIT`)
+get prompt accuracy, per-attribute accuracy and FD / precision / recall with their floors (caption_quality); any
+other prompts have no reference data, so the row holds cost and agreement with the teacher's converged guided ODE
+only, and says so in `scored_by`. `--clip DIR` adds a CLIP score either way. One row per setting: the first prompt
+set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from fewstep.bench.evaluate import EvalSettings, result_row, sample_and_cost
+from fewstep.bench.reference import converged_samples
+from fewstep.core.errors import UserError
+from fewstep.data.prompts import PromptSet, prompt_sets
+from fewstep.metrics import captions
+from fewstep.metrics.agreement import teacher_agreement
+from fewstep.metrics.captions import caption_quality, ruler_images
+from fewstep.models.info import LoadedModel, prompt_cond
+from fewstep.models.io import load_model
+from fewstep.plan import build_plan
+from fewstep.samplers import generate
+
+NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
+
+
+def is_captions_task(model: LoadedModel, dataset: str | None = None) -> bool:
+    """Whether the model (or the --dataset override) is the captions set, whose prompts the ruler can score."""
+    return (dataset or model.info.dataset or "").startswith("captions")
+
+
+def _quality(images: torch.Tensor, prompts: PromptSet, clip: str | None) -> dict:
+    if prompts.split is not None:
+        return caption_quality(ruler_images(images), prompts.prompts, prompts.split, clip, captions.RULER_CONFIG)
+    out = {"n": len(images), "scored_by": NO_REFERENCE}
+    if clip is not None:
+        from fewstep.metrics.clip import clip_score
+        out["clip_score"] = clip_score(images, prompts.prompts, clip)
+    return out
+
+
+def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: EvalSettings) -> dict[str, object]:
+    """Sample every prompt set of `settings.prompts`, decode, score (see the module) and cost; one result row."""
+    if settings.dataset and not settings.dataset.startswith("captions"):
+        raise UserError(f"a text-to-image model is measured on prompt sets, not on {settings.dataset}; --dataset "
+                        "takes captions (its prompts are scored by the captions ruler), or pass --prompts")
+    if settings.inception:
+        raise UserError("--inception measures against a dataset's images; a text-to-image model is measured on prompt "
+                        "sets (docs/evaluation.md)")
+    plan = build_plan(model, settings)
+    s = replace(settings, **asdict(plan.settings()))
+    sets = prompt_sets(s.prompts, s.n, is_captions_task(model, s.dataset))
+    if sets[0].split is None and not s.agreement:
+        raise UserError("these prompts have no reference data, so agreement with the teacher is the only quality "
+                        "eval can measure; drop --no-agreement (or use --prompts captions:seen)")
+    teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
+    measured: dict[str, object] = {"prompt_set": "captions" if len(sets) > 1 else sets[0].name,
+                                   "split": sets[0].split, "image_shape": model.info.image_shape}
+    for i, prompts in enumerate(sets):
+        cond = prompt_cond(model, prompts.prompts, s.n, s.negative_prompt)
+        if i == 0:
+            result, skipped, cost = sample_and_cost(model, plan, cond, s)
+            measured.update(nfe=result.nfe, **skipped, **cost)
+        else:
+            with plan.applied(model) as run:
+                result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
+                                  s.batch_size, s.device)
+        images = model.decode(result.samples, s.batch_size)
+        metrics = _quality(images, prompts, s.clip)
+        if s.agreement:
+            teacher_cond = cond if teacher is model else prompt_cond(teacher, prompts.prompts, s.n, s.negative_prompt)
+            reference = converged_samples(teacher, s.n, s.seed, teacher_cond, s.batch_size, s.device, plan.cfg_scale)
+            metrics.update(teacher_agreement(images, teacher.decode(reference, s.batch_size)))
+            if prompts.split is None:
+                metrics["agreement_rmse_floor"] = 0.0  # the same noise, deterministic: no floor to hide behind
+        prefix = "" if i == 0 else f"{prompts.split}_"
+        measured.update({prefix + k: v for k, v in metrics.items() if k != "split"})
+    return result_row(model_path, model, s, measured)
