@@ -1,6 +1,7 @@
 """Quiet wall-clock of the caches (docs/BENCHMARKS.md §5): seconds per sample of each setting, interleaved, alone.
 
 Usage: python benchmarks/accel_timing.py MODEL SPEC [SPEC ...] [--steps 18] [--batch 64] [--rounds 3]
+       [--sampler heun] [--schedule karras]   (a spec may be a peer's: peer:NAME:...)
 Each round times every spec once (warm-up, then the median of 5 batches, the ruler's protocol); the table reports the
 median over rounds and the speed-up against the first spec, so a slow moment of the machine hits every setting alike.
 Run it with nothing else on the machine.
@@ -27,9 +28,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sampler", default="heun")
+    p.add_argument("--schedule", default="karras")
     a = p.parse_args()
     model = load_model(a.model)
-    sigmas = make_schedule("karras", a.steps, model.denoiser.sigma_range)
+    sigmas = make_schedule(a.schedule, a.steps, model.denoiser.sigma_range)
     classes = model.info.num_classes
     labels = torch.arange(a.batch) % classes if classes else None
     seconds: dict[str, list[float]] = {s: [] for s in a.specs}
@@ -37,11 +40,11 @@ def main() -> None:
         for spec in a.specs:
             handle = apply_cache(model, spec)
             seconds[spec].append(time_per_sample(
-                lambda: generate(model.denoiser, model.info.shape, a.batch, sigmas, "heun", 0, labels,
+                lambda: generate(model.denoiser, model.info.shape, a.batch, sigmas, a.sampler, 0, labels,
                                  batch_size=a.batch), a.batch).seconds_per_sample)
             handle.remove()
     base = statistics.median(seconds[a.specs[0]])
-    print(f"{a.model}, heun {a.steps} steps, batch {a.batch}, {torch.get_num_threads()} threads, {a.rounds} rounds")
+    print(f"{a.model}, {a.sampler} ({a.schedule}) {a.steps} steps, batch {a.batch}, {torch.get_num_threads()} threads, {a.rounds} rounds")
     print("| setting | ms/sample | speed-up |\n|---|---|---|")
     for spec, values in seconds.items():
         med = statistics.median(values)

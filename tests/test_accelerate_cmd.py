@@ -138,7 +138,7 @@ def test_dry_run_prints_the_record_and_writes_nothing(original, tmp_path, capsys
 @pytest.mark.parametrize("flags,message", [
     (["--cache", "turbo"], "unknown cache 'turbo'"),
     (["--cache", "deepcache:speed=2"], "has no setting 'speed'"),
-    (["--cache", "fbcache"], "works on a diffusers DiTTransformer2DModel"),
+    (["--cache", "fbcache"], "fbcache works on transformers"),
     (["--guidance", "adaptive"], "give it a scale"),
     (["--guidance", "adaptive:space=x0", "--cfg-scale", "2"], "space must be one of denoised, eps"),
     (["--cfg-scale", "2", "--cfg-interval", "5,1"], "needs 0 <= LO < HI"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -108,15 +109,20 @@ def test_report_holds_table_plots_grids_and_headline(bench):
     assert all(f"id='row-{r['row_id']}'" in html for r in rows)
     assert html.count("<tr id='row-") == len(rows) and "data floor (real vs real, n =" in html
     assert len(re.findall(r"<img src='data:image/png;base64,[A-Za-z0-9+/=]{100,}' alt='sw2 vs ", html)) == 3
-    assert html.count("<div class='pair'>") == len(rows) - 1  # each row beside the converged grid
+    teacher = re.search(r"<aside class='pinned'><figure><img src='([^']+)'", html).group(1)
+    assert html.count(teacher) == 1 and html.count("<figure>") == len(rows)  # the teacher's grid once, pinned
     assert "class=\"headline\">The fastest student or accelerated setting" in html or "No student or" in html
     assert "http://" not in html and "https://" not in html  # self-contained
 
 
 def row(role, family, fd, seconds, nfe=4, **kw):
+    # unpaired FD replicates of spread 0.15: the rows at FD 1.0-1.3 are not resolved from each other, FD 5 and 9 are
+    rng = random.Random(nfe)
+    reps = [fd + 0.15 * rng.gauss(0, 1) for _ in range(100)]
     return {"role": role, "family": family, "row_id": f"{family}-{nfe}".replace(" ", "-"), "model": "runs/t/model",
             "sampler": "euler", "schedule": "karras", "steps": nfe, "nfe": nfe, "cache": None, "guidance": None,
-            "cfg_scale": 1.0, "fd": fd, "fd_floor": 0.5, "precision": 0.9, "precision_floor": 0.92,
+            "cfg_scale": 1.0, "fd": fd, "fd_floor": 0.5, "fd_lo": fd - 0.2, "fd_hi": fd + 0.2, "precision": 0.9,
+            "precision_floor": 0.92, "bootstrap": {"fd": reps}, "bootstrap_resamples": 100, "bootstrap_seed": 0,
             "agreement_rmse": 0.1, "flops_per_sample": 1e8 * nfe, "seconds_per_sample": seconds, "n": 100, "seed": 0,
             "timing_batch": 64, "dataset": "digits", "time_utc": "2026-01-01T00:00:00Z",
             "machine": {"cpu_count": 2}, "versions": {"torch": "2"}, **kw}
@@ -127,11 +133,39 @@ def test_render_report_is_a_pure_function_of_rows():
             row("student", "consistency student", 1.3, 0.001, 1), row("student", "consistency student", 1.2, 0.004, 2)]
     html = render_report(rows, {}, {}, "fewstep bench --teacher runs/t", "2026-01-01")
     headline = re.search(r'class="headline">([^<]*)<', html).group(1)
-    # the fastest setting within the floor of the converged FD: the 1-step student, 20x faster
-    assert "consistency student: euler (karras), NFE 1" in headline and "20\u00d7" in headline and "a tie" in headline
-    assert html.count("class='tie'") >= 2 and "fewstep bench --teacher runs/t" in html
+    # the fastest setting not resolved worse than the converged FD: the 1-step student, 20x faster, with its ratio
+    assert "consistency student: euler (karras), NFE 1" in headline and "20\u00d7" in headline
+    assert "1.3× the teacher&#x27;s FD" in headline and "not resolved" in headline
+    assert html.count("class='tie'") == 2 and "fewstep bench --teacher runs/t" in html
     rows[2]["fd"] = rows[3]["fd"] = 5.0
+    rows[2]["bootstrap"] = rows[3]["bootstrap"] = {"fd": [5.0] * 100}
     assert "No student or accelerated setting reaches" in render_report(rows, {}, {}, "", "")
+
+
+def test_pareto_plot_draws_students_above_the_front_with_labelled_log_ticks(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from fewstep.bench.report import plot_pareto
+
+    rows = [row("converged", "teacher (converged)", 1.0, 0.02, 35), row("sampler", "euler (karras)", 9.0, 0.002),
+            row("student", "consistency student", 1.3, 0.001, 1)]
+    seen = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def inspect(fig, path, **kw):
+        ax = fig.axes[0]
+        seen["ticks"] = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        seen["font"] = ax.get_legend().get_texts()[0].get_fontsize()
+        seen["z"] = {line.get_label(): line.get_zorder() for line in ax.get_lines()}
+        seen["z"].update({c.get_label(): c.lines[0].get_zorder() for c in ax.containers})  # error-bar families
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", inspect)
+    plot_pareto(rows, "seconds_per_sample", tmp_path / "p.png")
+    assert len(seen["ticks"]) >= 3 and seen["font"] >= 9
+    assert {"Pareto front", "consistency student", "teacher (converged)"} <= set(seen["legend"])
+    assert seen["z"]["consistency student"] > seen["z"]["Pareto front"]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -139,7 +173,7 @@ def test_render_report_is_a_pure_function_of_rows():
     ('teacher = "{teacher}"\n[samplers]\nnames = ["euler"]\nnfes = [1]\n', "[samplers] has no setting 'nfes'"),
     ('teacher = "{teacher}"\n[[students]]\npath = "{teacher}/missing"\n', "does not exist"),
     ('teacher = "{teacher}"\n[[accelerators]]\ncache = "nope"\n', "unknown cache 'nope'"),
-    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on a diffusers"),
+    ('teacher = "{teacher}"\n[[accelerators]]\ncache = "fbcache"\n', "fbcache works on transformers"),
     ('teacher = "{teacher}"\nn = "many"\n', "setting 'n' expects int"),
     ('teacher = "{teacher}"\n[samplers]\nnames = ["nope"]\n', "unknown sampler 'nope'"),
     ('n = 32\n', "names no teacher"),
@@ -182,12 +216,18 @@ def test_report_renders_in_a_browser_and_sorts(bench, tmp_path):
 const th = [...document.querySelectorAll("#results th")].find(th => th.textContent === "SW2");
 const fds = () => [...document.querySelectorAll("#results tbody tr")].map(tr => tr.cells[th.cellIndex].dataset.v);
 th.click(); document.body.dataset.asc = fds(); th.click(); document.body.dataset.desc = fds();
-</script></body>"""))
+window.addEventListener("load", () => document.body.dataset.images = [...document.images].map(im => im.naturalWidth));
+</script></body>""").replace("<head>", """<head><script>document.errors = [];
+window.addEventListener("error", e => document.errors.push(e.message));
+window.addEventListener("load", () => document.body.dataset.errors = document.errors.join("|"));</script>"""))
     flags = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", "--window-size=1400,2000"]
     shot = subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", "--enable-logging=stderr", "--v=0",
                            page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "Uncaught" not in shot.stderr and (tmp_path / "shot.png").stat().st_size > 0
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert '<table id="results" class="sortable">' in dom and dom.count('<tr id="row-') == 6
+    # every image decoded (plots and grids): the page records each one's natural size
+    sizes = [int(v) for v in re.search(r'data-images="([^"]*)"', dom).group(1).split(",")]
+    assert len(sizes) == 3 + 6 and min(sizes) > 0 and 'data-errors=""' in dom
     asc, desc = ([float(v) for v in re.search(f'data-{d}="([^"]*)"', dom).group(1).split(",")] for d in ("asc", "desc"))
     assert asc == sorted(asc) and desc == asc[::-1] and len(asc) == 6

@@ -88,5 +88,68 @@ def test_demo_trains_distills_benches_and_resumes(capsys, tmp_path):
     assert {r["role"] for r in rows} == {"converged", "sampler", "student"}
     student = next(r for r in rows if r["role"] == "student")
     assert student["nfe"] == 1 and student["method"] == "reflow"
+    assert "[1/3] train the digits teacher" in stdout and "[3/3] measure both on the ruler" in stdout
     code, stdout, _ = run(capsys, "demo", "--out", str(out), "--preset", "tiny", "--device", "cpu")
-    assert code == 0 and "teacher already trained" in stdout
+    assert code == 0 and "teacher already trained" in stdout and "over all 2 runs of this folder" in stdout
+
+
+def test_every_flag_has_a_sentence_for_help_and_one_default():
+    """No help string is a field's own name; no flag states two defaults; every command has a description."""
+    import argparse
+
+    from fewstep.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser([name])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        assert sub.description and len(sub.description.split()) > 5, name
+        for action in sub._actions:
+            text = (action.help or "").split(" (default")[0]
+            words = [w for w in text.replace("|", " ").split() if any(c.isalpha() for c in w)]
+            assert len(words) >= 3, (name, action.option_strings, action.help)
+            assert text.replace(" ", "_").lower() != action.dest.lower(), (name, action.dest)
+            assert (action.help or "").count("default") <= 1, (name, action.option_strings, action.help)
+
+
+def test_sampling_a_run_that_is_still_training_names_its_checkpoint(capsys, tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints" / "step-0000200").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-0000200" / "state.json").write_text("{}")
+    (run_dir / "config.toml").write_text("")
+    code, _, err = run(capsys, "sample", "--model", str(run_dir), "--out", str(tmp_path / "g.png"))
+    assert code == 2 and err.count("\n") == 1
+    assert "not exported yet (latest checkpoint: checkpoints/step-0000200)" in err
+
+
+def test_sample_says_which_conditioning_it_used_and_checks_sampler_options(capsys, tmp_path, tiny_teacher):
+    common = ["sample", "--model", str(tiny_teacher), "--n", "4", "--steps", "2", "--out", str(tmp_path / "g.png")]
+    code, out, _ = run(capsys, *common)
+    assert code == 0 and "class labels cycling 0..9" in out
+    code, out, _ = run(capsys, *common, "--class-label", "3")
+    assert code == 0 and "every sample conditioned on class 3" in out
+    code, _, err = run(capsys, *common, "--sampler", "euler", "--eta", "0.5")
+    assert code == 2 and err.count("\n") == 1 and "sampler euler takes no option 'eta'" in err
+    code, _, err = run(capsys, *common, "--schedule", "loglinear", "--rho", "5")
+    assert code == 2 and err.count("\n") == 1 and "schedule loglinear takes no option 'rho'" in err
+
+
+def test_plan_options_reach_the_sampler_and_the_record(tiny_teacher):
+    import torch
+
+    from fewstep.models.io import load_model
+    from fewstep.plan import PlanSettings, build_plan, sample
+
+    model = load_model(tiny_teacher)
+    plain = build_plan(model, PlanSettings(sampler="edm_stochastic", steps=3))
+    churned = build_plan(model, PlanSettings(sampler="edm_stochastic", steps=3, sampler_options={"S_churn": 80.0},
+                                             schedule_options={"rho": 3.0}))
+    assert churned.sampler_record()["options"] == {"S_churn": 80.0}
+    assert churned.sampler_record()["schedule_options"] == {"rho": 3.0}
+    assert not torch.equal(plain.sigmas, churned.sigmas)
+    a, b = (sample(model, p, 4).samples for p in (plain, churned))
+    assert not torch.equal(a, b)
+    ddim = build_plan(model, PlanSettings(sampler="ddim", steps=3, sampler_options={"eta": 0.0}))
+    euler = build_plan(model, PlanSettings(sampler="euler", steps=3))
+    assert torch.equal(sample(model, ddim, 4).samples, sample(model, euler, 4).samples)
+    bf16 = build_plan(model, PlanSettings(steps=2, mixed_precision="bf16"))
+    assert sample(model, bf16, 4).samples.dtype == torch.float32 and bf16.settings().mixed_precision == "bf16"

@@ -41,13 +41,14 @@ def test_steps_for_nfe():
 def test_cli_sweep_writes_results_csv_and_plot(toy_teacher, tmp_path, capsys):
     results = tmp_path / "res.jsonl"
     code = main(["eval", "--model", str(toy_teacher), "--sweep", "--samplers", "euler,heun", "--nfe", "4,8",
-                 "--n", "128", "--timing-batch", "8", "--results", str(results), "--json"])
+                 "--n", "128", "--timing-batch", "8", "--out", str(tmp_path), "--results", "res.jsonl", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
     assert [(r["sampler"], r["nfe"]) for r in rows] == [("euler", 4), ("euler", 8), ("heun", 3), ("heun", 7)]
     assert len(results.read_text().splitlines()) == 4
-    assert (tmp_path / "res-sweep.csv").exists() and (tmp_path / "res-sweep.png").exists()
+    assert (tmp_path / "res-sweep.csv").exists() and (tmp_path / "res-sweep.png").exists()  # under --out
+    assert all(r["sw2_lo"] < r["sw2_hi"] and len(r["bootstrap"]["sw2"]) == 100 for r in rows)
     main(["eval", "--model", str(toy_teacher), "--n", "64", "--steps", "2", "--timing-batch", "8",
           "--results", str(results), "--no-agreement"])
     assert len(results.read_text().splitlines()) == 5  # results only grow

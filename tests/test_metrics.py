@@ -10,7 +10,7 @@ import torch
 from fewstep.core.errors import UserError
 from fewstep.data import load_dataset
 from fewstep.data.base import Dataset
-from fewstep.metrics import (cache_dir, evaluate_samples, feature_network, frechet_distance, is_tie,
+from fewstep.metrics import (cache_dir, evaluate_samples, feature_network, frechet_distance,
                              precision_recall, real_split, teacher_agreement, ties)
 from fewstep.metrics import features as features_module
 from fewstep.metrics.image import real_images
@@ -66,7 +66,7 @@ def test_fd_grows_with_noise_and_the_floor_is_below_it(digits):
     assert fds[0] == rows[0]["fd_floor"] and rows[0]["precision"] == rows[0]["precision_floor"]
     assert fds == sorted(fds) and len(set(fds)) == 4
     assert rows[0]["n"] == rows[0]["n_ref"] == rows[0]["floor_n"] == N
-    assert not is_tie(fds[1], fds[3], rows[0]["fd_floor"])
+    assert ties(rows[1], rows[3])["fd"] is False and rows[0]["fd_lo"] <= fds[0] <= rows[0]["fd_hi"]
 
 
 def test_precision_recall_of_real_and_of_a_collapsed_set(digits):
@@ -107,14 +107,6 @@ def test_teacher_agreement_in_data_and_feature_space(digits):
     assert shifted["agreement_rmse"] == pytest.approx(0.1) and shifted["agreement_feature_rmse"] > 0
     row = evaluate_samples(data, x, teacher_samples=noisy(x, 0.2))
     assert row["agreement_rmse"] == pytest.approx(0.2, rel=0.1)
-
-
-def test_ties_use_the_distance_of_the_floor_from_the_ideal():
-    assert is_tie(1.0, 1.5, floor=0.6) and not is_tie(1.0, 2.0, floor=0.6)
-    assert is_tie(0.90, 0.93, floor=0.95, ideal=1.0) and not is_tie(0.80, 0.93, floor=0.95, ideal=1.0)
-    a = {"fd": 1.0, "fd_floor": 0.6, "recall": 0.5, "recall_floor": 0.9, "n": 10}
-    b = {"fd": 3.0, "fd_floor": 0.5, "recall": 0.55, "recall_floor": 0.8}
-    assert ties(a, b) == {"fd": False, "recall": True}
 
 
 @pytest.mark.parametrize("n_a, n_b, dim", [(40, 55, 300), (600, 500, 64)])

@@ -192,3 +192,22 @@ def test_ode_step_per_row_equals_the_scalar_steps(solver):
         xi, s, sn = x[i:i + 1], sigma[i], sigma_next[i]
         ref = heun_step(d, xi, s, sn) if solver == "heun" else xi + to_d(xi, s.reshape(1), d(xi, s.reshape(1))) * (sn - s)
         assert torch.allclose(out[i:i + 1], ref, atol=1e-10)
+
+
+def test_ddim_eta_zero_is_the_default_and_eta_is_euler_ancestral():
+    x, s = start(8), sigmas(6)
+    noise = SampleNoise(0, range(8), stream=1)
+    assert torch.equal(SAMPLERS["ddim"].fn(MIXTURE, x, s, None, noise, eta=0.0), SAMPLERS["ddim"].fn(MIXTURE, x, s))
+    assert torch.equal(SAMPLERS["ddim"].fn(MIXTURE, x, s), SAMPLERS["euler"].fn(MIXTURE, x, s))
+    assert torch.equal(SAMPLERS["ddim"].fn(MIXTURE, x, s, None, SampleNoise(0, range(8), stream=1), eta=0.5),
+                       SAMPLERS["euler_ancestral"].fn(MIXTURE, x, s, None, SampleNoise(0, range(8), stream=1), eta=0.5))
+
+
+def test_sampler_options_are_checked_against_the_sampler():
+    from fewstep.core.errors import UserError
+    from fewstep.samplers import check_sampler_options
+
+    check_sampler_options("edm_stochastic", {"S_churn": 10.0, "S_noise": 1.0, "S_tmin": 0.1, "S_tmax": 10.0})
+    check_sampler_options("ddim", {"eta": 0.3})
+    with pytest.raises(UserError, match="sampler euler takes no option 'eta'; use ddim or euler_ancestral"):
+        check_sampler_options("euler", {"eta": 0.3})

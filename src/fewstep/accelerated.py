@@ -16,6 +16,7 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from fewstep.accel.teacache import calibrated_spec
 from fewstep.core.errors import UserError
 from fewstep.core.files import replaced_folder
 from fewstep.models.io import FEWSTEP_JSON, ModelInfo, load_model, resolve_model_dir
@@ -58,6 +59,8 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     model = load_model(model_path)
     source, out = resolve_model_dir(model_path), Path(out)
     plan = build_plan(model, settings)
+    if plan.cache:  # teacache:...,calibrate=true: fit its polynomial now, on this plan's sampler and sigmas
+        plan = replace(plan, cache=calibrated_spec(plan.cache, model, plan.sigmas, plan.sampler))
     plan.check(model)
     info = replace(model.info, sampler=plan.sampler_record(), acceleration=plan.acceleration_record(),
                    extra={**model.info.extra, "accelerated_from": str(source.resolve())})

@@ -19,9 +19,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, field_list: list) -> None
 
     for f in field_list:
         default = f.default if f.default is not MISSING else f.default_factory()
+        text = help_of(f) or f.name.replace("_", " ")
+        if "(default" not in text:  # a help that states its own default keeps only that one
+            text += f" (default: the preset's, else {default!r})" if default not in ("", None) else \
+                " (default: the preset's)"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            metavar=type(default).__name__.upper(),
-                            help=f"{help_of(f) or f.name} (default: preset or {default!r})")
+                            metavar=type(default).__name__.upper(), help=text)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, out_help: str, field_list: list) -> None:
@@ -71,7 +74,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     prompts = _prompts(args)  # a bad prompt file fails before the model loads
     model = load_model(args.model, args.device)
-    labels = class_labels(model, args.n, args.class_label, args.classes)
+    labels = class_labels(model, args.n, args.class_label, cycle=not args.unconditional)
     result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
                           prompts=prompts, negative_prompt=args.negative_prompt)
     images = model.decode(result.samples, args.batch_size)  # latents -> pixels; pixel models as they are
@@ -84,7 +87,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from safetensors.torch import save_file
         decoded = {"images": images.contiguous()} if model.autoencoder is not None else {}
         save_file({"samples": result.samples.contiguous(), **decoded}, args.save_tensor)
-    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {_conditioning(model, args, prompts)})")
+    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {conditioning_line(model, args, prompts)})")
     return 0
 
 
@@ -100,18 +103,24 @@ def _prompts(args: argparse.Namespace) -> list[str] | None:
     return [args.prompt] if args.prompt is not None else read_prompts(args.prompts) if args.prompts else None
 
 
-def _conditioning(model: Any, args: argparse.Namespace, prompts: list[str] | None) -> str:
-    """What the samples were conditioned on, in words, for the printed line."""
+def conditioning_line(model: Any, args: argparse.Namespace, prompts: list[str] | None) -> str:
+    """Which conditioning `sample` used, in words."""
     from fewstep.plan import build_plan
 
-    if prompts is None:
-        what = (f"class {args.class_label}" if args.class_label is not None else
-                "classes cycling" if args.classes and model.info.num_classes else "unconditional")
-    else:
+    num_classes = model.info.num_classes
+    if prompts is not None:
         source = f"{len(prompts)} prompts from {args.prompts}" if args.prompts else f"prompt {prompts[0]!r}"
         scale = build_plan(model, _plan_settings(args)).cfg_scale
         null = f"negative prompt {args.negative_prompt!r}" if args.negative_prompt else "the empty prompt"
         what = f"text: {source}, CFG {scale:g} against {null}"
+    elif not num_classes:
+        what = "unconditional model"
+    elif args.class_label is not None:
+        what = f"every sample conditioned on class {args.class_label}"
+    elif args.unconditional:
+        what = "class-conditional model sampled without labels (--unconditional)"
+    else:
+        what = f"class labels cycling 0..{num_classes - 1} (--class-label N for one class)"
     decoded = f"; decoded by the VAE to {'x'.join(map(str, model.info.image_shape))}" if model.autoencoder else ""
     return what + decoded
 
@@ -151,13 +160,14 @@ def _run_eval(args: argparse.Namespace) -> int:
         found = sweep(args.model, settings, args.samplers.split(","), nfes, args.schedules.split(","))
     else:
         found = iter([evaluate_model(args.model, settings)])
+    results = Path(args.out or ".") / args.results
     rows = []
     for row in found:  # each row is appended as soon as it is measured, so a stopped sweep keeps its rows
-        append_results([row], args.results)
+        append_results([row], results)
         rows.append(row)
         _print_row(row, args.json)
     if args.sweep:
-        stem = Path(args.results).with_suffix("")
+        stem = results.with_suffix("")
         write_csv(rows, f"{stem}-sweep.csv")
         plot_sweep(rows, f"{stem}-sweep.png")
         print(f"wrote {stem}-sweep.csv and {stem}-sweep.png")
@@ -178,7 +188,8 @@ def _print_row(row: dict, as_json: bool) -> None:
         fid += "".join(f"  {p}prompt_accuracy {row[p + 'prompt_accuracy']:.3g} "
                        f"(real {row[p + 'prompt_accuracy_floor']:.3g})"
                        for p in ("", "heldout_") if p + "prompt_accuracy" in row)
-        print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g} "
+        ci = f" [{row[q + '_lo']:.3g}, {row[q + '_hi']:.3g}]" if q + "_lo" in row else ""
+        print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g}{ci} "
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
               flush=True)
         if row.get("scored_by"):
@@ -221,7 +232,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fewstep.bench.run import run_bench
     from fewstep.bench.suite import resolve_suite
 
-    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device, args.prompts)
+    suite = resolve_suite(args.suite, args.teacher, args.students, args.n, args.device, args.prompts, args.seed)
     report = run_bench(suite, args.out)
     rows = json.loads((Path(args.out) / "results.json").read_text())
     print(f"{summary_table(rows)}\n\nreport: {report}")
@@ -239,7 +250,7 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
     """The sampling plan's flags (fewstep.plan.PlanSettings); unset ones take the model folder's record."""
     parser.add_argument("--sampler", help=f"sampler to {what} (default: a schedule file's, else the model's recorded "
                                           "sampler, e.g. heun or a student's own)")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's recorded steps and sigmas)")
+    parser.add_argument("--steps", type=int, help="number of sampler steps (default: the model's recorded steps and sigmas)")
     parser.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
                                            "search-schedule (default: the model's recorded schedule)")
     parser.add_argument("--cfg-scale", type=float, default=1.0,
@@ -250,6 +261,28 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
     parser.add_argument("--cache", help="feature cache, e.g. deepcache:interval=3,branch=0 | encprop:interval=2 | "
                                         "fbcache:threshold=0.05 | errorcache:profile=P.json,budget=0.3; "
                                         "none = off (default: the recorded one)")
+    for flag, key, text in SAMPLER_FLAGS:
+        parser.add_argument(flag, type=float, dest=key, help=text)
+    parser.add_argument("--rho", type=float, help="Karras schedule's rho (default 7; karras, karras_trailing)")
+    parser.add_argument("--sigma-min", type=float, help="smallest nonzero sigma of the schedule (default: the model's; "
+                                                        "karras, karras_trailing, loglinear)")
+    parser.add_argument("--sigma-max", type=float, help="largest sigma of the schedule (default: the model's; karras, "
+                                                        "karras_trailing, loglinear)")
+    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"),
+                        help="timestep spacing of schedule uniform on a discrete model, as diffusers' "
+                             "timestep_spacing (default leading)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+                        help="run the denoiser under autocast in bf16 or fp16 (fp16 does nothing on CPU; default no)")
+
+
+# (flag, sampler keyword, help): the options of samplers/ that a k-diffusion or diffusers user expects
+SAMPLER_FLAGS = (
+    ("--eta", "eta", "noise of ddim (0 = deterministic DDIM) and euler_ancestral (default: 0 for ddim, 1 for euler_ancestral)"),
+    ("--s-churn", "S_churn", "edm_stochastic: how much noise to add per step (EDM's S_churn, default 40)"),
+    ("--s-noise", "S_noise", "edm_stochastic: scale of the added noise (EDM's S_noise, default 1.003)"),
+    ("--s-tmin", "S_tmin", "edm_stochastic: churn only at sigma >= this (EDM's S_tmin, default 0.05)"),
+    ("--s-tmax", "S_tmax", "edm_stochastic: churn only at sigma <= this (EDM's S_tmax, default 50)"),
+)
 
 
 def _add_prompt_set_flag(parser: argparse.ArgumentParser) -> None:
@@ -264,8 +297,13 @@ def _plan_settings(args: argparse.Namespace) -> Any:
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    return PlanSettings(args.sampler, args.steps, args.schedule, args.cfg_scale, _interval(args.cfg_interval),
-                        args.guidance, args.cache)
+    sampler_options = {key: getattr(args, key) for _, key, _ in SAMPLER_FLAGS if getattr(args, key) is not None}
+    schedule_options = {key: getattr(args, key) for key in ("rho", "sigma_min", "sigma_max", "spacing")
+                        if getattr(args, key) is not None}
+    return PlanSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule, cfg_scale=args.cfg_scale,
+                        cfg_interval=_interval(args.cfg_interval), guidance=args.guidance, cache=args.cache,
+                        sampler_options=sampler_options or None, schedule_options=schedule_options or None,
+                        mixed_precision=args.mixed_precision)
 
 
 def _train_parser(p: argparse.ArgumentParser) -> None:
@@ -290,18 +328,21 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
 
 def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
-    p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", required=True, help="the PNG file to write (a grid of images, or a 2-D scatter plot)")
+    p.add_argument("--n", type=int, default=64, help="number of samples to draw (default 64)")
     _add_plan_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
-    p.add_argument("--classes", action="store_true", help="cycle class labels 0..C-1 over the grid")
+    p.add_argument("--classes", action="store_true",
+                   help="cycle class labels 0..C-1 over the grid (what a class-conditional model does by default)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="draw a class-conditional model's samples without labels (its null class)")
     p.add_argument("--prompt", help="text-to-image: condition every sample on this prompt")
     p.add_argument("--prompts", help="text-to-image: a UTF-8 file, one prompt per line (sample i gets prompt i mod k; "
                                      "the grid has one labelled row per prompt), or captions:seen | captions:heldout")
     p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.add_argument("--save-tensor", help="also write the samples to this .safetensors file")
     p.set_defaults(func=cmd_sample)
 
@@ -309,8 +350,8 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
 def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     _add_plan_flags(p, "measure")
-    p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--n", type=int, default=2000, help="number of samples to measure (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: sample i always gets the same noise (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass while sampling")
     p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
     p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")
@@ -320,13 +361,15 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     _add_prompt_set_flag(p)
     p.add_argument("--negative-prompt", help="text-to-image: the null condition of CFG (default: the empty prompt)")
     p.add_argument("--clip", metavar="DIR", help="text-to-image: also report clip_score with this local CLIP folder")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="print each result row as one JSON object")
-    p.add_argument("--results", default="results.jsonl", help="results file to append to (default results.jsonl)")
+    p.add_argument("--out", help="folder for the results file and a sweep's CSV and plot (default: the current one)")
+    p.add_argument("--results", default="results.jsonl",
+                   help="results file to append to, inside --out (default results.jsonl)")
     p.add_argument("--sweep", action="store_true", help="evaluate --samplers x --schedules x --nfe; write CSV + plot")
-    p.add_argument("--samplers", default="euler,heun,dpmpp_2m", help="samplers of a sweep")
-    p.add_argument("--schedules", default="karras", help="schedules of a sweep")
-    p.add_argument("--nfe", default="4,8,16,32,64,128", help="NFE budgets of a sweep")
+    p.add_argument("--samplers", default="euler,heun,dpmpp_2m", help="comma-separated samplers of a sweep")
+    p.add_argument("--schedules", default="karras", help="comma-separated schedules of a sweep (default karras)")
+    p.add_argument("--nfe", default="4,8,16,32,64,128", help="comma-separated NFE budgets of a sweep")
     p.set_defaults(func=cmd_eval)
 
 
@@ -343,7 +386,7 @@ def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler the schedule is for (default dpmpp_2m)")
     p.add_argument("--nfe", type=int, required=True, help="NFE budget: the most steps whose NFE fits")
-    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--out", required=True, help="the schedule file (JSON) to write, for --schedule")
     p.add_argument("--n", type=int, default=1000, help="samples per evaluated schedule (default 1000)")
     p.add_argument("--seed", type=int, default=1000, help="held-out noise seed, not the ruler's 0 (default 1000)")
     p.add_argument("--evaluations", type=int, default=80, help="most schedules to evaluate (default 80)")
@@ -351,8 +394,8 @@ def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     _add_prompt_set_flag(p)
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="text-to-image: the CFG scale to search at (default: the model's recorded one, else 7.5)")
-    p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass (default 1000)")
+    p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.set_defaults(func=cmd_search_schedule)
 
 
@@ -362,15 +405,16 @@ def _bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", help="suite TOML file (default: every sampler, cache and --students folder that fits)")
     p.add_argument("--students", help="folder searched for student models distilled from --teacher")
     p.add_argument("--n", type=int, help="samples per row (default: the suite's, 2000)")
-    p.add_argument("--device", help="cpu | cuda (default: the suite's, cpu)")
+    p.add_argument("--seed", type=int, help="noise seed of every row (default: the suite's, 0)")
+    p.add_argument("--device", help="device to measure on: cpu | cuda (default: the suite's, cpu)")
     _add_prompt_set_flag(p)
     p.set_defaults(func=cmd_bench)
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="fewstep-demo", help="demo directory (default fewstep-demo)")
-    p.add_argument("--preset", default="small", help="tiny | small (default small: under 30 minutes on 2 cores)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", default="fewstep-demo", help="folder for the teacher, the student and the report (default fewstep-demo)")
+    p.add_argument("--preset", default="small", help="run length: tiny (a smoke test) | small (the real demo; default small)")
+    p.add_argument("--device", default="auto", help="device to train and measure on: auto | cpu | cuda (default auto)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -203,7 +203,7 @@ class TrainConfig:
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
     label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance", at_least=0.0,
                                   at_most=1.0)
-    steps: int = option(4000, "optimiser steps", at_least=1)
+    steps: int = option(4000, "number of optimiser steps", at_least=1)
     batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
     lr: float = option(1e-3, "Adam learning rate", above=0.0)
     lr_warmup_steps: int = option(200, "linear learning-rate warm-up", at_least=0)
@@ -221,8 +221,8 @@ class TrainConfig:
     max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before giving up", at_least=0)
     explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
                                            "(0 = off)", at_least=0.0)
-    device: str = option("auto", "auto | cpu | cuda")
-    mixed_precision: str = option("no", "no | bf16 | fp16")
+    device: str = option("auto", "device to train on: auto | cpu | cuda")
+    mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
 
     RESUMABLE_CHANGES = ("steps", *RESUMABLE_RUN)
 
@@ -260,7 +260,7 @@ class DistillConfig:
     teacher: str = option("", "the teacher: run directory, fewstep model folder or diffusers folder")
     method: str = option("consistency", "the distillation method (see fewstep distill --help's list)")
     steps: str = option("1,2,4", "student step counts, e.g. 1,2,4 (progressive exports each; others record them)")
-    dataset: str = option("", "training data (default: the teacher's dataset)")
+    dataset: str = option("", "dataset to train the student on (default: the teacher's dataset)")
     preset: str = option("small", "run length: tiny (tests) | small (CPU) | base (GPU)")
     student_preset: str = option("", "'' = the teacher's network and weights; tiny | small | base = a fresh network "
                                      "of that size")
@@ -288,8 +288,8 @@ class DistillConfig:
     checkpoint_every: int = option(250, "steps between checkpoints", at_least=0)
     keep_checkpoints: int = option(2, "how many checkpoints to keep", at_least=1)
     max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping", at_least=0)
-    device: str = option("auto", "auto | cpu | cuda")
-    mixed_precision: str = option("no", "no | bf16 | fp16")
+    device: str = option("auto", "device to train on: auto | cpu | cuda")
+    mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
     options: Any = field(default=None, init=False, compare=False)  # the method's options dataclass
 
     RESUMABLE_CHANGES = ("train_steps", *RESUMABLE_RUN, "explode_factor", "guard_patience", "monitor_n",

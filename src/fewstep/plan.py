@@ -9,7 +9,10 @@ applied to a model by one context (`plan.applied(model)`) that removes everythin
 Precedence, per setting: an explicit setting > a schedule file's sigmas and sampler > the model's record > the
 defaults (Heun, Karras, 18 steps, no guidance, no cache; a text-to-image model's CFG scale
 models.info.TEXT_CFG_SCALE, as diffusers' StableDiffusionPipeline). `guidance="none"` also drops a recorded or
-default CFG scale and interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given".
+default CFG scale and interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given". Sampler
+options (DDIM's eta, EDM's churn) and schedule options (rho, sigma_min/sigma_max, a discrete model's timestep
+spacing) follow their sampler and schedule: a record's options apply only while its sampler (schedule) is the one
+used.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import torch
 from fewstep.accel.adaptive_guidance import guided_denoiser
 from fewstep.accel.base import AcceleratorHandle
 from fewstep.accel.registry import apply_cache
+from fewstep.core.autocast import autocast_denoiser
 from fewstep.core.cond import CondLike
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.errors import UserError
-from fewstep.core.schedules import explicit, is_schedule_file, make_schedule, read_schedule_file
+from fewstep.core.schedules import check_schedule_options, explicit, is_schedule_file, make_schedule, read_schedule_file
 from fewstep.models.info import LoadedModel, default_cfg_scale
-from fewstep.samplers import SampleResult, generate, get_sampler
+from fewstep.samplers import SampleResult, check_sampler_options, generate
 
 DEFAULT_SAMPLER = {"name": "heun", "schedule": "karras", "steps": 18}
 
@@ -44,6 +48,9 @@ class PlanSettings:
     cfg_interval: tuple[float, float] | None = None  # guide only for LO < sigma <= HI
     guidance: str | None = None  # a guidance accelerator on top of CFG, e.g. "adaptive:threshold=0.995"; "none"
     cache: str | None = None  # a feature cache, e.g. "deepcache:interval=3"; "none"
+    sampler_options: dict | None = None  # e.g. {"eta": 0.5} (ddim, euler_ancestral), {"S_churn": 10} (edm_stochastic)
+    schedule_options: dict | None = None  # e.g. {"rho": 5, "sigma_min": 0.01, "sigma_max": 40}, {"spacing": "trailing"}
+    mixed_precision: str | None = None  # bf16 | fp16: the denoiser under autocast; None or "no": fp32
 
     def plan_settings(self) -> "PlanSettings":
         """Just the plan's fields (for subclasses such as eval's settings)."""
@@ -70,6 +77,9 @@ class SamplingPlan:
     cfg_interval: tuple[float, float] | None = None
     guidance: str | None = None
     cache: str | None = None
+    sampler_options: dict | None = None
+    schedule_options: dict | None = None
+    mixed_precision: str | None = None
 
     @property
     def steps(self) -> int:
@@ -78,11 +88,14 @@ class SamplingPlan:
     def settings(self) -> PlanSettings:
         """The explicit settings that reproduce this plan on the same model (what a result row records)."""
         return PlanSettings(self.sampler, self.steps, self.schedule, self.cfg_scale, self.cfg_interval,
-                            self.guidance, self.cache)
+                            self.guidance, self.cache, self.sampler_options, self.schedule_options,
+                            self.mixed_precision)
 
     def sampler_record(self) -> dict[str, Any]:
-        """ModelInfo.sampler for this plan: name, schedule, steps and, for explicit sigmas, the sigmas."""
+        """ModelInfo.sampler for this plan: name, schedule, steps, their options and any explicit sigmas."""
         record = {"name": self.sampler, "schedule": self.schedule, "steps": self.steps}
+        record.update({k: v for k, v in (("options", self.sampler_options),
+                                         ("schedule_options", self.schedule_options)) if v})
         return {**record, "sigmas": list(self.recorded_sigmas)} if self.recorded_sigmas else record
 
     def acceleration_record(self) -> dict[str, Any] | None:
@@ -95,7 +108,8 @@ class SamplingPlan:
     @contextlib.contextmanager
     def applied(self, model: LoadedModel) -> Iterator[AppliedPlan]:
         """Guidance around the model's denoiser and the cache on its network, removed on exit."""
-        denoiser = guided_denoiser(model.denoiser, self.cfg_scale, self.cfg_interval, self.guidance)
+        denoiser = guided_denoiser(autocast_denoiser(model.denoiser, self.mixed_precision), self.cfg_scale,
+                                   self.cfg_interval, self.guidance)
         handle = apply_cache(model, self.cache or "none")
         try:
             yield AppliedPlan(denoiser, handle)
@@ -108,28 +122,37 @@ class SamplingPlan:
             pass
 
 
-def _sigmas(model: LoadedModel, s: PlanSettings) -> tuple[str, str | None, torch.Tensor, tuple | None]:
-    """(schedule name, a schedule file's sampler, sigmas, the sigmas as recorded) for the settings."""
+def _sigmas(model: LoadedModel, s: PlanSettings
+            ) -> tuple[str, str | None, torch.Tensor, tuple | None, dict | None]:
+    """(schedule name, a schedule file's sampler, sigmas, the sigmas as recorded, schedule options) for the settings."""
     recorded = {**DEFAULT_SAMPLER, **model.info.sampler}
     if is_schedule_file(s.schedule):
         found = read_schedule_file(s.schedule)
         steps = len(found["sigmas"]) - 1
         if s.steps is not None and s.steps != steps:
             raise UserError(f"the schedule file {s.schedule} fixes the steps ({steps}); drop --steps")
-        return str(s.schedule), found["sampler"], explicit(found["sigmas"]), tuple(found["sigmas"][:-1])
-    if s.steps is None and s.schedule is None and recorded.get("sigmas"):  # a student's or searched record
-        return recorded["schedule"], None, explicit(recorded["sigmas"]), tuple(recorded["sigmas"])
+        if s.schedule_options:
+            raise UserError(f"the schedule file {s.schedule} fixes the sigmas; drop the schedule options")
+        return str(s.schedule), found["sampler"], explicit(found["sigmas"]), tuple(found["sigmas"][:-1]), None
+    if s.steps is None and s.schedule is None and not s.schedule_options and recorded.get("sigmas"):  # a student's
+        return recorded["schedule"], None, explicit(recorded["sigmas"]), tuple(recorded["sigmas"]), None
     schedule = s.schedule or recorded["schedule"]
     steps = recorded["steps"] if s.steps is None else s.steps
-    return schedule, None, make_schedule(schedule, steps, model.denoiser.sigma_range), None
+    options = s.schedule_options or (recorded.get("schedule_options") if schedule == recorded["schedule"] else None)
+    check_schedule_options(schedule, options or {})
+    return schedule, None, make_schedule(schedule, steps, model.denoiser.sigma_range, **(options or {})), None, options
 
 
 def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> SamplingPlan:
     """Resolve `settings` against the model's record and a schedule file into an explicit, checked plan."""
     s = (settings or PlanSettings()).plan_settings()
-    schedule, file_sampler, sigmas, recorded_sigmas = _sigmas(model, s)
-    sampler = s.sampler or file_sampler or model.info.sampler.get("name", DEFAULT_SAMPLER["name"])
-    get_sampler(sampler)
+    schedule, file_sampler, sigmas, recorded_sigmas, schedule_options = _sigmas(model, s)
+    recorded_sampler = model.info.sampler.get("name", DEFAULT_SAMPLER["name"])
+    sampler = s.sampler or file_sampler or recorded_sampler
+    options = s.sampler_options or (model.info.sampler.get("options") if sampler == recorded_sampler else None)
+    check_sampler_options(sampler, options or {})
+    if s.mixed_precision not in (None, "no", "bf16", "fp16"):
+        raise UserError(f"mixed precision must be no, bf16 or fp16, got {s.mixed_precision!r}")
     recorded = model.info.acceleration or {}
     guided = {} if s.guidance == "none" else recorded
     interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
@@ -138,7 +161,9 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
                         cfg_scale=default_scale if s.cfg_scale == 1.0 else s.cfg_scale,
                         cfg_interval=tuple(interval) if interval else None,
                         guidance=guided.get("guidance") if s.guidance is None else s.guidance,
-                        cache=recorded.get("cache") if s.cache is None else s.cache)
+                        cache=recorded.get("cache") if s.cache is None else s.cache, sampler_options=options or None,
+                        schedule_options=schedule_options or None,
+                        mixed_precision=None if s.mixed_precision == "no" else s.mixed_precision)
 
 
 def sample(model: LoadedModel, plan: SamplingPlan, n: int, seed: int = 0, cond: CondLike = None,
@@ -146,7 +171,7 @@ def sample(model: LoadedModel, plan: SamplingPlan, n: int, seed: int = 0, cond: 
     """Draw n samples (items start_index.. of `seed`) from `model` with `plan` applied."""
     with plan.applied(model) as run:
         return generate(run.denoiser, model.info.shape, n, plan.sigmas, plan.sampler, seed, cond, batch_size, device,
-                        start_index)
+                        start_index, plan.sampler_options)
 
 
 __all__ = ["AppliedPlan", "PlanSettings", "SamplingPlan", "build_plan", "sample"]

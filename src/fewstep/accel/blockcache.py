@@ -1,12 +1,14 @@
-"""Block-residual caches for a diffusers DiTTransformer2DModel, and the first-block cache (FBCache / TeaCache style).
+"""Block-residual caches for any transformer fewstep loads, and the first-block cache (FBCache).
 
-A DiT's blocks map tokens h_0 -> h_L. After the first `head` blocks (h_head), the rest add the residual
-R = h_L - h_head. A cached call runs the head only and returns h_head + scale * R_j, R_j kept from the last full
-call j; the remaining blocks do not run. What decides (a threshold, an offline profile) is the subclass's choice.
+A transformer's blocks map a state s_0 -> s_L (image tokens, plus text tokens for joint blocks: blocks.py). After the
+first `head` blocks (s_head), the rest add the residual R = s_L - s_head. A cached call runs the head only and
+returns s_head + scale * R_j, R_j kept from the last full call j; the remaining blocks do not run. What decides (a
+threshold, an offline profile) is the subclass's choice.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,56 +16,65 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewstep.accel.base import AcceleratorHandle, find_network, unwrap_forward, wrap_forward
+from fewstep.accel.base import AcceleratorHandle, unwrap_forward, wrap_forward
+from fewstep.accel.blocks import Block, BlockStack, State, add, block_stack, residual
 from fewstep.core.errors import UserError
 
 
-def dit_of(target: Any, accelerator: str) -> nn.Module:
-    """The DiTTransformer2DModel inside target."""
-    from diffusers import DiTTransformer2DModel
-
-    return find_network(target, DiTTransformer2DModel, accelerator)
-
-
 class BlockCacheHandle(AcceleratorHandle):
-    """Wraps each transformer block's forward; `reuse_scale` decides per call whether to skip the tail blocks."""
+    """Wraps each transformer block's forward; `reuse_scale` decides per call whether to skip the tail blocks.
+
+    A forward pre-hook on the transformer starts each call (its batch and `timestep`, the noise level).
+    """
 
     name = "block cache"
 
-    def __init__(self, dit: nn.Module, head: int):
+    def __init__(self, stack: BlockStack, head: int):
         super().__init__()
-        self.blocks = list(dit.transformer_blocks)
+        self.blocks = stack.blocks
         if not 0 <= head < len(self.blocks):
-            raise UserError(f"{self.name} needs more than {head} transformer blocks; this DiT has {len(self.blocks)}")
+            raise UserError(f"{self.name} needs more than {head} transformer blocks; "
+                            f"this {type(stack.net).__name__} has {len(self.blocks)}")
         self.head = head
-        self.residual: torch.Tensor | None = None  # R_j of the last full call j
-        self._head_in, self._head_out, self._reusing = None, None, False
+        self.residual: State | None = None  # R_j of the last full call j
+        self.head_call: tuple[Block, tuple, dict] | None = None  # the head block's call on the current network call
+        self._head_in: State | None = None
+        self._head_out: State | None = None
+        self._reusing = False
+        signature = inspect.signature(type(stack.net).forward)
         for i, block in enumerate(self.blocks):
-            wrap_forward(block, partial(self._block_forward, i, type(block).forward.__get__(block)), self.name)
+            wrap_forward(block.module, partial(self._block_forward, i, type(block.module).forward.__get__(block.module)),
+                         self.name)
+        self._hook = stack.net.register_forward_pre_hook(partial(self._network_call, signature), with_kwargs=True)
 
-    def _block_forward(self, i: int, original: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def _network_call(self, signature: inspect.Signature, net: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = signature.bind(net, *args, **kwargs).arguments
+        self.begin_call(bound["hidden_states"], bound["timestep"])
+        self._reusing = False
+
+    def _block_forward(self, i: int, original: Any, *args: Any, **kwargs: Any) -> Any:
+        block = self.blocks[i]
         if i == 0:
-            self.begin_call(hidden_states, kwargs["timestep"])
-            self._head_in, self._reusing = hidden_states, False
+            self._head_in = block.read(args, kwargs)
         if i == self.head:
-            self._head_out = hidden_states
+            self._head_out, self.head_call = block.read(args, kwargs), (block, args, kwargs)
             scale = self.reuse_scale()
             self._reusing = scale is not None and self.residual is not None
             if self._reusing:
                 self.cached_calls += 1
-                return hidden_states + scale * self.residual
+                return block.pack(add(self._head_out, self.residual, scale))
             self.full_calls += 1
         if self._reusing:  # a tail block of a cached call: its work is already in the residual
-            return hidden_states
-        out = original(hidden_states, *args, **kwargs)
+            return block.pack(block.read(args, kwargs))
+        out = original(*args, **kwargs)
         if i == len(self.blocks) - 1:
-            self.residual = out - self._head_out
+            self.residual = residual(block.split(out), self._head_out)
             self.after_full()
         return out
 
     def head_residual(self) -> torch.Tensor:
-        """h_head - h_0 of the current call (what the first-block cache compares between calls)."""
-        return self._head_out - self._head_in
+        """h_head - h_0 of the current call's image tokens (what the first-block cache compares between calls)."""
+        return self._head_out[0] - self._head_in[0]
 
     def reuse_scale(self) -> float | None:
         """None to run the tail blocks on this call, else the factor on the kept residual (if there is one yet)."""
@@ -73,11 +84,12 @@ class BlockCacheHandle(AcceleratorHandle):
         """Called after a full call has set self.residual."""
 
     def clear(self) -> None:
-        self.residual, self._head_in, self._head_out, self._reusing = None, None, None, False
+        self.residual, self._head_in, self._head_out, self.head_call, self._reusing = None, None, None, None, False
 
     def detach(self) -> None:
+        self._hook.remove()
         for block in self.blocks:
-            unwrap_forward(block)
+            unwrap_forward(block.module)
 
 
 @dataclass
@@ -98,8 +110,8 @@ class FirstBlockCacheHandle(BlockCacheHandle):
 
     name = "fbcache"
 
-    def __init__(self, dit: nn.Module, config: FirstBlockCacheConfig):
-        super().__init__(dit, head=1)
+    def __init__(self, stack: BlockStack, config: FirstBlockCacheConfig):
+        super().__init__(stack, head=1)
         self.threshold = config.threshold
         self.full_head_residual: torch.Tensor | None = None
 
@@ -119,5 +131,5 @@ class FirstBlockCacheHandle(BlockCacheHandle):
 
 
 def apply_first_block_cache(model: Any, config: FirstBlockCacheConfig) -> FirstBlockCacheHandle:
-    """Apply the first-block cache to the DiTTransformer2DModel inside `model`."""
-    return FirstBlockCacheHandle(dit_of(model, "fbcache"), config)
+    """Apply the first-block cache to the transformer inside `model`."""
+    return FirstBlockCacheHandle(block_stack(model, "fbcache"), config)

@@ -1,4 +1,4 @@
-"""Error-aware residual reuse for a DiT (ERTACache style): an offline profile decides which calls reuse a residual.
+"""Error-aware residual reuse for a transformer (ERTACache style): an offline profile decides which calls reuse a residual.
 
 Profile: run the sampler once uncached on a few held-out seeds and keep the whole block stack's residual R_k of
 every network call k (blockcache.py, head = 0), summarised by its Gram matrix G_jk = sum over samples <R_j, R_k>.
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
-from fewstep.accel.blockcache import BlockCacheHandle, dit_of
+from fewstep.accel.blockcache import BlockCacheHandle
+from fewstep.accel.blocks import BlockStack, block_stack
 from fewstep.core.errors import UserError
 from fewstep.samplers import generate
 
@@ -78,8 +78,8 @@ class ResidualRecorder(BlockCacheHandle):
 
     name = "residual profile"
 
-    def __init__(self, dit: nn.Module):
-        super().__init__(dit, head=0)
+    def __init__(self, stack: BlockStack):
+        super().__init__(stack, head=0)
         self.residuals: list[torch.Tensor] = []
         self.levels: list[float] = []
 
@@ -87,15 +87,15 @@ class ResidualRecorder(BlockCacheHandle):
         return None
 
     def after_full(self) -> None:
-        self.residuals.append(self.residual.detach().double().flatten().cpu())
+        self.residuals.append(torch.cat([r.detach().double().flatten().cpu() for r in self.residual if r is not None]))
         self.levels.append(self.level)
 
 
 def profile_residuals(denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler: str = "heun", n: int = 8,
                       seed: int = 1000, labels: torch.Tensor | None = None,
                       device: str = "cpu") -> ResidualProfile:
-    """Profile the DiT inside `denoiser` on samples 0..n-1 of the held-out `seed`, in one batch."""
-    recorder = ResidualRecorder(dit_of(denoiser, "errorcache"))
+    """Profile the transformer inside `denoiser` on samples 0..n-1 of the held-out `seed`, in one batch."""
+    recorder = ResidualRecorder(block_stack(denoiser, "errorcache"))
     try:
         generate(denoiser, shape, n, sigmas, sampler, seed, labels, batch_size=n, device=device)
     finally:
@@ -146,8 +146,8 @@ class ErrorCacheHandle(BlockCacheHandle):
 
     name = "errorcache"
 
-    def __init__(self, dit: nn.Module, config: ErrorCacheConfig):
-        super().__init__(dit, head=0)
+    def __init__(self, stack: BlockStack, config: ErrorCacheConfig):
+        super().__init__(stack, head=0)
         self.profile = ResidualProfile.load(config.profile)
         self.reuse = choose_reuse(self.profile, config.budget)
         self._k = self._k_full = -1  # profile indices of this call and of the last full call
@@ -171,5 +171,5 @@ class ErrorCacheHandle(BlockCacheHandle):
 
 
 def apply_error_cache(model: Any, config: ErrorCacheConfig) -> ErrorCacheHandle:
-    """Apply the profiled residual cache to the DiTTransformer2DModel inside `model`."""
-    return ErrorCacheHandle(dit_of(model, "errorcache"), config)
+    """Apply the profiled residual cache to the transformer inside `model`."""
+    return ErrorCacheHandle(block_stack(model, "errorcache"), config)

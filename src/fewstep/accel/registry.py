@@ -11,6 +11,7 @@ from fewstep.accel.blockcache import FirstBlockCacheConfig, apply_first_block_ca
 from fewstep.accel.deepcache import DeepCacheConfig, apply_deepcache
 from fewstep.accel.encoder_propagation import EncoderPropagationConfig, apply_encoder_propagation
 from fewstep.accel.errorcache import ErrorCacheConfig, apply_error_cache
+from fewstep.accel.teacache import TeaCacheConfig, apply_teacache
 from fewstep.core.errors import UserError
 
 
@@ -39,14 +40,21 @@ CACHES: dict[str, CacheMethod] = {
     "encprop": CacheMethod(EncoderPropagationConfig, apply_encoder_propagation,
                            "U-Net: reuse encoder features, run the decoder"),
     "fbcache": CacheMethod(FirstBlockCacheConfig, apply_first_block_cache,
-                           "DiT: skip the tail blocks while the first block's residual barely changes"),
+                           "transformer: skip the tail blocks while the first block's residual barely changes"),
     "errorcache": CacheMethod(ErrorCacheConfig, apply_error_cache,
-                              "DiT: reuse the block stack's residual on profiled calls, with a fitted scale"),
+                              "transformer: reuse the block stack's residual on profiled calls, with a fitted scale"),
+    "teacache": CacheMethod(TeaCacheConfig, apply_teacache,
+                            "transformer: skip the stack while the modulated input's rescaled change stays small"),
 }
 
 
 def apply_cache(model: Any, spec: str) -> AcceleratorHandle:
-    """Apply the accelerator of a spec like 'deepcache:interval=3,branch=0' to a network, denoiser or LoadedModel."""
+    """Apply the accelerator of a spec like 'deepcache:interval=3,branch=0' to a network, denoiser or LoadedModel;
+    'peer:NAME:...' applies another project's cache (accel/peers.py) for comparison."""
+    if spec.strip().startswith("peer:"):
+        from fewstep.accel.peers import apply_peer
+
+        return apply_peer(model, spec)
     name, settings = parse_spec(spec)
     if name not in CACHES:
         raise UserError(f"unknown cache {name!r}; choose one of {', '.join(CACHES)}")

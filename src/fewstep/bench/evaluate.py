@@ -50,17 +50,20 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: Eval
     denoiser, spec, sigmas = run.denoiser, get_sampler(plan.sampler), plan.sigmas.to(s.device)
     b = s.timing_batch
     x = initial_latents(denoiser, s.seed, range(b), shape, sigmas[0], s.device)
+    sigmas = sigmas.to(x.dtype)  # as generate() passes them: a flow model's SIGMA_INF = 2^26 needs the state's dtype
     if isinstance(labels, Cond):  # prompts: the rows cycle over the timing batch
         lab = labels.select(torch.arange(b) % len(labels)).to(s.device)
     else:
         lab = None if labels is None else (torch.arange(b) % denoiser.num_classes).to(s.device)
     noise = SampleNoise(s.seed, range(b), s.device, stream=1)
 
+    options = plan.sampler_options or {}
+
     def timed() -> torch.Tensor:
-        return spec.fn(denoiser, x, sigmas, lab, noise)
+        return spec.fn(denoiser, x, sigmas, lab, noise, **options)
 
     flops = count_flops(lambda: spec.fn(denoiser, x[:4], sigmas, conds.select(lab, slice(0, 4)),
-                                        SampleNoise(s.seed, range(4), s.device, stream=1))) / 4
+                                        SampleNoise(s.seed, range(4), s.device, stream=1), **options)) / 4
     timing = time_per_sample(timed, b, repeats=s.timing_repeats)
     memory = peak_memory(timed, s.device)
     return {"flops_per_sample": flops, "seconds_per_sample": timing.seconds_per_sample, "timing_batch": b,
@@ -73,7 +76,7 @@ def sample_and_cost(model: LoadedModel, plan: SamplingPlan, cond: CondLike,
     """n samples of seed s.seed with the plan applied, what its accelerators skipped, and the run's cost."""
     with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
         result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
-                          s.batch_size, s.device)
+                          s.batch_size, s.device, options=plan.sampler_options)
         skipped = {"cache_stats": run.handle.stats() if s.cache else None,
                    "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
                    "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}

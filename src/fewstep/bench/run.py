@@ -14,7 +14,7 @@ from typing import Mapping
 from fewstep.bench.evaluate import append_results, evaluate_model, quality_key, write_csv
 from fewstep.bench.provenance import stamp
 from fewstep.core.files import read_json_lines
-from fewstep.bench.report import PLOTS, label, plot_pareto, render_report
+from fewstep.bench.report import PLOTS, interval_text, label, plot_pareto, render_report
 from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
 from fewstep.data.prompts import prompt_sets
@@ -61,7 +61,7 @@ def _progress_line(row: dict, done: int, total: int, bar) -> str:
     q = quality_key(row)
     elapsed = bar.format_dict["elapsed"]
     eta = bar.format_interval(elapsed / done * (total - done))
-    return (f"[{done}/{total}] {label(row)}: {q} {row[q]:.4g} (floor {row[q + '_floor']:.3g}), "
+    return (f"[{done}/{total}] {label(row)}: {q} {row[q]:.4g} {interval_text(row, q)} (floor {row[q + '_floor']:.3g}), "
             f"{row['seconds_per_sample'] * 1e3:.3g} ms/sample; ETA {eta}")
 
 

@@ -33,6 +33,9 @@ class SamplerGrid:
     names: list = field(default_factory=lambda: list(DEFAULT_SAMPLERS))
     schedules: list = field(default_factory=lambda: list(DEFAULT_SCHEDULES))
     nfe: list = field(default_factory=lambda: list(DEFAULT_NFE))
+    # Heun-type samplers under 3 steps are degenerate: the last step to sigma = 0 is plain Euler, so 2 steps are one
+    # Heun step and an Euler step from a large sigma (a near-noise grid at NFE 3); leave them out unless asked for
+    skip_degenerate: bool = True
 
 
 @dataclass
@@ -130,14 +133,16 @@ def default_suite(teacher: str | Path) -> Suite:
 
 
 def resolve_suite(path: str | None = None, teacher: str | None = None, students: str | None = None,
-                  n: int | None = None, device: str | None = None, prompts: str | None = None) -> Suite:
-    """The suite file (or the default suite) with the command line's teacher, students folder, n, device and
-    prompt set."""
+                  n: int | None = None, device: str | None = None, prompts: str | None = None,
+                  seed: int | None = None) -> Suite:
+    """The suite file (or the default suite) with the command line's teacher, students folder, n, device, prompt
+    set and seed."""
     if path is None and not teacher:
         raise UserError("fewstep bench needs --teacher (or a --suite file that names one)")
     suite = read_suite(path) if path else default_suite(teacher)
     suite = replace(suite, teacher=teacher or suite.teacher, n=suite.n if n is None else n,
-                    device=device or suite.device, prompts=prompts or suite.prompts)
+                    device=device or suite.device, prompts=prompts or suite.prompts,
+                    seed=suite.seed if seed is None else seed)
     if not suite.teacher:
         raise UserError(f"{path} names no teacher; add teacher = \"runs/...\" or pass --teacher")
     if students:
@@ -184,7 +189,7 @@ def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettin
 
 
 def _accelerator_family(a: AcceleratorRow) -> str:
-    parts = [spec.split(":")[0] for spec in (a.cache, a.guidance) if spec]
+    parts = [":".join(spec.split(":")[:2 if spec.startswith("peer:") else 1]) for spec in (a.cache, a.guidance) if spec]
     parts += ["searched schedule"] * is_schedule_file(a.schedule) + ["cfg interval"] * bool(a.cfg_interval)
     return " + ".join(parts) or f"cfg {a.cfg_scale:g}"
 
@@ -209,6 +214,11 @@ def _student_rows(suite: Suite, entry: StudentEntry, teacher: Path) -> list[Benc
     return [BenchRow(model.path, _settings(suite, sampler, schedule, k), "student", family) for k in steps]
 
 
+def is_degenerate(sampler: str, steps: int) -> bool:
+    """A second-order (Heun-type) sampler with fewer than 3 steps: mostly its final Euler step."""
+    return get_sampler(sampler).nfe(2) == 3 and steps < 3
+
+
 def suite_rows(suite: Suite) -> list[BenchRow]:
     """The rows of a suite, the teacher's converged setting first; each with explicit sampler, schedule and steps."""
     _check(suite)
@@ -222,7 +232,8 @@ def suite_rows(suite: Suite) -> list[BenchRow]:
     if grid is not None:
         rows += [BenchRow(teacher.path, _settings(suite, name, schedule, steps_for_nfe(name, nfe)), "sampler",
                           f"{name} ({schedule})")
-                 for name in grid.names for schedule in grid.schedules for nfe in grid.nfe]
+                 for name in grid.names for schedule in grid.schedules for nfe in grid.nfe
+                 if not (grid.skip_degenerate and is_degenerate(name, steps_for_nfe(name, nfe)))]
     for a in suite.accelerators:
         _try_on(teacher, a)
         rows.append(BenchRow(teacher.path, _accelerated(suite, a, converged), "accelerator", _accelerator_family(a)))

@@ -68,10 +68,23 @@ def explicit(sigmas: Sequence[float]) -> torch.Tensor:
 
 
 SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform", "scheduler")
+# the options each schedule takes (make_schedule's keywords)
+SCHEDULE_OPTIONS = {"karras": ("sigma_min", "sigma_max", "rho"), "karras_trailing": ("sigma_min", "sigma_max", "rho"),
+                    "loglinear": ("sigma_min", "sigma_max"), "uniform": ("spacing",), "scheduler": ()}
+
+
+def check_schedule_options(name: str, options: dict) -> None:
+    """A one-line UserError for an option the schedule does not take (a schedule file takes none)."""
+    takes = SCHEDULE_OPTIONS.get(name, ())
+    for key in options:
+        if key not in takes:
+            others = [s for s, keys in SCHEDULE_OPTIONS.items() if key in keys]
+            raise UserError(f"schedule {name} takes no option {key!r}"
+                            + (f"; use {' or '.join(others)}" if others else ""))
 
 
 def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: float | None = None,
-                  sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
+                  sigma_max: float | None = None, rho: float = 7.0, spacing: str = "leading") -> torch.Tensor:
     """Build the named schedule with `steps` sigmas (plus the final 0) inside the denoiser's valid range."""
     if steps < 1:
         raise UserError(f"steps must be at least 1, got {steps}")
@@ -86,7 +99,7 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
     if name == "uniform":
         if not sigma_range.is_discrete:
             raise UserError("schedule 'uniform' needs a discrete-time model; use scheduler, karras or loglinear")
-        return discrete_uniform(steps, sigma_range.discrete)
+        return discrete_uniform(steps, sigma_range.discrete, spacing)
     if name == "scheduler":  # the model's own diffusers scheduler, every spacing setting as it computes them
         if sigma_range.scheduler is None:
             raise UserError("schedule 'scheduler' needs a model that ships with a diffusers scheduler; use karras")

@@ -16,7 +16,7 @@ from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.schedules import make_schedule
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
-from fewstep.distill.progressive import ProgressiveOptions, rounds
+from fewstep.distill.progressive import ProgressiveOptions, round_label, rounds
 from fewstep.samplers.ode import ode_step
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
@@ -167,12 +167,14 @@ def run_lightning(ctx) -> list[Path]:
     data = ctx.require_data()
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver
     student, exported = ctx.make_student(), []
-    for n in rounds(ctx.options.pd_start_steps, ctx.steps):
+    todo = rounds(ctx.options.pd_start_steps, ctx.steps)
+    for i, n in enumerate(todo, 1):
         sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
         method = LightningRound(student, teacher, ctx.teacher.denoiser, sigmas, _discriminator(ctx, paired=True),
                                 solver, ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
                                 ctx.options.adv_disc_lr_scale)
-        trained = ctx.train(method, f"round-{n:03d}", data.train, ctx.train_labels(), "euler", n)["student"]
+        trained = ctx.train(method, f"round-{n:03d}", data.train, ctx.train_labels(), "euler", n,
+                            round_label(i, len(todo), n))["student"]
         if not ctx.finished():
             return exported
         if n in ctx.steps:

@@ -144,8 +144,10 @@ class DistillContext:
         return copy.deepcopy(student)
 
     def train(self, method: Method, name: str, data: torch.Tensor, labels: torch.Tensor | None,
-              sampler: str, steps: int | None = None) -> dict[str, nn.Module]:
+              sampler: str, steps: int | None = None, label: str = "") -> dict[str, nn.Module]:
         """Run one stage of `method` in out/name through the shared loop; a finished stage just reloads.
+
+        The progress bar reads "distill METHOD" and the stage's `label` (e.g. "round 2/5: 8 -> 4 steps").
 
         Previews and the guard's recall check sample the stage's student in `steps` steps (default: the fewest).
         """
@@ -158,7 +160,8 @@ class DistillContext:
                 preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
         modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), self.cfg.loop(), run_dir, on_sample, self.acc, self.stop_at,
-                           self.recall_monitor(method.ema_modules[0], sampler, sigmas))
+                           self.recall_monitor(method.ema_modules[0], sampler, sigmas),
+                           desc=f"distill {self.cfg.method} {label}".rstrip())
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
             self.seconds += read_json(found / "state.json", "a checkpoint's state")["train_seconds"]

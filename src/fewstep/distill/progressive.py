@@ -74,16 +74,22 @@ def rounds(start: int, wanted: list[int]) -> list[int]:
     return out
 
 
+def round_label(i: int, count: int, n: int) -> str:
+    """A round's progress-bar label: "round 2/5: 16 -> 8 steps"."""
+    return f"round {i}/{count}: {2 * n} -> {n} steps"
+
+
 def run(ctx) -> list[Path]:
     """Train the rounds; export every wanted step count as out/model-<N>step and the fewest as out/model."""
     data = ctx.require_data()
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver  # the first round's teacher may take Heun steps
     student = ctx.make_student()
     exported = []
-    for n in rounds(ctx.options.pd_start_steps, ctx.steps):
+    todo = rounds(ctx.options.pd_start_steps, ctx.steps)
+    for i, n in enumerate(todo, 1):
         sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
         trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
-                            ctx.train_labels(), "euler", n)["student"]
+                            ctx.train_labels(), "euler", n, round_label(i, len(todo), n))["student"]
         if not ctx.finished():
             return exported
         if n in ctx.steps:

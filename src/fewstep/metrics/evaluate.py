@@ -11,11 +11,13 @@ from fewstep.metrics.features import feature_network
 from fewstep.metrics.floor import MIN_SAMPLES, image_floor, real_split, toy_floor, toy_reference
 from fewstep.metrics.image import class_agreement, image_quality, reference_features
 from fewstep.metrics.toy import toy_quality
+from fewstep.metrics.uncertainty import image_uncertainty, toy_uncertainty
 
 
 def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor | None = None,
                      teacher_samples: torch.Tensor | None = None, n_ref: int | None = None) -> dict:
-    """Quality (and teacher agreement) of samples against data, with floors at the same n; deterministic."""
+    """Quality (and teacher agreement) of samples against data, with bootstrap intervals (fewstep.metrics.uncertainty)
+    and floors at the same n; deterministic."""
     samples = samples.detach().cpu()
     teacher_samples = None if teacher_samples is None else teacher_samples.detach().cpu()
     n = len(samples)
@@ -27,15 +29,21 @@ def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor 
         raise UserError(f"got {len(labels)} labels for {n} samples")
     if data.kind == "vector":
         reference = toy_reference(data, n, n_ref)
-        out = {"n": n, "n_ref": len(reference), **toy_quality(data, samples, reference), **toy_floor(data, n, n_ref)}
+        quality = toy_quality(data, samples, reference)
+        out = {"n": n, "n_ref": len(reference), **quality, **toy_floor(data, n, n_ref),
+               **toy_uncertainty(samples, reference, quality)}
         return {**out, **(teacher_agreement(samples, teacher_samples) if teacher_samples is not None else {})}
     net = feature_network(data)
     split = real_split(len(data.train) + len(data.test), n, n_ref)
+    features, reference = net.features(samples), reference_features(data, net)[split.reference]
     out = {"n": n, "n_ref": len(split.reference), "feature_net": net.settings_hash,
-           **image_quality(net.features(samples), reference_features(data, net)[split.reference]),
-           **image_floor(data, net, n, n_ref)}
+           **image_quality(features, reference), **image_floor(data, net, n, n_ref)}
+    correct = None
     if labels is None:  # unconditional samples: no requested class to check
         del out["accuracy_floor"], out["confidence_floor"]
     else:
-        out["accuracy"], out["confidence"] = class_agreement(net.logits(samples), labels)
+        logits = net.logits(samples)
+        out["accuracy"], out["confidence"] = class_agreement(logits, labels)
+        correct = logits.argmax(1) == labels.to(logits.device)
+    out.update(image_uncertainty(features, reference, out, correct))
     return {**out, **(teacher_agreement(samples, teacher_samples, net) if teacher_samples is not None else {})}

@@ -1,4 +1,5 @@
-"""Noise floors: each metric with real data in place of the samples, at the same sample size; ties below it."""
+"""Noise floors: each metric with real data in place of the samples, at the same sample size (context for a row;
+ties are decided by bootstrap intervals, fewstep.metrics.uncertainty)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ MIN_SAMPLES = DEFAULT_K + 1  # k-NN radii need k other points; a covariance need
 SPLIT_SEED = 0  # fixed permutation of the real image pool
 REFERENCE_SEED, FLOOR_SEED = 1001, 1002  # fresh 2-D draws; distinct from load_toy's train/test seed 0
 
-# The value a perfect method would reach; a difference counts as a tie when smaller than |floor - ideal|.
+# The value a perfect method would reach.
 IDEAL = {"fd": 0.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0, "confidence": 1.0,
          "sw2": 0.0, "mmd": 0.0, "logp_finite": 1.0, "fid_inception": 0.0, "agreement_rmse": 0.0,
          "modes_covered": 1.0, "worst_mode_ratio": 1.0, "off_mode": 0.0,
@@ -71,18 +72,3 @@ def toy_floor(data: Dataset, n: int, n_ref: int | None = None) -> dict[str, floa
     reference, stand_in = _real_points(data, n, n_ref)
     floor = toy_quality(data, stand_in, reference)
     return {**{f"{k}_floor": v for k, v in floor.items()}, "floor_n": len(stand_in)}
-
-
-def is_tie(a: float, b: float, floor: float, ideal: float = 0.0) -> bool:
-    """True when |a - b| is smaller than the floor's distance from the ideal value: real data cannot tell them apart."""
-    return abs(a - b) < abs(floor - ideal)
-
-
-def ties(row_a: dict, row_b: dict) -> dict[str, bool]:
-    """Per metric with an ideal value and a floor in both rows: is their difference a tie (under the looser floor)?"""
-    out = {}
-    for k, ideal in IDEAL.items():
-        if all(key in row for row in (row_a, row_b) for key in (k, f"{k}_floor")):
-            floor = max(row_a[f"{k}_floor"], row_b[f"{k}_floor"], key=lambda f: abs(f - ideal))
-            out[k] = is_tie(row_a[k], row_b[k], floor, ideal)
-    return out

@@ -46,11 +46,16 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
                       for lo in range(0, len(x), DISTANCE_CHUNK)])
 
 
-def _manifold_coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
-    """Fraction of points inside at least one ball (centre_i, radius_i)."""
-    inside = [(_distances(points[lo:lo + DISTANCE_CHUNK], centres) <= radii).any(1)
-              for lo in range(0, len(points), DISTANCE_CHUNK)]
-    return float(torch.cat(inside).double().mean())
+def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """Per point: is it inside at least one ball (centre_i, radius_i)?"""
+    return torch.cat([(_distances(points[lo:lo + DISTANCE_CHUNK], centres) <= radii).any(1)
+                      for lo in range(0, len(points), DISTANCE_CHUNK)])
+
+
+def manifold_hits(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fake point: inside the real manifold? Per real point: inside the fake one? (precision's and recall's terms)"""
+    fake, real = fake.double(), real.double()
+    return _inside(fake, real, _knn_radii(real, k)), _inside(real, fake, _knn_radii(fake, k))
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K) -> tuple[float, float]:
@@ -58,9 +63,8 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K)
 
     precision = fraction of fake features inside the real manifold; recall = fraction of real inside the fake one.
     """
-    fake, real = fake.double(), real.double()
-    return (_manifold_coverage(fake, real, _knn_radii(real, k)),
-            _manifold_coverage(real, fake, _knn_radii(fake, k)))
+    precision_hits, recall_hits = manifold_hits(fake, real, k)
+    return float(precision_hits.double().mean()), float(recall_hits.double().mean())
 
 
 def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

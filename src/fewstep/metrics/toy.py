@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from fewstep.core.errors import UserError
@@ -15,20 +16,30 @@ MMD_BANDWIDTH = 0.5  # kernel width h in data units; the 2-D sets span about [-3
 KERNEL_CHUNK = 4096
 
 
-def sliced_wasserstein2(a: torch.Tensor, b: torch.Tensor, n_projections: int = N_PROJECTIONS,
-                        seed: int = PROJECTION_SEED) -> float:
-    """sqrt(mean over random unit directions theta of W2^2(<a, theta>, <b, theta>)), directions seeded.
+def random_directions(dim: int, n_projections: int = N_PROJECTIONS, seed: int = PROJECTION_SEED) -> torch.Tensor:
+    """[dim, n_projections] seeded random unit directions (float64)."""
+    theta = torch.randn(dim, n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return theta / theta.norm(dim=0)
+
+
+def projected_w2(pa: torch.Tensor, pb: torch.Tensor) -> float:
+    """sqrt(mean over columns of W2^2 between the 1-D columns of pa and pb) (projections of two point sets).
 
     In 1-D, W2 matches sorted values; sets of different sizes are compared at max(n_a, n_b) quantile levels.
     """
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(a.shape[1], n_projections, generator=g, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0)
-    pa, pb = (a.double() @ theta).sort(0).values, (b.double() @ theta).sort(0).values
-    m = max(len(a), len(b))
+    # numpy sorts the rows of the transposes several times faster than torch sorts columns (same values)
+    pa, pb = (torch.from_numpy(np.sort(p.T.numpy(), axis=1)) for p in (pa, pb))
+    m = max(pa.shape[1], pb.shape[1])
     levels = (torch.arange(m, dtype=torch.float64) + 0.5) / m
-    qa, qb = pa[(levels * len(a)).long()], pb[(levels * len(b)).long()]
+    qa, qb = pa[:, (levels * pa.shape[1]).long()], pb[:, (levels * pb.shape[1]).long()]
     return math.sqrt(float((qa - qb).square().mean()))
+
+
+def sliced_wasserstein2(a: torch.Tensor, b: torch.Tensor, n_projections: int = N_PROJECTIONS,
+                        seed: int = PROJECTION_SEED) -> float:
+    """sqrt(mean over random unit directions theta of W2^2(<a, theta>, <b, theta>)), directions seeded."""
+    theta = random_directions(a.shape[1], n_projections, seed)
+    return projected_w2(a.double() @ theta, b.double() @ theta)
 
 
 def _kernel_sum(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:

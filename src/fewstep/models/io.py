@@ -45,7 +45,19 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise UserError(f"model folder {path} does not exist")
     if (path / "model" / FEWSTEP_JSON).exists():
         return path / "model"
+    if not any((path / name).exists() for name in (FEWSTEP_JSON, "model_index.json", "config.json")):
+        _refuse_unexported_run(path)
     return path
+
+
+def _refuse_unexported_run(path: Path) -> None:
+    """A run directory whose model is not exported yet (still training, or stopped): say so, with its checkpoint."""
+    steps = sorted(p for p in [*path.glob("checkpoints/step-*"), *path.glob("*/checkpoints/step-*")]
+                   if (p / "state.json").exists())
+    if steps or (path / "config.toml").exists():
+        latest = f"latest checkpoint: {steps[-1].relative_to(path)}" if steps else "no checkpoint yet"
+        raise UserError(f"{path} is a run whose model is not exported yet ({latest}); wait for it to finish, or "
+                        "resume it with --resume")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -2,7 +2,7 @@
 
 from fewstep.samplers.generate import SampleResult, generate, initial_latents
 from fewstep.samplers.cfg import CFGDenoiser
-from fewstep.samplers.registry import SAMPLERS, SamplerSpec, get_sampler, register
+from fewstep.samplers.registry import SAMPLERS, SamplerSpec, check_sampler_options, get_sampler, register
 
-__all__ = ["CFGDenoiser", "SAMPLERS", "SampleResult", "SamplerSpec", "generate", "get_sampler", "initial_latents",
-           "register"]
+__all__ = ["CFGDenoiser", "SAMPLERS", "SampleResult", "SamplerSpec", "check_sampler_options", "generate", "get_sampler",
+           "initial_latents", "register"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from fewstep.core.errors import UserError
 from fewstep.samplers import multistep, ode, stochastic
@@ -35,7 +36,7 @@ def heun_nfe(steps: int) -> int:
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(ode.euler, one_per_step),
-    "ddim": SamplerSpec(ode.euler, one_per_step),
+    "ddim": SamplerSpec(stochastic.ddim, one_per_step),  # deterministic at its default eta = 0
     "heun": SamplerSpec(ode.heun, heun_nfe),
     "dpmpp_2m": SamplerSpec(multistep.dpmpp_2m, one_per_step),
     "dpmpp_3m": SamplerSpec(multistep.dpmpp_3m, one_per_step),
@@ -58,3 +59,19 @@ def get_sampler(name: str) -> SamplerSpec:
         return SAMPLERS[name]
     except KeyError:
         raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}") from None
+
+
+def sampler_options(name: str) -> list[str]:
+    """The keyword options a sampler takes beyond (denoiser, x, sigmas, cond, generator)."""
+    return list(inspect.signature(get_sampler(name).fn).parameters)[5:]
+
+
+def check_sampler_options(name: str, options: Mapping[str, object]) -> None:
+    """A one-line UserError for an option the sampler does not take, naming the samplers that do."""
+    takes = sampler_options(name)
+    for key in options:
+        if key not in takes:
+            others = sorted(s for s in SAMPLERS if key in sampler_options(s))
+            raise UserError(f"sampler {name} takes no option {key!r}"
+                            + (f" (it takes {', '.join(takes)})" if takes else "")
+                            + (f"; use {' or '.join(others)}" if others else ""))

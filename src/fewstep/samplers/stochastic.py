@@ -6,7 +6,7 @@ import torch
 
 from fewstep.core.denoiser import Cond, Denoiser, as_sigma_batch
 from fewstep.core.noise import SampleNoise
-from fewstep.samplers.ode import heun_step, to_d
+from fewstep.samplers.ode import euler, heun_step, to_d
 
 
 def noise_like(generator: SampleNoise | None, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,19 @@ def euler_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, c
         if sigma_up > 0:
             x = x + noise_like(generator, x) * sigma_up
     return x
+
+
+@torch.no_grad()
+def ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond = None,
+         generator: SampleNoise | None = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) in sigma space: eta = 0 is Euler; otherwise euler_ancestral with that eta.
+
+    DDIM's noise sigma_t(eta)^2 = eta^2 (1 - a') / (1 - a) (1 - a / a'), divided by a' (sigma = sqrt((1 - a) / a)), is
+    eta^2 s'^2 (s^2 - s'^2) / s^2: exactly ancestral_step's sigma_up. NFE = len(sigmas) - 1.
+    """
+    if eta == 0:
+        return euler(denoiser, x, sigmas, cond, generator)
+    return euler_ancestral(denoiser, x, sigmas, cond, generator, eta=eta)
 
 
 @torch.no_grad()

@@ -154,11 +154,12 @@ def restore_state(state: TrainState, path: Path) -> tuple[int, dict[str, Any]]:
 
 def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: Path,
              on_sample: Callable[[int, dict[str, nn.Module]], None] | None = None, accelerator=None,
-             stop_at: int | None = None, monitor: Monitor | None = None) -> dict[str, nn.Module]:
+             stop_at: int | None = None, monitor: Monitor | None = None, desc: str = "train") -> dict[str, nn.Module]:
     """Train `method` for config.steps on batches from `source`; returns the EMA (else raw) modules, unwrapped.
 
     `stop_at` simulates a process killed after that many steps: the loop returns without a final checkpoint.
-    `monitor(modules) -> value` (higher is better) guards every checkpoint against a collapse.
+    `monitor(modules) -> value` (higher is better) guards every checkpoint against a collapse. `desc` names the
+    progress bar (e.g. "train teacher", "distill progressive round 2/5").
     """
     acc = accelerator or make_accelerator("auto", "no")
     main = acc.is_main_process
@@ -202,7 +203,7 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
         models[n].train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=start, disable=not main, desc="train", dynamic_ncols=True,
+    bar = tqdm(total=config.steps, initial=start, disable=not main, desc=desc, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     step, t0, seconds0 = start, time.perf_counter(), extra["train_seconds"]
     clean, last = True, {}

@@ -110,7 +110,7 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
         preview(modules["model"], data, run_dir / "samples" / f"step-{step:07d}.png")
 
     modules = run_loop(method, batch_source(data, cfg.seed, cfg.conditional), cfg.loop(), run_dir, on_sample, acc,
-                       stop_at)
+                       stop_at, desc="train teacher")
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]

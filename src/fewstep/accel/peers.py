@@ -1,0 +1,156 @@
+"""Other projects' caches as comparison rows: `peer:NAME:key=value,...` applies a peer's cache to fewstep's model.
+
+The peers are diffusers' own cache hooks (diffusers.hooks) and the cache-dit package (`pip install fewstep[peers]`),
+applied to the diffusers transformer inside the model exactly as their documentation applies them to a pipeline's
+transformer; the settings go to the peer's own config class unchanged. The handle is fewstep's: remove() takes the
+hooks off (the network is built and behaves exactly as before), and each sampling trajectory starts from a fresh
+peer state. They are not dependencies of fewstep's core: a peer that does not import says so in one line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+from torch import nn
+
+from fewstep.accel.base import AcceleratorHandle, parse_spec
+from fewstep.accel.blocks import BlockStack, block_stack
+from fewstep.config import build_config
+from fewstep.core.errors import UserError
+
+
+class PeerHandle(AcceleratorHandle):
+    """A peer's cache on one transformer: counts its calls, resets the peer per trajectory, removes it."""
+
+    def __init__(self, name: str, stack: BlockStack, reset: Callable[[], None], release: Callable[[], None],
+                 attributes: dict[nn.Module, set[str]]):
+        super().__init__()
+        self.name, self.net, self._reset, self._release = name, stack.net, reset, release
+        self._attributes = attributes  # each module's instance attributes before the peer was applied
+        self.calls = 0
+        signature = inspect.signature(type(stack.net).forward)  # the class's: a peer may wrap the instance's
+        self._hook = stack.net.register_forward_pre_hook(partial(self._network_call, signature), with_kwargs=True)
+
+    def _network_call(self, signature: inspect.Signature, net: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = signature.bind(net, *args, **kwargs).arguments
+        self.begin_call(bound["hidden_states"], bound["timestep"])
+        self.calls += 1
+
+    def clear(self) -> None:
+        self._reset()
+
+    def detach(self) -> None:
+        self._hook.remove()
+        self._release()
+        for m, before in self._attributes.items():  # what the peer set on instances (patched forwards, flags) goes
+            for key in set(m.__dict__) - before:
+                del m.__dict__[key]
+
+    def stats(self) -> dict[str, int]:
+        """Network calls (the peer keeps its own count of what it skipped; FLOPs count what really ran)."""
+        return {"network_calls": self.calls}
+
+
+def _diffusers_hook(apply_name: str, config_name: str, stack: BlockStack, settings: dict[str, str],
+                    handle: list) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Apply a diffusers.hooks cache; (reset, release) that clear its state and take every hook it added off."""
+    import diffusers.hooks as hooks
+    from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
+
+    config_cls = getattr(hooks, config_name)
+    extra = {}
+    if "current_timestep_callback" in inspect.signature(config_cls).parameters:  # PAB, FasterCache read the timestep
+        extra["current_timestep_callback"] = lambda: handle[0].level
+    config = build_config(config_cls, settings, extra, where=f"peer diffusers {config_name}")
+    net = stack.net
+    before = {m: set(m._diffusers_hook.hooks) for m in net.modules() if hasattr(m, "_diffusers_hook")}
+    getattr(hooks, apply_name)(net, config)
+
+    def reset() -> None:  # resetting a hook's state drops its context: set the one a pipeline's cache_context sets
+        for m in net.modules():
+            if hasattr(m, "_diffusers_hook"):
+                m._diffusers_hook.reset_stateful_hooks(recurse=False)
+        _set_cache_context(net, CacheContext("fewstep"))
+
+    def release() -> None:
+        _set_cache_context(net, None)
+        for m in list(net.modules()):
+            registry: HookRegistry | None = getattr(m, "_diffusers_hook", None)
+            if registry is None:
+                continue
+            for name in [n for n in registry._hook_order if n not in before.get(m, set())]:
+                registry.remove_hook(name, recurse=False)
+            if m not in before:  # the registry was the peer's
+                del m._diffusers_hook
+
+    return reset, release
+
+
+def _cache_dit(stack: BlockStack, settings: dict[str, str]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Apply cache-dit's DBCache to the transformer, as cache-dit adapts that transformer class."""
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # its info lines on every apply and remove
+    try:
+        import cache_dit
+    except ImportError as e:
+        raise UserError(f"peer cache-dit is not installed ({e}); pip install 'fewstep[peers]'") from None
+    from cache_dit import DBCacheConfig
+
+    net = stack.net
+    config = build_config(DBCacheConfig, settings, where="peer cache-dit DBCacheConfig")
+    cache_dit.enable_cache(net, cache_config=config)  # cache-dit's own adapter for the transformer's class
+
+    def reset() -> None:
+        cache_dit.refresh_context(net)
+
+    def release() -> None:
+        cache_dit.disable_cache(net)
+
+    return reset, release
+
+
+@dataclass(frozen=True)
+class Peer:
+    """How one peer's cache is applied: (stack, settings, handle slot) -> (reset, release)."""
+
+    apply: Callable[..., tuple[Callable[[], None], Callable[[], None]]]
+    summary: str
+
+
+def _hook(apply_name: str, config_name: str) -> Callable:
+    return lambda stack, settings, handle: _diffusers_hook(apply_name, config_name, stack, settings, handle)
+
+
+PEERS: dict[str, Peer] = {
+    "diffusers-fbcache": Peer(_hook("apply_first_block_cache", "FirstBlockCacheConfig"),
+                              "diffusers FirstBlockCache (threshold)"),
+    "diffusers-taylorseer": Peer(_hook("apply_taylorseer_cache", "TaylorSeerCacheConfig"),
+                                 "diffusers TaylorSeer (cache_interval, max_order, disable_cache_before_step)"),
+    "diffusers-magcache": Peer(_hook("apply_mag_cache", "MagCacheConfig"),
+                               "diffusers MagCache (threshold, num_inference_steps, mag_ratios)"),
+    "diffusers-pab": Peer(_hook("apply_pyramid_attention_broadcast", "PyramidAttentionBroadcastConfig"),
+                          "diffusers PyramidAttentionBroadcast (spatial_attention_block_skip_range, ...)"),
+    "diffusers-fastercache": Peer(_hook("apply_faster_cache", "FasterCacheConfig"),
+                                  "diffusers FasterCache (spatial_attention_block_skip_range, ...)"),
+    "cache-dit": Peer(lambda stack, settings, handle: _cache_dit(stack, settings),
+                      "cache-dit DBCache (Fn_compute_blocks, Bn_compute_blocks, residual_diff_threshold, ...)"),
+}
+
+
+def apply_peer(model: Any, spec: str) -> PeerHandle:
+    """Apply 'peer:NAME:key=value,...' (a peer's own setting names) to the transformer inside `model`."""
+    name, settings = parse_spec(spec.strip()[len("peer:"):])
+    if name not in PEERS:
+        raise UserError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
+    stack = block_stack(model, f"peer {name}")
+    if any("forward" in m.__dict__ for m in stack.net.modules()):
+        raise UserError(f"cannot apply peer {name}: this network is already accelerated; remove() the other first")
+    slot: list = []
+    attributes = {m: set(m.__dict__) for m in stack.net.modules()}
+    reset, release = PEERS[name].apply(stack, settings, slot)
+    handle = PeerHandle(f"peer:{name}", stack, reset, release, attributes)
+    slot.append(handle)
+    return handle
