@@ -117,7 +117,7 @@ def test_a_discriminator_that_keeps_winning_rolls_back_then_stops_loudly(tiny_te
         tiny_distill(tiny_teacher, tmp_path, "add", guard_patience=2, max_rollbacks=1, train_steps=12)
     (event,) = [r for r in records(tmp_path / "train") if r.get("event") == "rollback"]
     assert event == {"step": 5, "event": "rollback", "reason": "the discriminator wins for 2 steps", "to_step": 3,
-                     "lr_scale": 0.5}
+                     "lr_scale": 0.5, "reseed": 1}
     assert not (tmp_path / "model").exists()  # nothing half-trained is exported
     assert (tmp_path / "train" / "checkpoints" / "step-0000003").exists()  # the last good checkpoint is kept
 

@@ -119,7 +119,7 @@ def test_divergence_guard_rolls_back_once_then_finishes(tmp_path, monkeypatch):
     events = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines() if "event" in ln]
     assert len(events) == 1 and events[0]["reason"].startswith("non-finite loss")
     assert {k: v for k, v in events[0].items() if k != "reason"} == {"step": 15, "event": "rollback", "to_step": 10,
-                                                                     "lr_scale": 0.5}
+                                                                     "lr_scale": 0.5, "reseed": 1}
     state = json.loads((latest_checkpoint(tmp_path / "checkpoints") / "state.json").read_text())
     assert state["step"] == 20 and state["lr_scale"] == 0.5
 

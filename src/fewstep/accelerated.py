@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fewstep.accel.teacache import calibrated_spec
 from fewstep.core.errors import UserError
+from fewstep.core.files import replaced_folder
 from fewstep.models.io import FEWSTEP_JSON, ModelInfo, load_model, resolve_model_dir
 from fewstep.plan import PlanSettings, build_plan
 
@@ -66,8 +67,7 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     _check_out(source, out, force)
     if dry_run:
         return info
-    if force and out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(source, out, dirs_exist_ok=True, copy_function=_link_or_copy)
-    (out / FEWSTEP_JSON).write_text(json.dumps({"fewstep_version": __version__, **asdict(info)}, indent=2))
+    with replaced_folder(out) as tmp:  # a failed copy leaves `out` as it was
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+        (tmp / FEWSTEP_JSON).write_text(json.dumps({"fewstep_version": __version__, **asdict(info)}, indent=2))
     return info

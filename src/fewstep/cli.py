@@ -142,6 +142,13 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from fewstep.runlock import hold
+
+    with hold(args.results, folder=False):  # rows of two evals never interleave in one results file
+        return _run_eval(args)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 
@@ -518,6 +525,30 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# outputs each command writes: (flag, is a folder), checked before any compute
+OUTPUTS = {"train": [("out", True)], "distill": [("out", True)], "bench": [("out", True)], "demo": [("out", True)],
+           "accelerate": [("out", True)], "sample": [("out", False), ("save_tensor", False)],
+           "eval": [("results", False)], "search-schedule": [("out", False)]}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any compute, counts below 1, an unknown or absent --device and outputs that cannot be written
+    (config fields are checked by build_config against their bounds)."""
+    from fewstep.core.device import check_device
+    from fewstep.core.errors import UserError
+    from fewstep.core.files import check_writable
+
+    config_fields = set(getattr(args, "config_fields", ()))
+    for name, value in vars(args).items():
+        if name not in config_fields and isinstance(value, int) and not isinstance(value, bool) and value < 1 \
+                and name not in ("seed", "class_label"):
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    check_device(getattr(args, "device", None))
+    for name, folder in OUTPUTS.get(args.command, []):
+        if getattr(args, name, None) is not None:
+            check_writable(getattr(args, name), folder, "--" + name.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fewstep` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -525,10 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     from fewstep.core.errors import UserError
 
     try:
+        _check_args(args)
         return args.func(args)
     except UserError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, an unreadable file: one line, not a traceback
+        from fewstep.core.files import first_line
+
+        print(f"fewstep: I/O error: {first_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fewstep: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -22,7 +23,8 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its command-line help in the metadata."""
+    """A dataclass field with its command-line help in the metadata; `at_least=`, `above=` and `at_most=` bound a
+    number (checked by build_config, which then also refuses NaN and infinity)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -76,6 +78,21 @@ def _convert(value: Any, hint: Any) -> Any:
     raise ValueError(value)
 
 
+BOUNDS = {"at_least": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: v > b, "above"),
+          "at_most": (lambda v, b: v <= b, "at most")}
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, where: str) -> None:
+    """A one-line UserError when a bounded number is out of its bounds, NaN or infinite."""
+    bounds = [(k, f.metadata[k]) for k in BOUNDS if k in f.metadata]
+    if not bounds or not isinstance(value, (int, float)):
+        return
+    for key, bound in bounds:
+        holds, words = BOUNDS[key]
+        if not (holds(value, bound) and math.isfinite(value)):
+            raise UserError(f"{where}: {f.name} must be a finite number {words} {bound}, got {value!r}")
+
+
 def _kind_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_kind_name(a) for a in typing.get_args(hint) if a is not type(None))
@@ -91,7 +108,8 @@ def build_config(cls: type[T], *layers: dict[str, Any], where: str = "config") -
     one-line UserError that starts with `where`.
     """
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls) if f.init]
+    by_name = {f.name: f for f in fields(cls) if f.init}
+    known = list(by_name)
     values: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
@@ -103,6 +121,7 @@ def build_config(cls: type[T], *layers: dict[str, Any], where: str = "config") -
                 values[key] = _convert(value, hints[key])
             except (ValueError, TypeError, json.JSONDecodeError):
                 raise UserError(f"{where}: setting {key!r} expects {_kind_name(hints[key])}, got {value!r}") from None
+            _check_bounds(by_name[key], values[key], where)
     return cls(**values)
 
 
@@ -172,34 +191,36 @@ class TrainConfig:
                                     "captions) or your data: points:FILE | folder:DIR | hf:PATH | shards:PATH "
                                     "(docs/data.md)")
     resolution: int = option(0, "image size (0 = the dataset's own: 32 for shapes and captions, a folder's first "
-                                "image's shorter side)")
+                                "image's shorter side)", at_least=0)
     center_crop: bool = option(False, "crop images to a centred square before resizing (else squash)")
     objective: str = option("edm", "training objective: edm (EDM's denoising loss) | flow (flow matching, saved with "
                                    "a FlowMatchEulerDiscreteScheduler)")
     time_sampling: str = option("logit_normal", "flow: training times t ~ logit_normal (SD3) | uniform")
-    flow_shift: float = option(1.0, "flow: the scheduler's timestep shift recorded for sampling (SD3 uses 3)")
+    flow_shift: float = option(1.0, "flow: the scheduler's timestep shift recorded for sampling (SD3 uses 3)",
+                               above=0.0)
     arch: str = option("auto", "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)")
     preset: str = option("small", "size and length: tiny (tests) | small (CPU) | base (GPU)")
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
-    label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance")
-    steps: int = option(4000, "number of optimiser steps")
-    batch_size: int = option(128, "global batch size (split over processes)")
-    lr: float = option(1e-3, "Adam learning rate")
-    lr_warmup_steps: int = option(200, "linear learning-rate warm-up")
-    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)")
-    ema_halflife_steps: float = option(400.0, "EMA half-life in steps")
+    label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance", at_least=0.0,
+                                  at_most=1.0)
+    steps: int = option(4000, "number of optimiser steps", at_least=1)
+    batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
+    lr: float = option(1e-3, "Adam learning rate", above=0.0)
+    lr_warmup_steps: int = option(200, "linear learning-rate warm-up", at_least=0)
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", at_least=0.0)
+    ema_halflife_steps: float = option(400.0, "EMA half-life in steps", above=0.0)
     p_mean: float = option(-1.2, "mean of ln(sigma) during training (EDM's log-normal noise)")
-    p_std: float = option(1.2, "std of ln(sigma) during training (EDM)")
-    sigma_min: float = option(0.002, "smallest sigma the model is sampled at")
-    sigma_max: float = option(80.0, "largest sigma the model is sampled at")
+    p_std: float = option(1.2, "std of ln(sigma) during training (EDM)", above=0.0)
+    sigma_min: float = option(0.002, "smallest sigma the model is sampled at", above=0.0)
+    sigma_max: float = option(80.0, "largest sigma the model is sampled at", above=0.0)
     seed: int = option(0, "seed for initialisation, batches and noise")
-    log_every: int = option(50, "steps between metrics.jsonl lines")
-    sample_every: int = option(1000, "steps between preview grids (0 = only at the end)")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    keep_checkpoints: int = option(2, "how many checkpoints to keep")
-    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before giving up")
+    log_every: int = option(50, "steps between metrics.jsonl lines", at_least=1)
+    sample_every: int = option(1000, "steps between preview grids (0 = only at the end)", at_least=0)
+    checkpoint_every: int = option(500, "steps between checkpoints", at_least=0)
+    keep_checkpoints: int = option(2, "how many checkpoints to keep", at_least=1)
+    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before giving up", at_least=0)
     explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
-                                           "(0 = off)")
+                                           "(0 = off)", at_least=0.0)
     device: str = option("auto", "device to train on: auto | cpu | cuda")
     mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
 
@@ -245,26 +266,28 @@ class DistillConfig:
                                      "of that size")
     init: str = option("teacher", "teacher (start from its weights) | scratch | a model folder (e.g. a student to "
                                   "fine-tune)")
-    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none)")
-    train_steps: int = option(1500, "optimiser steps of each stage (each progressive round)")
-    batch_size: int = option(128, "global batch size (split over processes)")
-    lr: float = option(2e-4, "Adam learning rate")
-    lr_warmup_steps: int = option(100, "linear learning-rate warm-up")
-    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)")
-    ema_halflife_steps: float = option(200.0, "EMA half-life in steps")
+    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none)",
+                              at_least=0.0)
+    train_steps: int = option(1500, "optimiser steps of each stage (each progressive round)", at_least=1)
+    batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
+    lr: float = option(2e-4, "Adam learning rate", above=0.0)
+    lr_warmup_steps: int = option(100, "linear learning-rate warm-up", at_least=0)
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", at_least=0.0)
+    ema_halflife_steps: float = option(200.0, "EMA half-life in steps", above=0.0)
     solver: str = option("heun", "the teacher's ODE step: euler | heun")
     explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
-                                           "(0 = off)")
+                                           "(0 = off)", at_least=0.0)
     guard_patience: int = option(200, "divergence guard: steps a method may report trouble (a winning "
-                                      "discriminator) in a row")
-    monitor_n: int = option(500, "divergence guard: samples whose recall is checked before each checkpoint (0 = off)")
-    collapse_drop: float = option(0.2, "divergence guard: a recall this far below the run's best rolls back")
+                                      "discriminator) in a row", at_least=1)
+    monitor_n: int = option(500, "divergence guard: samples whose recall is checked before each checkpoint (0 = off)",
+                            at_least=0)
+    collapse_drop: float = option(0.2, "divergence guard: a recall this far below the run's best rolls back", above=0.0)
     seed: int = option(0, "seed for initialisation, batches and noise")
-    log_every: int = option(50, "steps between metrics.jsonl lines")
-    sample_every: int = option(500, "steps between preview grids (0 = only at the end)")
-    checkpoint_every: int = option(250, "steps between checkpoints")
-    keep_checkpoints: int = option(2, "how many checkpoints to keep")
-    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping")
+    log_every: int = option(50, "steps between metrics.jsonl lines", at_least=1)
+    sample_every: int = option(500, "steps between preview grids (0 = only at the end)", at_least=0)
+    checkpoint_every: int = option(250, "steps between checkpoints", at_least=0)
+    keep_checkpoints: int = option(2, "how many checkpoints to keep", at_least=1)
+    max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping", at_least=0)
     device: str = option("auto", "device to train on: auto | cpu | cuda")
     mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
     options: Any = field(default=None, init=False, compare=False)  # the method's options dataclass

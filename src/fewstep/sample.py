@@ -30,6 +30,20 @@ def class_labels(model: LoadedModel, n: int, label: int | None = None, cycle: bo
     return torch.arange(n) % classes if cycle and classes else None
 
 
+MAX_SAMPLE_BYTES = 4 << 30  # samples are kept in memory (for the grid and --save-tensor): refuse more than this
+
+
+def check_sample_memory(model: LoadedModel, n: int) -> None:
+    """Refuse an n whose samples would not fit in memory (float32, decoded), before any compute."""
+    import math
+
+    size = 4 * n * math.prod(model.info.image_shape or model.info.shape or [1])
+    if size > MAX_SAMPLE_BYTES:
+        most = MAX_SAMPLE_BYTES // max(size // n, 1)
+        raise UserError(f"--n {n} would keep {size / 2**30:.1f} GiB of samples in memory; use --n {most} or fewer "
+                        "and draw more in separate runs with other --seed values")
+
+
 def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSettings | None = None, seed: int = 0,
                  cond: torch.Tensor | Cond | None = None, batch_size: int = 256, device: str = "cpu",
                  cycle_classes: bool = False, prompts: Sequence[str] | None = None,
@@ -45,6 +59,7 @@ def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSet
     if settings is not None and settings.steps is not None and settings.steps < 1:
         raise UserError(f"--steps must be at least 1, got {settings.steps}")
     model = model if isinstance(model, LoadedModel) else load_model(model, device)
+    check_sample_memory(model, n)
     if prompts is not None:
         cond = prompt_cond(model, prompts, n, negative_prompt)
     elif negative_prompt is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,10 +59,18 @@ class ResidualProfile:
         if not path.is_file():
             raise UserError(f"residual profile {path} does not exist; make one with "
                             "fewstep.accel.errorcache.profile_residuals(...).save(path)")
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{path} is not a residual profile ({e})") from None
+        from fewstep.config import build_config
+        from fewstep.core.files import read_json
+
+        data = read_json(path, "a residual profile")
+        missing = {f.name for f in fields(cls)} - set(data) if isinstance(data, dict) else {"all fields"}
+        if missing:
+            raise UserError(f"{path} is not a residual profile (missing {', '.join(sorted(missing))})")
+        profile = build_config(cls, data, where=str(path))
+        n = len(profile.levels)
+        if len(profile.gram) != n or any(len(row) != n for row in profile.gram):
+            raise UserError(f"{path} is not a residual profile (its gram matrix is not {n} x {n})")
+        return profile
 
 
 class ResidualRecorder(BlockCacheHandle):

@@ -13,6 +13,7 @@ from typing import Mapping
 
 from fewstep.bench.evaluate import append_results, evaluate_model, quality_key, write_csv
 from fewstep.bench.provenance import stamp
+from fewstep.core.files import read_json_lines
 from fewstep.bench.report import PLOTS, interval_text, label, plot_pareto, render_report
 from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
@@ -20,6 +21,7 @@ from fewstep.data.prompts import prompt_sets
 from fewstep.data.visualize import save_samples
 from fewstep.models.io import load_model, model_hash
 from fewstep.plan import build_plan
+from fewstep.runlock import locked
 from fewstep.sample import sample_model
 from fewstep.train.teacher import GRID_N, SCATTER_N
 
@@ -36,7 +38,7 @@ def settings_key(row: Mapping[str, object]) -> str:
 def read_results(path: str | Path) -> list[dict[str, object]]:
     """The rows of a JSON-lines results file (none if it does not exist)."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    return read_json_lines(path, "a results file")
 
 
 def row_id(planned: BenchRow, key: str) -> str:
@@ -101,6 +103,7 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
     return save_samples(result.samples, path, reference, title=label(row))
 
 
+@locked("out")
 def run_bench(suite: Suite, out: str | Path) -> Path:
     """Measure every row of `suite` (rows already in out/results.jsonl are kept, not re-run) and write the report.
 

@@ -6,15 +6,16 @@ fields (with help in their metadata and presets in `PRESETS`) become the `fewste
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from fewstep.config import DISTILL_PRESETS, DistillConfig, build_config, check_resume_changes, read_toml
 from fewstep.core.errors import UserError
+from fewstep.core.files import read_json
 from fewstep.distill import adversarial, consistency, dmd, progressive, reflow, sid
 from fewstep.distill.common import DistillContext
+from fewstep.runlock import locked
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,10 @@ def _teacher_kind(cfg: DistillConfig) -> str:
     if not cfg.teacher:
         raise UserError("--teacher is required: a run directory, fewstep model folder or diffusers folder")
     info = resolve_model_dir(cfg.teacher) / FEWSTEP_JSON
-    try:
-        return json.loads(info.read_text()).get("kind", "image") if info.exists() else "image"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise UserError(f"{info} is not a valid fewstep.json ({e})") from None
+    record = read_json(info, "a fewstep.json model record") if info.exists() else {}
+    if not isinstance(record, dict):
+        raise UserError(f"{info} is not a fewstep.json model record (not a JSON object)")
+    return str(record.get("kind", "image"))
 
 
 def resolve_distill_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
@@ -107,6 +108,7 @@ def resolve_distill_config(overrides: dict, config_file: str | None = None, out:
     return cfg
 
 
+@locked("out")
 def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> list[Path]:
     """Distill cfg.teacher with cfg.method into run directory `out`; returns the exported student folders."""
     if cfg.method not in METHODS:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -15,6 +13,7 @@ from torch import nn
 from fewstep.config import DistillConfig
 from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
+from fewstep.core.files import read_json, remove_temporaries, replaced_folder
 from fewstep.core.precond import ConsistencyBoundary, EDMPrecond
 from fewstep.core.schedules import make_schedule
 from fewstep.data import Dataset, load_recorded
@@ -25,6 +24,7 @@ from fewstep.samplers.cfg import CFGDenoiser
 from fewstep.samplers.ode import ODE_SOLVERS
 from fewstep.data.batches import TensorSource
 from fewstep.train.checkpoint import latest_checkpoint
+from fewstep.train.guard import check_export
 from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview
 
@@ -78,6 +78,7 @@ class DistillContext:
             from fewstep.config import to_toml
 
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.out)
             (self.out / "config.toml").write_text(to_toml(cfg.flat()))
 
     @property
@@ -163,7 +164,7 @@ class DistillContext:
                            desc=f"distill {self.cfg.method} {label}".rstrip())
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
-            self.seconds += json.loads((found / "state.json").read_text())["train_seconds"]
+            self.seconds += read_json(found / "state.json", "a checkpoint's state")["train_seconds"]
         return modules
 
     def recall_monitor(self, name: str, sampler: str, sigmas: torch.Tensor) -> Callable[[dict], float] | None:
@@ -215,10 +216,10 @@ class DistillContext:
             from fewstep.models.diffusers_folder import scheduler_config
             scheduler = scheduler_config(t.path)
         path = self.out / name
+        check_export(student, t.info.shape, t.encode_prompts(["", ""]) if t.prompt_encoder is not None else None)
         if self.acc.is_main_process:  # every process holds the same student; one writes it
-            if path.exists():
-                shutil.rmtree(path)
-            save_model(path, net, info, scheduler)
+            with replaced_folder(path) as tmp:
+                save_model(tmp, net, info, scheduler)
             if self.data is not None:
                 preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
         self.acc.wait_for_everyone()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,12 +40,15 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, path: Path) -> "ModelInfo":
-        try:
-            data = json.loads(path.read_text())
-            data.pop("fewstep_version", None)
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{path} is not a valid fewstep.json ({e})") from None
+        """The record in a fewstep.json; a malformed file or a value of the wrong type is a one-line UserError."""
+        from fewstep.config import build_config
+        from fewstep.core.files import read_json
+
+        data = read_json(path, "a valid fewstep.json")
+        if not isinstance(data, dict) or not {"arch", "network_class"} <= set(data):
+            raise UserError(f"{path} is not a valid fewstep.json (it needs a JSON object with arch and network_class)")
+        data.pop("fewstep_version", None)
+        return build_config(cls, data, where=str(path))
 
 
 def image_size(info: ModelInfo) -> int | None:

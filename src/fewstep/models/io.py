@@ -62,13 +62,26 @@ def _refuse_unexported_run(path: Path) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a fewstep model or run folder, a diffusers UNet2DModel or transformer folder with its scheduler, or a
-    Stable Diffusion (XL) pipeline folder, as a denoiser."""
+    Stable Diffusion (XL) pipeline folder, as a denoiser; a damaged folder is a one-line UserError."""
+    from safetensors import SafetensorError
+
+    from fewstep.core.files import first_line
+
+    folder = resolve_model_dir(path)
+    try:
+        return _load_folder(folder, device)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError) as e:
+        # truncated or foreign weights, weights of the wrong shape, a config.json of the wrong types
+        raise UserError(f"model folder {folder} cannot be loaded ({first_line(e)}); check its files or export it "
+                        "again") from None
+
+
+def _load_folder(folder: Path, device: str | torch.device) -> LoadedModel:
     from fewstep.models.diffusers_adapter import PREDICTION_TYPES
     from fewstep.models.diffusers_folder import load_diffusers_folder
     from fewstep.models.networks import ARCHS
     from fewstep.models.transformers import TRANSFORMERS, is_transformer_folder, load_transformer_folder
 
-    folder = resolve_model_dir(path)
     if not (folder / FEWSTEP_JSON).exists():
         if is_transformer_folder(folder):
             return load_transformer_folder(folder, device)

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fewstep.core.errors import UserError
+from fewstep.core.files import first_line
 
 LATEST = "latest"
 
@@ -49,13 +51,17 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, dict[str, torc
     tmp = ckpt_dir / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name, sd in modules.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{name}.safetensors")
-    for name, opt_state in optimizers.items():
-        tensors, meta = optimizer_to_flat(opt_state)
-        save_file(tensors, tmp / f"optim-{name}.safetensors")
-        _write_json(tmp / f"optim-{name}.json", meta)
-    _write_json(tmp / "state.json", {"step": step, **state})
+    try:
+        for name, sd in modules.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{name}.safetensors")
+        for name, opt_state in optimizers.items():
+            tensors, meta = optimizer_to_flat(opt_state)
+            save_file(tensors, tmp / f"optim-{name}.safetensors")
+            _write_json(tmp / f"optim-{name}.json", meta)
+        _write_json(tmp / "state.json", {"step": step, **state})
+    except BaseException:  # e.g. a full disk: leave no half-written folder, keep the previous checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -67,8 +73,13 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, dict[str, torc
     return final
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (the `latest` pointer, else the highest step-* folder with a state.json)."""
+def latest_checkpoint(ckpt_dir: Path, before: int | None = None) -> Path | None:
+    """The newest complete checkpoint (the `latest` pointer, else the highest step-* folder with a state.json);
+    with `before`, the newest one of a step below it."""
+    if before is not None:
+        complete = [p for p in sorted(ckpt_dir.glob("step-*")) if (p / "state.json").exists()
+                    and p.name[5:].isdigit() and int(p.name[5:]) < before]
+        return complete[-1] if complete else None
     pointer = ckpt_dir / LATEST
     if pointer.exists():
         candidate = ckpt_dir / pointer.read_text().strip()
@@ -87,6 +98,9 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, dict[str, torch.Tensor]]
         for p in path.glob("optim-*.safetensors"):
             name = p.stem[len("optim-"):]
             optims[name] = optimizer_from_flat(load_file(p), json.loads((path / f"optim-{name}.json").read_text()))
-    except (OSError, json.JSONDecodeError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an older one") from None
+        if not modules or not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no weights or no step")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise UserError(f"checkpoint {path} is unreadable ({first_line(e)}); delete it to resume from an older "
+                        "one") from None
     return int(state.pop("step")), modules, optims, state

@@ -8,10 +8,14 @@ updates), optional `lr_scale` (name -> factor) multiplies a module's learning ra
 optional `diverging(losses) -> reason | None` reports trouble only the method can see (a discriminator
 that wins). The loop never branches on what the method is.
 
-The divergence guard rolls back to the last checkpoint with half the learning rate, logged, when a loss is
+The divergence guard rolls back to the last checkpoint from before the bad step, logged, when a loss is
 non-finite or explodes (|loss| above `explode_factor` times its median over the last 100 steps, at least 0.01),
 when the method reports trouble for `guard_patience` consecutive steps, or when `monitor` (e.g. the ruler's recall
 of the EMA model, checked before every checkpoint is written) falls `collapse_drop` below its best value in the run.
+A checkpoint (and the end of the run) is kept only when every weight is finite and the losses of the next batch
+are finite (train/guard.py). Each roll-back halves the learning rate again (x0.5, x0.25, ...) and moves the batch
+stream's seed (`reseed`, saved in the checkpoint so a resume stays bit-exact), so a retry does not replay the batches
+that blew up; after `max_rollbacks` roll-backs the run stops with one line.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ import torch
 from torch import nn
 
 from fewstep.config import GuardConfig, LoopConfig
+from fewstep.core.device import check_device
 from fewstep.core.errors import UserError
+from fewstep.core.files import append_json_lines, read_json_lines, remove_temporaries
 from fewstep.data.batches import Batch, BatchSource
 from fewstep.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fewstep.train.ema import EMA
+from fewstep.train.guard import Diverged, nonfinite_loss, nonfinite_module, reseeded
 
 
 class Method(Protocol):
@@ -66,20 +73,13 @@ class TrainingInterrupted(Exception):
     """Ctrl-C: the loop saved a checkpoint at the last finished step before stopping."""
 
 
-class Diverged(Exception):
-    """The loss stayed non-finite after the allowed roll-backs."""
-
-
 def make_accelerator(device: str, mixed_precision: str):
     """An Accelerator for device auto | cpu | cuda[:N] and precision no | bf16 | fp16."""
     from accelerate import Accelerator
 
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise UserError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu")
+    check_device(device)
     # auto on a machine without CUDA must say cpu=True: otherwise accelerate ignores torchrun's processes, and each
     # one runs alone as the main process on the same run folder
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
@@ -96,13 +96,12 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [r for r in read_json_lines(path, "a metrics log") if r.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_json_lines(self.path, [record])
 
 
 Monitor = Callable[[dict[str, nn.Module]], float]
@@ -144,7 +143,10 @@ def restore_state(state: TrainState, path: Path) -> tuple[int, dict[str, Any]]:
             ema.module.load_state_dict(sds[f"{n}-ema"])
         for n, module in state.kept.items():
             module.load_state_dict(sds[f"{n}-state"])
-    except (KeyError, RuntimeError, ValueError) as e:
+    except KeyError as e:
+        raise UserError(f"checkpoint {path} is unreadable (it has no {e} weights); delete it to resume from an older "
+                        "one") from None
+    except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint {path} does not fit this run ({str(e).splitlines()[0]}); "
                         "delete it or start a new --out") from None
     return step, extra
@@ -165,6 +167,8 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
         raise UserError(f"batch_size {config.batch_size} must be divisible by the {acc.num_processes} processes")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run_dir)
+        remove_temporaries(run_dir / "checkpoints")
     names = list(method.modules)
     raw = {n: method.modules[n] for n in names}
     if hasattr(method, "to"):
@@ -187,7 +191,7 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
     def restore(path: Path) -> tuple[int, dict[str, Any]]:
         return restore_state(state, path)
 
-    start, extra = 0, {"lr_scale": 1.0, "rollbacks": 0, "train_seconds": 0.0, "recent": {}, "troubled": 0}
+    start, extra = 0, {"lr_scale": 1.0, "rollbacks": 0, "reseed": 0, "train_seconds": 0.0, "recent": {}, "troubled": 0}
     found = latest_checkpoint(ckpt_dir)
     if found is not None:
         start, saved = restore(found)
@@ -211,7 +215,8 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
                 if stop_at is not None and step >= stop_at:
                     bar.close()
                     return state.trained()
-                batch = source.batch(step, config.batch_size, acc.process_index, acc.num_processes, acc.device)
+                batch = reseeded(source, extra["reseed"]).batch(step, config.batch_size, acc.process_index,
+                                                                acc.num_processes, acc.device)
                 lr = _lr(config, step, extra["lr_scale"])
                 with acc.autocast():
                     losses = method.losses(batch)
@@ -230,7 +235,13 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
                         acc.clip_grad_norm_(models[n].parameters(), config.grad_clip)
                     for group in optims[n].param_groups:
                         group["lr"] = lr * lr_scales.get(n, 1.0)
-                    optims[n].step()
+                    try:
+                        optims[n].step()
+                    except RuntimeError as e:  # e.g. an lr beyond float32 (Adam's "cannot be converted ... overflow")
+                        if "overflow" not in str(e):
+                            raise
+                        raise Diverged(f"step {step + 1}: the update of {n} overflows at lr {lr:g}; nothing exported; "
+                                       "lower --lr and train again") from None
                 step += 1
                 for n, ema in state.emas.items():
                     ema.update(state.raw[n], step)
@@ -242,15 +253,20 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
                               **{f"loss_{n}": v for n, v in last.items()}}
                     log.write(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
-                if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-                    collapsed = _check(monitor, step, state.trained(), extra, config.guard, log)
-                    if collapsed:
-                        step = _roll_back(step, collapsed, extra, config.guard, ckpt_dir, restore, log, main)
+                if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                    unkept = (_unhealthy(method, state, reseeded(source, extra["reseed"]), step, config, acc)
+                              or (_check(monitor, step, state.trained(), extra, config.guard, log)
+                                  if config.checkpoint_every else None))
+                    if unkept:
+                        step = _roll_back(step, unkept, extra, config.guard, ckpt_dir, restore, log, main)
                         continue
                     if step < config.steps:
                         checkpoint(step, extra)
                 if on_sample and main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
                     on_sample(step, state.trained())
+    except Diverged:
+        bar.close()
+        raise
     except KeyboardInterrupt:
         bar.close()
         if not clean:  # a second Ctrl-C inside a step: keep the last good checkpoint rather than save half a step
@@ -282,6 +298,25 @@ def _trouble(method: Method, reduced: dict[str, float], state: dict[str, Any], g
     return None
 
 
+def _unhealthy(method: Method, state: TrainState, source: BatchSource, step: int, config: LoopConfig,
+               acc: Any) -> str | None:
+    """Why the state after `step` must not be kept: a non-finite weight, or non-finite losses of the next batch.
+
+    The probe forks the RNG and restores the method's own state modules, so a healthy run is bit-for-bit unchanged.
+    """
+    emas = {f"{n} (EMA)": e.module for n, e in state.emas.items()}
+    bad = nonfinite_module({**state.raw, **emas, **state.kept})
+    if bad:
+        return f"non-finite weights in {bad}"
+    kept = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in state.kept.items()}
+    batch = source.batch(step, config.batch_size, acc.process_index, acc.num_processes, acc.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), acc.autocast():
+        losses = method.losses(batch)
+    for n, sd in kept.items():
+        state.kept[n].load_state_dict(sd)
+    return nonfinite_loss({n: acc.reduce(v.detach().float(), "mean").item() for n, v in losses.items()})
+
+
 def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any],
            guard: GuardConfig, log: MetricsLog) -> str | None:
     """Run the monitor before a checkpoint: a collapse below the run's best returns the reason, else it is logged."""
@@ -298,17 +333,22 @@ def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], st
 
 def _roll_back(step: int, reason: str, state: dict[str, Any], guard: GuardConfig, ckpt_dir: Path,
                restore: Callable[[Path], tuple[int, dict[str, Any]]], log: MetricsLog, main: bool) -> int:
-    """Divergence guard: reload the last good checkpoint with half the learning rate, or stop loudly."""
-    found = latest_checkpoint(ckpt_dir)
+    """Divergence guard: reload the last checkpoint from before `step` with the learning rate halved again and the
+    batch stream moved, or stop with one line."""
+    found = latest_checkpoint(ckpt_dir, before=step)
     if found is None or state["rollbacks"] >= guard.max_rollbacks:
-        spent = "no checkpoint to roll back to" if found is None else f"{state['rollbacks']} roll-backs spent"
-        raise Diverged(f"step {step}: {reason}; {spent}; lower --lr and train again")
-    rollbacks = state["rollbacks"] + 1
+        spent = ("no checkpoint from before it to roll back to" if found is None
+                 else f"{state['rollbacks']} roll-backs spent")
+        raise Diverged(f"step {step}: {reason}; {spent}; nothing exported, the checkpoints in {ckpt_dir} are kept; "
+                       "lower --lr and train again")
+    counters = {"lr_scale": state["lr_scale"] * 0.5, "rollbacks": state["rollbacks"] + 1,
+                "reseed": state.get("reseed", 0) + 1}
     back, saved = restore(found)
     state.clear()
-    state.update({"recent": {}, "troubled": 0, **saved, "lr_scale": saved.get("lr_scale", 1.0) * 0.5,
-                  "rollbacks": rollbacks})
-    log.write({"step": step, "event": "rollback", "reason": reason, "to_step": back, "lr_scale": state["lr_scale"]})
+    state.update({"recent": {}, "troubled": 0, **saved, **counters})
+    log.write({"step": step, "event": "rollback", "reason": reason, "to_step": back, "lr_scale": state["lr_scale"],
+               "reseed": state["reseed"]})
     if main:
-        print(f"step {step}: {reason}: rolled back to step {back} with lr x{state['lr_scale']}", file=sys.stderr)
+        print(f"step {step}: {reason}: rolled back to step {back} with lr x{state['lr_scale']:g} and new batches",
+              file=sys.stderr)
     return back

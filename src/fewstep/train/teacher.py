@@ -3,7 +3,6 @@ folder."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,15 +11,18 @@ from torch import nn
 
 from fewstep.config import TRAIN_PRESETS, TrainConfig, resolve_config, to_toml
 from fewstep.core.errors import UserError
+from fewstep.core.files import read_json, read_json_lines, replaced_folder
 from fewstep.core.precond import EDMPrecond
 from fewstep.data import Dataset, batch_source, load_dataset, parse_spec, probe
 from fewstep.data.visualize import save_curve, save_samples
 from fewstep.models.flow import default_sampling, flow_denoiser
 from fewstep.models.io import ModelInfo, save_model
 from fewstep.models.networks import arch_of, build_network, call_network
+from fewstep.runlock import locked
 from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.edm import EDMTraining
 from fewstep.train.flow import FlowMatchingTraining
+from fewstep.train.guard import check_export
 from fewstep.train.loop import run_loop
 
 GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
@@ -79,6 +81,7 @@ def load_training_data(cfg: TrainConfig) -> Dataset:
     return load_dataset(cfg.dataset, cfg.resolution or None, **({"center_crop": True} if cfg.center_crop else {}))
 
 
+@locked("out")
 def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
                   data: Dataset | None = None) -> Path:
     """Train and export a teacher into run directory `out`; returns the exported model folder.
@@ -111,7 +114,7 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
     if not acc.is_main_process or (stop_at is not None and stop_at < cfg.steps):
         return run_dir / "model"
     ema = modules["model"]
-    state = json.loads((latest_checkpoint(run_dir / "checkpoints") / "state.json").read_text())
+    state = read_json(latest_checkpoint(run_dir / "checkpoints") / "state.json", "a checkpoint's state")
     spec = data.spec
     info = ModelInfo(arch=arch_of(ema.network), network_class=type(ema.network).__name__, sigma_data=ema.sigma_data,
                      sigma_min=ema.sigma_range.sigma_min, sigma_max=ema.sigma_range.sigma_max,
@@ -123,15 +126,17 @@ def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_
     if cfg.objective == "flow":
         scheduler = ema.schedule.to_config()
         info = replace(info, parameterization="flow", sampler=default_sampling(scheduler))
-    model_dir = save_model(run_dir / "model", ema.network, info, scheduler_config=scheduler)
+    check_export(ema, data.shape)
+    with replaced_folder(run_dir / "model") as tmp:
+        save_model(tmp, ema.network, info, scheduler_config=scheduler)
+    model_dir = run_dir / "model"
     preview(ema, data, run_dir / "samples" / "final.png")
     _loss_plot(run_dir, "flow-matching loss" if cfg.objective == "flow" else "EDM loss")
     return model_dir
 
 
 def _loss_plot(run_dir: Path, label: str) -> None:
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    rows = [r for r in rows if "loss_model" in r]
+    rows = [r for r in read_json_lines(run_dir / "metrics.jsonl", "a metrics log") if "loss_model" in r]
     if rows:
         save_curve([r["step"] for r in rows], [r["loss_model"] for r in rows], run_dir / "loss.png",
                    label, f"training loss ({run_dir.name})")
