@@ -122,20 +122,47 @@ def test_a_discriminator_that_keeps_winning_rolls_back_then_stops_loudly(tiny_te
     assert (tmp_path / "train" / "checkpoints" / "step-0000003").exists()  # the last good checkpoint is kept
 
 
-def test_a_recall_collapse_rolls_back_before_it_is_checkpointed(tiny_teacher, tmp_path, monkeypatch):
-    values = iter([0.8, 0.3, 0.75, 0.8, 0.8, 0.8])
-    monkeypatch.setattr(DistillContext, "recall_monitor", lambda self, *a: lambda modules: next(values))
+def test_a_coverage_collapse_rolls_back_while_recall_rises(tiny_teacher, tmp_path, monkeypatch):
+    """The issue's DMD2 run: recall kept rising while modes emptied. Coverage falling by collapse_drop rolls back."""
+    values = iter([{"recall": 0.5, "coverage": 1.0}, {"recall": 0.7, "coverage": 0.6},
+                   *[{"recall": 0.7, "coverage": 1.0}] * 4])
+    monkeypatch.setattr(DistillContext, "collapse_monitor", lambda self, *a: lambda modules: next(values))
     tiny_distill(tiny_teacher, tmp_path, "add", train_steps=9)
     rows = [r for r in records(tmp_path / "train") if "event" in r]
     assert [r["event"] for r in rows][:3] == ["monitor", "monitor", "rollback"]
-    assert rows[2]["step"] == 6 and rows[2]["to_step"] == 3 and "collapse" in rows[2]["reason"]
+    assert rows[2]["step"] == 6 and rows[2]["to_step"] == 3
+    assert rows[2]["reason"].startswith("collapse: monitored coverage 0.600 fell more than 0.2 below the run's best")
     assert (tmp_path / "model").exists()
 
 
-def test_the_recall_monitor_measures_the_student(tiny_teacher, tmp_path):
+def test_the_collapse_monitor_measures_the_student(tiny_teacher, tmp_path):
     tiny_distill(tiny_teacher, tmp_path, "dmd2", monitor_n=32)
-    values = [r["value"] for r in records(tmp_path / "train") if r.get("event") == "monitor"]
-    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    rows = [r for r in records(tmp_path / "train") if r.get("event") == "monitor"]
+    assert len(rows) == 2 and all(0.0 <= r[k] <= 1.0 for r in rows for k in ("precision", "recall", "coverage"))
+
+
+def test_coverage_sees_a_collapse_that_recall_misses():
+    """On 8gaussians: samples piled on three of the eight modes keep recall of those modes' points but cover 3/8."""
+    from fewstep.data import load_dataset
+    from fewstep.data.toy2d import ring_centers
+    from fewstep.distill.common import _vector_collapse
+
+    data = load_dataset("8gaussians")
+    measure = _vector_collapse(data, 800)
+    good = measure(data.sampler(800, torch.Generator().manual_seed(5)))
+    g = torch.Generator().manual_seed(6)
+    piled = ring_centers()[torch.arange(800) % 3] + 0.1 * torch.randn(800, 2, generator=g)
+    collapsed = measure(piled)
+    assert good["coverage"] == 1.0 and collapsed["coverage"] == 3 / 8
+    assert collapsed["precision"] > 0.9  # every collapsed sample is a good sample: precision cannot see it
+
+
+def test_class_coverage_counts_the_classes_that_vanish():
+    from fewstep.metrics.image import class_coverage
+
+    wanted = torch.full((10,), 10.0)
+    assert class_coverage(torch.arange(100) % 10, wanted) == 1.0
+    assert class_coverage(torch.arange(100) % 4, wanted) == 0.4
 
 
 def test_init_from_a_student_folder_fine_tunes_it(tiny_teacher, tmp_path):

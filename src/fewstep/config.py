@@ -279,9 +279,10 @@ class DistillConfig:
                                            "(0 = off)", at_least=0.0)
     guard_patience: int = option(200, "divergence guard: steps a method may report trouble (a winning "
                                       "discriminator) in a row", at_least=1)
-    monitor_n: int = option(500, "divergence guard: samples whose recall is checked before each checkpoint (0 = off)",
-                            at_least=0)
-    collapse_drop: float = option(0.2, "divergence guard: a recall this far below the run's best rolls back", above=0.0)
+    monitor_n: int = option(500, "divergence guard: samples whose precision, recall and mode/class coverage are "
+                                 "checked before each checkpoint (0 = off)", at_least=0)
+    collapse_drop: float = option(0.2, "divergence guard: precision, recall or coverage this far below the run's best "
+                                       "rolls back", above=0.0)
     seed: int = option(0, "seed for initialisation, batches and noise")
     log_every: int = option(50, "steps between metrics.jsonl lines", at_least=1)
     sample_every: int = option(500, "steps between preview grids (0 = only at the end)", at_least=0)

@@ -160,33 +160,29 @@ class DistillContext:
                 preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
         modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), self.cfg.loop(), run_dir, on_sample, self.acc, self.stop_at,
-                           self.recall_monitor(method.ema_modules[0], sampler, sigmas),
+                           self.collapse_monitor(method.ema_modules[0], sampler, sigmas),
                            desc=f"distill {self.cfg.method} {label}".rstrip())
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
             self.seconds += read_json(found / "state.json", "a checkpoint's state")["train_seconds"]
         return modules
 
-    def recall_monitor(self, name: str, sampler: str, sigmas: torch.Tensor) -> Callable[[dict], float] | None:
-        """The ruler's recall of `name`'s samples at the fewest student steps (cfg.monitor_n of them), else None."""
+    def collapse_monitor(self, name: str, sampler: str, sigmas: torch.Tensor) -> Callable[[dict], dict] | None:
+        """What the guard watches before each checkpoint: precision and recall of `name`'s samples (cfg.monitor_n of
+        them, at the fewest student steps) against a fixed held-out reference and, where the data shows it, their
+        coverage of its modes (2-D with centres) or classes (labelled images); None when off or without data."""
         n, data = self.cfg.monitor_n, self.data
         if not n or data is None:
             return None
-        from fewstep.metrics.features import feature_network
-        from fewstep.metrics.image import precision_recall, reference_features
         from fewstep.samplers import generate
 
         info = self.teacher.info
         labels = torch.arange(n) % info.num_classes if info.num_classes else None
-        if data.kind == "image":
-            net = feature_network(data)
-            embed, real = net.features, reference_features(data, net)[:n]
-        else:
-            embed, real = (lambda x: x), data.test[:n]
+        measure = _image_collapse(data, n, labels) if data.kind == "image" else _vector_collapse(data, n)
 
-        def monitor(modules: dict[str, nn.Module]) -> float:
+        def monitor(modules: dict[str, nn.Module]) -> dict[str, float]:
             out = generate(modules[name], info.shape, n, sigmas, sampler, MONITOR_SEED, labels, device=self.device)
-            return precision_recall(embed(out.samples.cpu()), real)[1]
+            return measure(out.samples.cpu())
 
         return monitor
 
@@ -224,3 +220,44 @@ class DistillContext:
                 preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
         self.acc.wait_for_everyone()
         return path
+
+
+def _image_collapse(data: Dataset, n: int, labels: torch.Tensor | None) -> Callable[[torch.Tensor], dict]:
+    """precision, recall against the first n reference features and, for labelled data, class coverage: the share
+    of classes the classifier finds at least half as often as they were asked for (or occur, unconditionally)."""
+    from fewstep.metrics.features import feature_network
+    from fewstep.metrics.image import class_coverage, precision_recall, reference_features
+
+    net = feature_network(data)
+    real = reference_features(data, net)[:n]
+    wanted = None
+    if data.num_classes:
+        wanted = (torch.bincount(labels, minlength=data.num_classes) if labels is not None else
+                  torch.bincount(data.train_labels, minlength=data.num_classes) * n / len(data.train_labels))
+
+    def measure(samples: torch.Tensor) -> dict[str, float]:
+        precision, recall = precision_recall(net.features(samples), real)
+        out = {"precision": precision, "recall": recall}
+        if wanted is not None:
+            out["coverage"] = class_coverage(net.logits(samples).argmax(1), wanted)
+        return out
+
+    return measure
+
+
+def _vector_collapse(data: Dataset, n: int) -> Callable[[torch.Tensor], dict]:
+    """precision, recall against the ruler's reference points and, with mode centres, the share of modes covered."""
+    from fewstep.metrics.floor import toy_reference
+    from fewstep.metrics.image import precision_recall
+    from fewstep.metrics.toy import mode_coverage
+
+    real = toy_reference(data, n)
+
+    def measure(samples: torch.Tensor) -> dict[str, float]:
+        precision, recall = precision_recall(samples, real)
+        out = {"precision": precision, "recall": recall}
+        if data.centres is not None:
+            out["coverage"] = mode_coverage(samples, real, data.centres)["modes_covered"]
+        return out
+
+    return measure

@@ -72,6 +72,13 @@ def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return accuracy(logits, labels), float(logits.double().softmax(1).amax(1).mean())
 
 
+def class_coverage(predicted: torch.Tensor, wanted: torch.Tensor) -> float:
+    """Share of classes (with wanted count > 0) predicted at least half as often as wanted: lost classes lower it."""
+    got = torch.bincount(predicted.cpu(), minlength=len(wanted)).double()
+    present = wanted > 0
+    return float((got[present] >= 0.5 * wanted[present].double()).double().mean())
+
+
 def image_quality(features: torch.Tensor, reference: torch.Tensor, k: int = DEFAULT_K) -> dict[str, float]:
     """fd, precision and recall of a feature set against reference features of real data."""
     precision, recall = precision_recall(features, reference, k)

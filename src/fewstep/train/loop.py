@@ -10,8 +10,9 @@ that wins). The loop never branches on what the method is.
 
 The divergence guard rolls back to the last checkpoint from before the bad step, logged, when a loss is
 non-finite or explodes (|loss| above `explode_factor` times its median over the last 100 steps, at least 0.01),
-when the method reports trouble for `guard_patience` consecutive steps, or when `monitor` (e.g. the ruler's recall
-of the EMA model, checked before every checkpoint is written) falls `collapse_drop` below its best value in the run.
+when the method reports trouble for `guard_patience` consecutive steps, or when any value of `monitor` (what
+collapse looks like: the EMA model's precision, recall and mode or class coverage against a fixed held-out reference,
+checked before every checkpoint is written) falls `collapse_drop` below its best value in the run.
 A checkpoint (and the end of the run) is kept only when every weight is finite and the losses of the next batch
 are finite (train/guard.py). Each roll-back halves the learning rate again (x0.5, x0.25, ...) and moves the batch
 stream's seed (`reseed`, saved in the checkpoint so a resume stays bit-exact), so a retry does not replay the batches
@@ -104,7 +105,7 @@ class MetricsLog:
             append_json_lines(self.path, [record])
 
 
-Monitor = Callable[[dict[str, nn.Module]], float]
+Monitor = Callable[[dict[str, nn.Module]], dict[str, float]]  # name -> value, higher is better
 
 
 @dataclass
@@ -158,7 +159,7 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
     """Train `method` for config.steps on batches from `source`; returns the EMA (else raw) modules, unwrapped.
 
     `stop_at` simulates a process killed after that many steps: the loop returns without a final checkpoint.
-    `monitor(modules) -> value` (higher is better) guards every checkpoint against a collapse. `desc` names the
+    `monitor(modules) -> {name: value}` (higher is better) guards every checkpoint against a collapse. `desc` names the
     progress bar (e.g. "train teacher", "distill progressive round 2/5").
     """
     acc = accelerator or make_accelerator("auto", "no")
@@ -319,15 +320,17 @@ def _unhealthy(method: Method, state: TrainState, source: BatchSource, step: int
 
 def _check(monitor: Monitor | None, step: int, modules: dict[str, nn.Module], state: dict[str, Any],
            guard: GuardConfig, log: MetricsLog) -> str | None:
-    """Run the monitor before a checkpoint: a collapse below the run's best returns the reason, else it is logged."""
+    """Run the monitor before a checkpoint: a value that fell `collapse_drop` below the run's best returns the
+    reason, else the values are logged and the bests kept."""
     if monitor is None:
         return None
-    value, best = monitor(modules), state.get("best_monitor")
-    log.write({"step": step, "event": "monitor", "value": round(value, 4)})
-    if best is not None and value < best - guard.collapse_drop:
-        return (f"collapse: monitored recall {value:.3f} fell more than {guard.collapse_drop} below the run's best "
-                f"{best:.3f}")
-    state["best_monitor"] = value if best is None else max(best, value)
+    values, best = monitor(modules), dict(state.get("best_monitor") or {})
+    log.write({"step": step, "event": "monitor", **{k: round(v, 4) for k, v in values.items()}})
+    for k, v in values.items():
+        if k in best and v < best[k] - guard.collapse_drop:
+            return (f"collapse: monitored {k} {v:.3f} fell more than {guard.collapse_drop} below the run's best "
+                    f"{best[k]:.3f}")
+    state["best_monitor"] = {k: max(v, best.get(k, v)) for k, v in values.items()}
     return None
 
 
