@@ -21,8 +21,8 @@ if [ ! -f "$runs/captions-frozen/model/fewstep.json" ]; then
 fi
 for te in trained frozen; do
   python benchmarks/captions_eval.py "$runs/captions-$te/model" --n "$n" --cfg-scale 3 \
-    --settings dpmpp_2m:karras:25 --out "$runs/captions-eval.jsonl"
+    --settings dpmpp_2m:karras:15 --out "$runs/captions-eval.jsonl"
 done
 python benchmarks/captions_eval.py "$runs/captions-trained/model" --n "$n" --cfg-scale 3 --splits seen \
-  --settings euler:karras:10 euler:karras:25 heun:karras:5 heun:karras:12 dpmpp_2m:karras:10 ddim:scheduler:10 \
-  ddim:scheduler:25 --out "$runs/captions-sweep.jsonl"
+  --settings euler:karras:5 euler:karras:10 heun:karras:3 heun:karras:5 dpmpp_2m:karras:5 dpmpp_2m:karras:10 \
+  ddim:scheduler:10 --out "$runs/captions-sweep.jsonl"

@@ -43,7 +43,7 @@ UNET_PRESETS = {"tiny": dict(block_out_channels=(8, 16), layers_per_block=1, att
                 "base": dict(block_out_channels=(64, 128, 256), layers_per_block=2, attention_head_dim=8,
                              norm_num_groups=32)}
 # the recorded defaults: a converged sampler and CFG scale (docs/BENCHMARKS.md, "captions teacher")
-DEFAULT_SAMPLER = {"name": "dpmpp_2m", "schedule": "karras", "steps": 25}
+DEFAULT_SAMPLER = {"name": "dpmpp_2m", "schedule": "karras", "steps": 15}
 DEFAULT_CFG_SCALE = 3.0
 
 
