@@ -201,8 +201,14 @@ class TrainConfig:
     arch: str = option("auto", "network: unet | dit | mlp | auto (unet for images, mlp for 2-D)")
     preset: str = option("small", "size and length: tiny (tests) | small (CPU) | base (GPU)")
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
-    label_dropout: float = option(0.1, "probability of the null label, for classifier-free guidance", at_least=0.0,
-                                  at_most=1.0)
+    label_dropout: float = option(0.1, "probability of the null label (the empty prompt for captions), for "
+                                       "classifier-free guidance", at_least=0.0, at_most=1.0)
+    text_encoder: str = option("trained", "captions: the CLIP text encoder is trained with the U-Net (trained) or "
+                                          "kept at its random initialisation (frozen)")
+    prediction_type: str = option("epsilon", "captions: what the U-Net predicts, as Stable Diffusion: epsilon | "
+                                             "v_prediction")
+    vae_steps: int = option(2000, "captions: optimiser steps of the autoencoder stage (before the U-Net's steps)",
+                            at_least=1)
     steps: int = option(4000, "number of optimiser steps", at_least=1)
     batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
     lr: float = option(1e-3, "Adam learning rate", above=0.0)
@@ -247,6 +253,13 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                             checkpoint_every=2000),
     ("base", "vector"): dict(steps=20_000, batch_size=1024, lr=1e-3, ema_halflife_steps=1000, sample_every=5000,
                              checkpoint_every=2000),
+    # latent text-to-image (captions): vae_steps of the autoencoder, then steps of the U-Net (train/text2image.py)
+    ("tiny", "text"): dict(vae_steps=6, steps=6, batch_size=8, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
+                           sample_every=0, checkpoint_every=3),
+    ("small", "text"): dict(vae_steps=800, steps=4000, batch_size=32, lr=1e-3, ema_halflife_steps=300,
+                            sample_every=0, checkpoint_every=250),
+    ("base", "text"): dict(vae_steps=20_000, steps=100_000, batch_size=256, lr=5e-4, ema_halflife_steps=2000,
+                           sample_every=5000, checkpoint_every=2000),
 }
 
 

@@ -29,7 +29,9 @@ GRID_SEED, GRID_N, SCATTER_N, GRID_STEPS = 0, 64, 2000, 18
 
 
 def _data_kind(cfg: TrainConfig) -> str:
-    return probe(parse_spec(cfg.dataset, resolution=cfg.resolution or None))[0]
+    """The presets' data kind: "text" for captioned images (a latent text-to-image teacher), else the data's kind."""
+    spec = parse_spec(cfg.dataset, resolution=cfg.resolution or None)
+    return "text" if (spec.kind, spec.path) == ("builtin", "captions") else probe(spec)[0]
 
 
 def resolve_train_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
@@ -84,10 +86,14 @@ def load_training_data(cfg: TrainConfig) -> Dataset:
 @locked("out")
 def train_teacher(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
                   data: Dataset | None = None) -> Path:
-    """Train and export a teacher into run directory `out`; returns the exported model folder.
+    """Train and export a teacher into run directory `out`; returns the exported model folder (captions: a latent
+    text-to-image StableDiffusionPipeline folder, fewstep.train.text2image).
 
     `data` (e.g. fewstep.data.dataset_from_tensors(x)) replaces the dataset `cfg.dataset` names.
     """
+    if _data_kind(cfg) == "text":
+        from fewstep.train.text2image import train_text_to_image
+        return train_text_to_image(cfg, out, resume, stop_at, data)
     run_dir = Path(out)
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("step-*")) and not resume:
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")

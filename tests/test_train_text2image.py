@@ -1,0 +1,113 @@
+"""The captions text-to-image teacher (tiny preset): its three stages run and resume bit-exactly, and its export is a
+StableDiffusionPipeline folder that plain diffusers runs and fewstep loads, both sampling the same images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from fewstep.cli import main
+from fewstep.core.schedules import make_schedule
+from fewstep.data.captions import load_captions
+from fewstep.models import load_model
+from fewstep.samplers import SAMPLERS, CFGDenoiser, initial_latents
+from fewstep.train.teacher import resolve_train_config, train_teacher
+
+PROMPTS = ["a small red circle on the left", "a large blue square above a small yellow triangle"]
+WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+           "text_encoder/model.safetensors")
+
+
+def captions_config(**overrides):
+    return resolve_train_config({"dataset": "captions", "preset": "tiny", "device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_captions(32, n_train=128, n_test=32)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("t2i") / "run"
+    train_teacher(captions_config(), out, data=data)
+    return out
+
+
+def test_stages_run_and_export_a_pipeline_with_its_record(run):
+    cfg = captions_config()
+    for stage, steps in (("autoencoder", cfg.vae_steps), ("unet", cfg.steps)):
+        rows = [json.loads(line) for line in (run / stage / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["step"] == steps and all(k.startswith(("loss_", "step", "lr", "seconds")) for k in rows[-1])
+    reconstruction = json.loads((run / "autoencoder" / "model" / "reconstruction.json").read_text())
+    assert 0 < reconstruction["test"]["mse"] < 1 and reconstruction["test"]["psnr"] > 5
+    assert reconstruction["scaling_factor"] > 0
+    folder = run / "model"
+    assert {p.name for p in folder.iterdir()} >= {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
+                                                  "scheduler", "fewstep.json"}
+    assert not list(folder.rglob("*.bin")) and all((folder / w).exists() for w in WEIGHTS)
+    info = json.loads((folder / "fewstep.json").read_text())
+    assert info["kind"] == "latent" and info["shape"] == [4, 16, 16] and info["image_shape"] == [3, 32, 32]
+    assert info["dataset"] == "captions" and info["acceleration"]["cfg_scale"] > 1 and info["sampler"]["steps"] > 0
+    assert info["extra"]["text_encoder"] == "trained" and set(info["extra"]["train_seconds"]) == {"autoencoder", "unet"}
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["beta_schedule"] == "scaled_linear"
+
+
+def test_plain_diffusers_runs_the_export_and_equals_fewstep_ddim_with_cfg(run):
+    folder = run / "model"
+    model = load_model(folder)
+    assert model.prompt_encoder is not None and model.autoencoder is not None
+    cond = model.encode_prompts(PROMPTS)
+    sigmas = make_schedule("scheduler", 6, model.denoiser.sigma_range)
+    x = initial_latents(model.denoiser, 0, range(len(PROMPTS)), model.info.shape, sigmas[0])
+    latents = SAMPLERS["ddim"].fn(CFGDenoiser(model.denoiser, 3.0), x, sigmas, cond)
+    # SD's DDIM config ends at the lowest trained sigma: fewstep's latents there are y + sigma_0 n, diffusers' the
+    # unit-variance VP latent, sqrt(alpha_bar_0) times them
+    last = model.denoiser.sigma_range.discrete[0]
+    ours = model.decode(latents / (1 + last**2).sqrt())
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    with torch.no_grad():
+        ref = pipe(PROMPTS, num_inference_steps=6, guidance_scale=3.0, output_type="pt",
+                   latents=x / (1 + sigmas[0] ** 2).sqrt()).images * 2 - 1
+    assert ref.shape == ours.shape == (2, 3, 32, 32)
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def test_killed_stages_resume_to_the_uninterrupted_run(run, data, tmp_path):
+    cfg = captions_config()
+    out = tmp_path / "resumed"
+    train_teacher(cfg, out, stop_at=cfg.vae_steps - 1, data=data)  # killed inside the autoencoder stage
+    assert not (out / "autoencoder" / "model").exists() and not (out / "model").exists()
+    train_teacher(cfg, out, resume=True, stop_at=cfg.vae_steps + cfg.steps - 1, data=data)  # ... inside the U-Net's
+    assert (out / "autoencoder" / "model" / "reconstruction.json").exists() and not (out / "model").exists()
+    train_teacher(cfg, out, resume=True, data=data)
+    for weights in WEIGHTS:
+        a, b = load_file(run / "model" / weights), load_file(out / "model" / weights)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+
+
+def test_frozen_text_encoder_keeps_its_initialisation(data, tmp_path):
+    cfg = captions_config(text_encoder="frozen", vae_steps=2, steps=2)
+    folder = train_teacher(cfg, tmp_path / "frozen", data=data)
+    init = load_file(tmp_path / "frozen" / "text_encoder" / "model.safetensors")
+    final = load_file(folder / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(init[k], final[k]) for k in init)
+    assert json.loads((folder / "fewstep.json").read_text())["extra"]["text_encoder"] == "frozen"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--text-encoder", "nonsense"], "--text-encoder"),
+    (["--prediction-type", "sample"], "--prediction-type"),
+    (["--objective", "flow"], "--objective flow"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, flags, message):
+    code = main(["train", "--dataset", "captions", "--preset", "tiny", "--out", str(tmp_path / "bad"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "bad").exists()
