@@ -14,7 +14,6 @@ from torch import nn
 
 from fewstep.config import option
 from fewstep.core.denoiser import append_dims
-from fewstep.core.schedules import make_schedule
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
 from fewstep.distill.progressive import ProgressiveOptions, rounds
 from fewstep.samplers.ode import ode_step
@@ -168,7 +167,7 @@ def run_lightning(ctx) -> list[Path]:
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver
     student, exported = ctx.make_student(), []
     for n in rounds(ctx.options.pd_start_steps, ctx.steps):
-        sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
+        sigmas = ctx.student_schedule(2 * n)
         method = LightningRound(student, teacher, ctx.teacher.denoiser, sigmas, _discriminator(ctx, paired=True),
                                 solver, ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
                                 ctx.options.adv_disc_lr_scale)

@@ -28,7 +28,9 @@ from fewstep.train.checkpoint import latest_checkpoint
 from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview
 
-STUDENT_SCHEDULE = "karras_trailing"  # every student samples on this grid (core/schedules.py)
+STUDENT_SCHEDULE = "karras_trailing"  # students sample on this grid (core/schedules.py) ...
+VP_STUDENT_SCHEDULE = "trailing"  # ... and students of a diffusers VP U-Net on diffusers' trailing timesteps
+VP_UNETS = ("UNet2DModel", "UNet2DConditionModel")  # exported as diffusers pipelines (models/student_folder.py)
 MONITOR_SEED = 7_000_003  # the divergence guard's recall samples: seeds the ruler (seed 0 upwards) never uses
 
 
@@ -105,9 +107,21 @@ class DistillContext:
         d = self.teacher.denoiser
         return CFGDenoiser(d, self.cfg.cfg_scale) if self.cfg.cfg_scale != 1.0 else d
 
+    @property
+    def vp_unet(self) -> bool:
+        """Whether the teacher is a diffusers VP U-Net: its students are diffusers pipelines on trailing timesteps."""
+        from fewstep.models.diffusers_adapter import DiffusersVPDenoiser
+
+        return isinstance(self.teacher.denoiser, DiffusersVPDenoiser) and self.teacher.info.network_class in VP_UNETS
+
+    @property
+    def schedule(self) -> str:
+        """The name of the grid students sample on."""
+        return VP_STUDENT_SCHEDULE if self.vp_unet else STUDENT_SCHEDULE
+
     def student_schedule(self, steps: int) -> torch.Tensor:
         """The sigmas a student samples with at `steps` steps."""
-        return make_schedule(STUDENT_SCHEDULE, steps, self.sigma_range)
+        return make_schedule(self.schedule, steps, self.sigma_range)
 
     def make_student(self) -> nn.Module:
         """A trainable copy of the teacher denoiser (default), re-initialised (init=scratch), or a smaller preset."""
@@ -192,7 +206,11 @@ class DistillContext:
 
     def export(self, student: nn.Module, name: str, sampler: str, steps: list[int], method: str,
                consistency: dict[str, float] | None = None) -> Path:
-        """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config."""
+        """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config.
+
+        A student of a diffusers VP U-Net is a diffusers pipeline folder whose scheduler reproduces fewstep's
+        sampling (models/student_folder.py). The folder is written beside out/name and renamed into place.
+        """
         t = self.teacher
         net = backbone(student)
         sigmas = self.student_schedule(steps[0])
@@ -200,23 +218,40 @@ class DistillContext:
                        dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
                        data=self.data.spec.record() if self.data is not None and self.data.spec else t.info.data,
                        consistency=consistency, acceleration=None,
-                       sampler={"name": sampler, "schedule": STUDENT_SCHEDULE, "steps": steps[0],
+                       sampler={"name": sampler, "schedule": self.schedule, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,
                                           "train_steps": self.cfg.train_steps,
                                           "distill_seconds": round(self.seconds, 1),
                                           "student_preset": self.cfg.student_preset or t.info.extra.get("preset", ""),
                                           "teacher_train_seconds": t.info.extra.get("train_seconds")}})
-        scheduler = None
-        if t.info.parameterization != "edm":
-            from fewstep.models.diffusers_folder import scheduler_config
-            scheduler = scheduler_config(t.path)
         path = self.out / name
         if self.acc.is_main_process:  # every process holds the same student; one writes it
+            partial = self.out / f".{name}.partial"
+            if partial.exists():
+                shutil.rmtree(partial)
+            self._write(partial, student, net, info, sampler)
             if path.exists():
                 shutil.rmtree(path)
-            save_model(path, net, info, scheduler)
+            partial.rename(path)
             if self.data is not None:
                 preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
         self.acc.wait_for_everyone()
         return path
+
+    def _write(self, path: Path, student: nn.Module, net: nn.Module, info, sampler: str) -> None:
+        """Write the student folder: a diffusers pipeline for a VP U-Net teacher, else a model folder."""
+        from fewstep.models.diffusers_folder import scheduler_config
+
+        t = self.teacher
+        if not self.vp_unet:
+            save_model(path, net, info, scheduler_config(t.path) if t.info.parameterization != "edm" else None)
+            return
+        from fewstep.models.pipeline_folder import is_text_pipeline
+        from fewstep.models.student_folder import student_scheduler, write_pipeline_folder
+
+        text = is_text_pipeline(t.path)
+        boundary = getattr(student, "boundary_scaling", None)
+        scheduler = student_scheduler(scheduler_config(t.path), sampler, boundary, scales_inputs=text)
+        write_pipeline_folder(path, net, scheduler, t.path if text else None)
+        save_model(path, None, info)

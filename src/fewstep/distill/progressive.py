@@ -13,7 +13,6 @@ from torch import nn
 from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
-from fewstep.core.schedules import make_schedule
 from fewstep.samplers.ode import ode_step
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_weight
@@ -81,7 +80,7 @@ def run(ctx) -> list[Path]:
     student = ctx.make_student()
     exported = []
     for n in rounds(ctx.options.pd_start_steps, ctx.steps):
-        sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
+        sigmas = ctx.student_schedule(2 * n)
         trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
                             ctx.train_labels(), "euler", n)["student"]
         if not ctx.finished():

@@ -1,0 +1,117 @@
+"""Every method's exported student, loaded with plain diffusers, samples what fewstep samples (~1e-4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fewstep.core.noise import sample_seed
+from fewstep.distill import METHODS, distill, resolve_distill_config
+from fewstep.models.io import load_model
+from fewstep.plan import PlanSettings
+from fewstep.sample import sample_model
+
+STEPS = "1,2,4"
+N = 2  # samples per comparison
+
+
+def _distill(teacher, method: str, out, extra: dict | None = None) -> list:
+    cfg = resolve_distill_config({"teacher": str(teacher), "method": method, "preset": "tiny", "device": "cpu",
+                                  "train_steps": 2, "steps": STEPS, "monitor_n": 0,
+                                  **({"pd_start_steps": 4} if method in ("progressive", "lightning") else {}),
+                                  **(extra or {})})
+    return distill(cfg, out)
+
+
+def _student_steps(path) -> list[int]:
+    info = json.loads((path / "fewstep.json").read_text())
+    return info["extra"]["distill"]["steps"]
+
+
+@pytest.fixture(scope="module")
+def vp_teacher(tmp_path_factory):
+    from tests.test_diffusers_adapter import save_pipeline
+
+    folder = tmp_path_factory.mktemp("vp") / "user"
+    save_pipeline(folder, layout="pipeline")
+    return folder
+
+
+def _diffusers_vp(path, steps: int) -> torch.Tensor:
+    """DDPMPipeline.from_pretrained(student): the pipeline itself where it draws all the noise, else its loop with
+    fewstep's per-step noise stream; images in [0, 1] as the pipeline returns them."""
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline.from_pretrained(path).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for i in range(N):
+        start = torch.Generator().manual_seed(sample_seed(0, i, 0))
+        if steps == 1 or type(pipe.scheduler).__name__ != "LCMScheduler":
+            image = pipe(generator=start, num_inference_steps=steps, output_type="np").images
+            out.append(torch.from_numpy(image).permute(0, 3, 1, 2))
+            continue
+        per_step = torch.Generator().manual_seed(sample_seed(0, i, 1))
+        cfg = pipe.unet.config
+        x = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=start)
+        pipe.scheduler.set_timesteps(steps)
+        with torch.no_grad():
+            for t in pipe.scheduler.timesteps:
+                x = pipe.scheduler.step(pipe.unet(x, t).sample, t, x, generator=per_step).prev_sample
+        out.append((x / 2 + 0.5).clamp(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_vp_students_sample_in_diffusers_as_in_fewstep(vp_teacher, tmp_path, method):
+    """A user's UNet2DModel teacher: each student folder is a DDPMPipeline whose scheduler reproduces fewstep."""
+    paths = _distill(vp_teacher, method, tmp_path / method, {"dataset": "shapes"})
+    assert paths
+    for path in paths:
+        index = json.loads((path / "model_index.json").read_text())
+        assert index["_class_name"] == "DDPMPipeline" and index["scheduler"][1] in ("LCMScheduler", "DDIMScheduler")
+        for steps in _student_steps(path):
+            ours = sample_model(path, N, PlanSettings(steps=steps), seed=0)
+            assert ours.nfe == steps
+            theirs = _diffusers_vp(path, steps)
+            diff = ((ours.samples / 2 + 0.5).clamp(0, 1) - theirs).abs().max()
+            assert diff < 1e-4, (path.name, steps, float(diff))
+
+
+def test_vp_student_grid_is_diffusers_trailing(vp_teacher, tmp_path):
+    """The recorded sigmas are those of diffusers' trailing timesteps; without it 1 step gave garbage (issue 16)."""
+    from diffusers import DDIMScheduler
+
+    (path,) = _distill(vp_teacher, "reflow", tmp_path, {"dataset": "shapes"})
+    info = load_model(path).info
+    sched = DDIMScheduler.from_pretrained(path / "scheduler")
+    sched.set_timesteps(4)
+    assert sched.timesteps.tolist() == [999, 749, 499, 249] and info.sampler["schedule"] == "trailing"
+    sigmas = ((1 - sched.alphas_cumprod[999]) / sched.alphas_cumprod[999]).sqrt()
+    assert abs(info.sampler["sigmas"][0] - float(sigmas)) < 1e-4 * float(sigmas)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, method):
+    """A fewstep EDM teacher: UNet2DModel + EDMEulerScheduler on the student's ramp reproduce its Euler-sampled
+    students at every step count and its consistency-sampled students at one step (a single denoising)."""
+    from diffusers import EDMEulerScheduler, UNet2DModel
+
+    from fewstep.samplers import initial_latents
+
+    for path in _distill(tiny_teacher, method, tmp_path / method):
+        model = load_model(path)
+        unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+        steps_list = _student_steps(path) if model.info.sampler["name"] == "euler" else [1]
+        for steps in steps_list:
+            sched = EDMEulerScheduler.from_pretrained(path)
+            sched.set_timesteps(sigmas=torch.linspace(0, 1, steps + 1)[:steps])  # fewstep's karras_trailing ramp
+            labels = torch.arange(N) % 10
+            ours = sample_model(model, N, PlanSettings(steps=steps), seed=0, cond=labels)
+            x = initial_latents(model.denoiser, 0, range(N), model.info.shape, sched.sigmas[0])
+            with torch.no_grad():
+                for t in sched.timesteps:
+                    x = sched.step(unet(sched.scale_model_input(x, t), t, class_labels=labels).sample, t, x).prev_sample
+            assert (ours.samples - x).abs().max() < 1e-4 * max(1.0, float(x.abs().max())), (path.name, steps)
