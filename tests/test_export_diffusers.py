@@ -39,29 +39,29 @@ def vp_teacher(tmp_path_factory):
     return folder
 
 
-def _diffusers_vp(path, steps: int) -> torch.Tensor:
-    """DDPMPipeline.from_pretrained(student): the pipeline itself where it draws all the noise, else its loop with
-    fewstep's per-step noise stream; images in [0, 1] as the pipeline returns them."""
+def _diffusers_vp(path, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPMPipeline.from_pretrained(student) sampled from fewstep's noise: (the pipeline's own images in [0, 1],
+    its loop's unclamped result). The loop takes its per-step noise (LCM's re-noising) from fewstep's step stream;
+    the pipeline's own call draws it from the initial generator, so its images are compared at one step only."""
     from diffusers import DDPMPipeline
 
     pipe = DDPMPipeline.from_pretrained(path).to("cpu")
     pipe.set_progress_bar_config(disable=True)
-    out = []
+    images, loops = [], []
+    cfg = pipe.unet.config
     for i in range(N):
         start = torch.Generator().manual_seed(sample_seed(0, i, 0))
-        if steps == 1 or type(pipe.scheduler).__name__ != "LCMScheduler":
-            image = pipe(generator=start, num_inference_steps=steps, output_type="np").images
-            out.append(torch.from_numpy(image).permute(0, 3, 1, 2))
-            continue
+        image = pipe(generator=start, num_inference_steps=steps, output_type="np").images
+        images.append(torch.from_numpy(image).permute(0, 3, 1, 2))
+        start.manual_seed(sample_seed(0, i, 0))
         per_step = torch.Generator().manual_seed(sample_seed(0, i, 1))
-        cfg = pipe.unet.config
         x = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=start)
         pipe.scheduler.set_timesteps(steps)
         with torch.no_grad():
             for t in pipe.scheduler.timesteps:
                 x = pipe.scheduler.step(pipe.unet(x, t).sample, t, x, generator=per_step).prev_sample
-        out.append((x / 2 + 0.5).clamp(0, 1))
-    return torch.cat(out)
+        loops.append(x)
+    return torch.cat(images), torch.cat(loops)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -75,9 +75,11 @@ def test_vp_students_sample_in_diffusers_as_in_fewstep(vp_teacher, tmp_path, met
         for steps in _student_steps(path):
             ours = sample_model(path, N, PlanSettings(steps=steps), seed=0)
             assert ours.nfe == steps
-            theirs = _diffusers_vp(path, steps)
-            diff = ((ours.samples / 2 + 0.5).clamp(0, 1) - theirs).abs().max()
-            assert diff < 1e-4, (path.name, steps, float(diff))
+            images, theirs = _diffusers_vp(path, steps)
+            diff = (ours.samples - theirs).abs().max() / theirs.abs().max().clamp(min=1)
+            assert diff < 1e-5, (path.name, steps, float(diff))  # relative: a 2-step-trained student's x is ~500
+            if steps == 1 or index["scheduler"][1] != "LCMScheduler":
+                assert ((ours.samples / 2 + 0.5).clamp(0, 1) - images).abs().max() < 1e-4
 
 
 def test_vp_student_grid_is_diffusers_trailing(vp_teacher, tmp_path):
@@ -96,7 +98,8 @@ def test_vp_student_grid_is_diffusers_trailing(vp_teacher, tmp_path):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, method):
     """A fewstep EDM teacher: UNet2DModel + EDMEulerScheduler on the student's ramp reproduce its Euler-sampled
-    students at every step count and its consistency-sampled students at one step (a single denoising)."""
+    students at every step count and its consistency-sampled students at one step (a single denoising; diffusers has
+    no c_skip for a consistency student's boundary, which at sigma_max adds ~c_skip x ~ 1e-4)."""
     from diffusers import EDMEulerScheduler, UNet2DModel
 
     from fewstep.samplers import initial_latents
@@ -114,4 +117,5 @@ def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, 
             with torch.no_grad():
                 for t in sched.timesteps:
                     x = sched.step(unet(sched.scale_model_input(x, t), t, class_labels=labels).sample, t, x).prev_sample
-            assert (ours.samples - x).abs().max() < 1e-4 * max(1.0, float(x.abs().max())), (path.name, steps)
+            tol = 1e-3 if model.info.consistency else 1e-4
+            assert (ours.samples - x).abs().max() < tol * max(1.0, float(x.abs().max())), (path.name, steps)
