@@ -119,3 +119,33 @@ def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, 
                     x = sched.step(unet(sched.scale_model_input(x, t), t, class_labels=labels).sample, t, x).prev_sample
             tol = 1e-3 if model.info.consistency else 1e-4
             assert (ours.samples - x).abs().max() < tol * max(1.0, float(x.abs().max())), (path.name, steps)
+
+
+@pytest.mark.parametrize("sampler, steps", [("euler", [1, 2, 4]), ("consistency", [1])])
+def test_pipeline_teacher_student_is_a_stable_diffusion_pipeline(tmp_path, sampler, steps):
+    """A Stable-Diffusion-layout teacher: the student folder is a whole StableDiffusionPipeline (text encoder,
+    tokenizer and VAE hard-linked from the teacher) that samples what fewstep samples. LCM re-noises from the
+    pipeline's generator, so the consistency student is compared at one step."""
+    from diffusers import StableDiffusionPipeline
+
+    from fewstep.distill.common import DistillContext
+    from fewstep.models.tiny import save_tiny_pipeline
+    from tests.test_pipelines import diffusers_images, fewstep_images
+
+    teacher = save_tiny_pipeline(tmp_path / "teacher")
+    cfg = resolve_distill_config({"teacher": str(teacher), "method": "progressive", "device": "cpu",
+                                  "preset": "tiny"})
+    ctx = DistillContext(cfg, tmp_path / "run")
+    student = ctx.make_student()
+    if sampler == "consistency":
+        student.boundary_scaling = 10.0
+    path = ctx.export(student, "model", sampler, steps, "test")
+    assert (path / "vae" / "diffusion_pytorch_model.safetensors").stat().st_ino == (
+        teacher / "vae" / "diffusion_pytorch_model.safetensors").stat().st_ino
+    assert not (tmp_path / "run" / ".model.partial").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    for n in steps:
+        _, x, _, ours = fewstep_images(path, n, 1.0)
+        theirs = diffusers_images(pipe, x, n, 1.0)
+        assert (ours.clamp(-1, 1) - theirs).abs().max() < 1e-4, n

@@ -177,6 +177,6 @@ def run_lightning(ctx) -> list[Path]:
         if n in ctx.steps:
             exported.append(ctx.export(trained, f"model-{n}step", "euler", [n], "lightning"))
         teacher = copy.deepcopy(trained).eval().requires_grad_(False)
-        student, solver = copy.deepcopy(trained).train().requires_grad_(True), "euler"
+        student, solver = ctx.trainable(copy.deepcopy(trained)), "euler"
     exported.append(ctx.export(trained, "model", "euler", [n], "lightning"))
     return exported

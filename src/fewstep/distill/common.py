@@ -45,6 +45,15 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: CUDA's max allocated on a GPU, else the peak resident set (MiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
 def _fresh(net: nn.Module) -> nn.Module:
     fresh = type(net).from_config(net.config)
     if arch_of(fresh) == "dit":
@@ -140,7 +149,25 @@ class DistillContext:
             student = copy.deepcopy(teacher.denoiser)
             if cfg.init == "scratch":
                 student.network = _fresh(student.network)
-        return student.to(self.device).train().requires_grad_(True)
+        student = student.to(self.device).train().requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            net = backbone(student)
+            if not getattr(net, "_supports_gradient_checkpointing", False):
+                raise UserError(f"--gradient-checkpointing: a {type(net).__name__} does not support it")
+            net.enable_gradient_checkpointing()
+        if cfg.lora_rank:
+            if cfg.lora_rank < 0 or cfg.student_preset or cfg.init != "teacher":
+                raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
+                                "drop --student-preset and --init")
+            from fewstep.distill.lora import add_lora
+            add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        return student
+
+    def trainable(self, student: nn.Module) -> nn.Module:
+        """A student copy set to train: its LoRA parameters only when it has adapters, else all of them."""
+        from fewstep.distill.lora import freeze_base
+
+        return freeze_base(student.train().requires_grad_(True))
 
     def _student_init(self, path: str) -> nn.Module:
         """A copy of another model's denoiser (e.g. a distilled student to fine-tune) with the teacher's shapes."""
@@ -211,8 +238,10 @@ class DistillContext:
         A student of a diffusers VP U-Net is a diffusers pipeline folder whose scheduler reproduces fewstep's
         sampling (models/student_folder.py). The folder is written beside out/name and renamed into place.
         """
-        t = self.teacher
-        net = backbone(student)
+        from fewstep.distill.lora import is_lora, merged
+
+        t, lora = self.teacher, is_lora(student)
+        net = backbone(merged(student) if lora else student)
         sigmas = self.student_schedule(steps[0])
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
                        dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
@@ -224,13 +253,20 @@ class DistillContext:
                                           "train_steps": self.cfg.train_steps,
                                           "distill_seconds": round(self.seconds, 1),
                                           "student_preset": self.cfg.student_preset or t.info.extra.get("preset", ""),
-                                          "teacher_train_seconds": t.info.extra.get("train_seconds")}})
+                                          "teacher_train_seconds": t.info.extra.get("train_seconds"),
+                                          "peak_memory_mb": peak_memory_mb(self.device),
+                                          "lora": {"rank": self.cfg.lora_rank, "alpha": self.cfg.lora_alpha
+                                                   or self.cfg.lora_rank, "targets": self.cfg.lora_targets}
+                                          if lora else None}})
         path = self.out / name
         if self.acc.is_main_process:  # every process holds the same student; one writes it
             partial = self.out / f".{name}.partial"
             if partial.exists():
                 shutil.rmtree(partial)
             self._write(partial, student, net, info, sampler)
+            if lora:  # diffusers' LoRA format beside the merged student: pipe.load_lora_weights(folder)
+                from fewstep.distill.lora import save_lora
+                save_lora(partial, student)
             if path.exists():
                 shutil.rmtree(path)
             partial.rename(path)

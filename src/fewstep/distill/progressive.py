@@ -88,6 +88,6 @@ def run(ctx) -> list[Path]:
         if n in ctx.steps:
             exported.append(ctx.export(trained, f"model-{n}step", "euler", [n], "progressive"))
         teacher = copy.deepcopy(trained).eval().requires_grad_(False)  # a student takes DDIM (Euler) steps
-        student, solver = copy.deepcopy(trained).train().requires_grad_(True), "euler"
+        student, solver = ctx.trainable(copy.deepcopy(trained)), "euler"
     exported.append(ctx.export(trained, "model", "euler", [n], "progressive"))
     return exported

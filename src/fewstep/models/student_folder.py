@@ -30,15 +30,15 @@ def student_scheduler(teacher_config: dict, sampler: str, boundary_scale: float 
     if sampler == "consistency":
         return diffusers.LCMScheduler.from_config(
             full, original_inference_steps=full["num_train_timesteps"], timestep_scaling=boundary_scale or NO_BOUNDARY,
-            clip_sample=False, thresholding=False, set_alpha_to_one=True, steps_offset=0)
+            clip_sample=False, thresholding=False, set_alpha_to_one=True, steps_offset=1)
     if sampler not in ("euler", "ddim"):
         raise ValueError(f"no diffusers scheduler reproduces fewstep's {sampler!r} sampler")
     if scales_inputs:
         return diffusers.EulerDiscreteScheduler.from_config(
-            full, timestep_spacing="trailing", use_karras_sigmas=False, final_sigmas_type="zero", steps_offset=0,
+            full, timestep_spacing="trailing", use_karras_sigmas=False, final_sigmas_type="zero", steps_offset=1,
             interpolation_type="linear", timestep_type="discrete")
     return diffusers.DDIMScheduler.from_config(full, timestep_spacing="trailing", clip_sample=False,
-                                               thresholding=False, set_alpha_to_one=True, steps_offset=0)
+                                               thresholding=False, set_alpha_to_one=True, steps_offset=1)
 
 
 def _share(src: Path, dst: Path) -> None:
