@@ -84,6 +84,9 @@ class DistillContext:
                             f"the teacher {info.shape}")
         if cfg.cfg_scale != 1.0 and not info.num_classes:
             raise UserError("--cfg-scale needs a class-conditional teacher; this one is unconditional")
+        if cfg.lora_rank and (cfg.lora_rank < 0 or cfg.student_preset or cfg.init != "teacher"):
+            raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
+                            "drop --student-preset and --init")
         self.seconds = 0.0  # distillation wall-clock, summed over stages (and teacher pair generation)
         if self.acc.is_main_process:
             from fewstep.config import to_toml
@@ -156,9 +159,6 @@ class DistillContext:
                 raise UserError(f"--gradient-checkpointing: a {type(net).__name__} does not support it")
             net.enable_gradient_checkpointing()
         if cfg.lora_rank:
-            if cfg.lora_rank < 0 or cfg.student_preset or cfg.init != "teacher":
-                raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
-                                "drop --student-preset and --init")
             from fewstep.distill.lora import add_lora
             add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         return student

@@ -42,8 +42,12 @@ def freeze_base(module: nn.Module) -> nn.Module:
 
 
 def merged(module: nn.Module) -> nn.Module:
-    """A copy with every LoRA adapter merged into its base layer and removed: a plain full network."""
+    """A copy with every LoRA adapter merged into its base layer and removed, and without gradient checkpointing:
+    a plain full network (an exported student, DMD2's fake score)."""
     out = copy.deepcopy(module)
+    for m in out.modules():
+        if getattr(m, "is_gradient_checkpointing", False) and hasattr(m, "disable_gradient_checkpointing"):
+            m.disable_gradient_checkpointing()
     if not is_lora(out):
         return out
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -60,10 +64,12 @@ def merged(module: nn.Module) -> nn.Module:
 
 
 def save_lora(folder: Path, denoiser: nn.Module) -> None:
-    """Write the adapters as diffusers' pytorch_lora_weights.safetensors (the U-Net's, for load_lora_weights)."""
+    """Write the adapters as diffusers' pytorch_lora_weights.safetensors (the U-Net's, for load_lora_weights), with
+    their config (alpha) as its metadata."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(backbone(denoiser)))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    net = backbone(denoiser)
+    layers = get_peft_model_state_dict(net)  # peft's key names, which diffusers reads (its old names miss convs)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True,
+                                              unet_lora_adapter_metadata=net.peft_config["default"].to_dict())
