@@ -149,3 +149,19 @@ def test_pipeline_teacher_student_is_a_stable_diffusion_pipeline(tmp_path, sampl
         _, x, _, ours = fewstep_images(path, n, 1.0)
         theirs = diffusers_images(pipe, x, n, 1.0)
         assert (ours.clamp(-1, 1) - theirs).abs().max() < 1e-4, n
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_trailing_grid_nests_for_progressive_rounds(n):
+    """trailing(2n) holds trailing(n) at its even points, as a progressive round needs; it is a discrete grid."""
+    from diffusers import DDIMScheduler
+
+    from fewstep.core.denoiser import SigmaRange
+    from fewstep.core.schedules import make_schedule
+    from fewstep.models.diffusers_adapter import discrete_sigmas
+
+    sigmas = discrete_sigmas(DDIMScheduler().alphas_cumprod).float()
+    rng = SigmaRange(float(sigmas.min()), float(sigmas.max()), discrete=sigmas)
+    assert torch.equal(make_schedule("trailing", 2 * n, rng)[::2], make_schedule("trailing", n, rng))
+    with pytest.raises(Exception, match="discrete"):
+        make_schedule("trailing", n, SigmaRange(0.002, 80.0))
