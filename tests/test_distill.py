@@ -169,7 +169,7 @@ def test_users_diffusers_teacher_distills_into_a_diffusers_student(tmp_path):
     (path,) = distill(cfg, tmp_path / "rf")
     student = load_model(path)
     assert student.info.parameterization == "epsilon" and student.info.dataset == "shapes"
-    assert (path / "scheduler_config.json").exists() and UNet2DModel.from_pretrained(path, use_safetensors=True)
+    assert (path / "model_index.json").exists() and UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
     samples = draw(path, "euler", 2)[:4]
     assert samples.shape == (4, 3, 8, 8) and torch.isfinite(samples).all()
 

@@ -304,6 +304,13 @@ class DistillConfig:
     max_rollbacks: int = option(3, "divergence guard: roll-backs (lower lr each time) before stopping", at_least=0)
     device: str = option("auto", "device to train on: auto | cpu | cuda")
     mixed_precision: str = option("no", "mixed precision of training: no | bf16 | fp16")
+    # a LoRA student (peft) on the teacher's network instead of the full student; auxiliary networks stay full
+    lora_rank: int = option(0, "LoRA rank of the student (0 = train the full student)", at_least=0)
+    lora_alpha: float = option(0.0, "LoRA alpha (0 = the rank: scale 1)", at_least=0.0)
+    lora_targets: str = option("to_q,to_k,to_v,to_out.0", "LoRA target modules, comma-separated names (peft's "
+                                                          "target_modules)")
+    gradient_checkpointing: bool = option(False, "recompute the student network's activations in the backward pass "
+                                                 "(diffusers networks that support it)")
     options: Any = field(default=None, init=False, compare=False)  # the method's options dataclass
 
     RESUMABLE_CHANGES = ("train_steps", *RESUMABLE_RUN, "explode_factor", "guard_patience", "monitor_n",

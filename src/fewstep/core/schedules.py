@@ -67,10 +67,11 @@ def explicit(sigmas: Sequence[float]) -> torch.Tensor:
     return s if s[-1] == 0 else append_zero(s)
 
 
-SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform", "scheduler")
+SCHEDULES = ("karras", "karras_trailing", "loglinear", "uniform", "trailing", "scheduler")
 # the options each schedule takes (make_schedule's keywords)
 SCHEDULE_OPTIONS = {"karras": ("sigma_min", "sigma_max", "rho"), "karras_trailing": ("sigma_min", "sigma_max", "rho"),
-                    "loglinear": ("sigma_min", "sigma_max"), "uniform": ("spacing",), "scheduler": ()}
+                    "loglinear": ("sigma_min", "sigma_max"), "uniform": ("spacing",), "trailing": (),
+                    "scheduler": ()}
 
 
 def check_schedule_options(name: str, options: dict) -> None:
@@ -100,6 +101,10 @@ def make_schedule(name: str, steps: int, sigma_range: SigmaRange, sigma_min: flo
         if not sigma_range.is_discrete:
             raise UserError("schedule 'uniform' needs a discrete-time model; use scheduler, karras or loglinear")
         return discrete_uniform(steps, sigma_range.discrete, spacing)
+    if name == "trailing":  # diffusers' timestep_spacing="trailing": the grid few-step students of VP teachers use
+        if not sigma_range.is_discrete:
+            raise UserError("schedule 'trailing' needs a discrete-time model; use karras_trailing")
+        return discrete_uniform(steps, sigma_range.discrete, "trailing")
     if name == "scheduler":  # the model's own diffusers scheduler, every spacing setting as it computes them
         if sigma_range.scheduler is None:
             raise UserError("schedule 'scheduler' needs a model that ships with a diffusers scheduler; use karras")

@@ -14,7 +14,6 @@ from torch import nn
 
 from fewstep.config import option
 from fewstep.core.denoiser import append_dims
-from fewstep.core.schedules import make_schedule
 from fewstep.distill.discriminator import Discriminator, approx_r1, hinge_losses
 from fewstep.distill.progressive import ProgressiveOptions, round_label, rounds
 from fewstep.samplers.ode import ode_step
@@ -169,7 +168,7 @@ def run_lightning(ctx) -> list[Path]:
     student, exported = ctx.make_student(), []
     todo = rounds(ctx.options.pd_start_steps, ctx.steps)
     for i, n in enumerate(todo, 1):
-        sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
+        sigmas = ctx.student_schedule(2 * n)
         method = LightningRound(student, teacher, ctx.teacher.denoiser, sigmas, _discriminator(ctx, paired=True),
                                 solver, ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
                                 ctx.options.adv_disc_lr_scale)
@@ -180,6 +179,6 @@ def run_lightning(ctx) -> list[Path]:
         if n in ctx.steps:
             exported.append(ctx.export(trained, f"model-{n}step", "euler", [n], "lightning"))
         teacher = copy.deepcopy(trained).eval().requires_grad_(False)
-        student, solver = copy.deepcopy(trained).train().requires_grad_(True), "euler"
+        student, solver = ctx.trainable(copy.deepcopy(trained)), "euler"
     exported.append(ctx.export(trained, "model", "euler", [n], "lightning"))
     return exported

@@ -28,7 +28,9 @@ from fewstep.train.guard import check_export
 from fewstep.train.loop import Method, make_accelerator, run_loop
 from fewstep.train.teacher import preview
 
-STUDENT_SCHEDULE = "karras_trailing"  # every student samples on this grid (core/schedules.py)
+STUDENT_SCHEDULE = "karras_trailing"  # students sample on this grid (core/schedules.py) ...
+VP_STUDENT_SCHEDULE = "trailing"  # ... and students of a diffusers VP U-Net on diffusers' trailing timesteps
+VP_UNETS = ("UNet2DModel", "UNet2DConditionModel")  # exported as diffusers pipelines (models/student_folder.py)
 MONITOR_SEED = 7_000_003  # the divergence guard's recall samples: seeds the ruler (seed 0 upwards) never uses
 
 
@@ -41,6 +43,15 @@ def parse_steps(text: str) -> list[int]:
     if not steps or steps[0] < 1:
         raise UserError(f"--steps takes student step counts >= 1, got {text!r}")
     return steps
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: CUDA's max allocated on a GPU, else the peak resident set (MiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _fresh(net: nn.Module) -> nn.Module:
@@ -73,6 +84,9 @@ class DistillContext:
                             f"the teacher {info.shape}")
         if cfg.cfg_scale != 1.0 and not info.num_classes:
             raise UserError("--cfg-scale needs a class-conditional teacher; this one is unconditional")
+        if cfg.lora_rank and (cfg.lora_rank < 0 or cfg.student_preset or cfg.init != "teacher"):
+            raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
+                            "drop --student-preset and --init")
         self.seconds = 0.0  # distillation wall-clock, summed over stages (and teacher pair generation)
         if self.acc.is_main_process:
             from fewstep.config import to_toml
@@ -106,9 +120,21 @@ class DistillContext:
         d = self.teacher.denoiser
         return CFGDenoiser(d, self.cfg.cfg_scale) if self.cfg.cfg_scale != 1.0 else d
 
+    @property
+    def vp_unet(self) -> bool:
+        """Whether the teacher is a diffusers VP U-Net: its students are diffusers pipelines on trailing timesteps."""
+        from fewstep.models.diffusers_adapter import DiffusersVPDenoiser
+
+        return isinstance(self.teacher.denoiser, DiffusersVPDenoiser) and self.teacher.info.network_class in VP_UNETS
+
+    @property
+    def schedule(self) -> str:
+        """The name of the grid students sample on."""
+        return VP_STUDENT_SCHEDULE if self.vp_unet else STUDENT_SCHEDULE
+
     def student_schedule(self, steps: int) -> torch.Tensor:
         """The sigmas a student samples with at `steps` steps."""
-        return make_schedule(STUDENT_SCHEDULE, steps, self.sigma_range)
+        return make_schedule(self.schedule, steps, self.sigma_range)
 
     def make_student(self) -> nn.Module:
         """A trainable copy of the teacher denoiser (default), re-initialised (init=scratch), or a smaller preset."""
@@ -127,7 +153,22 @@ class DistillContext:
             student = copy.deepcopy(teacher.denoiser)
             if cfg.init == "scratch":
                 student.network = _fresh(student.network)
-        return student.to(self.device).train().requires_grad_(True)
+        student = student.to(self.device).train().requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            net = backbone(student)
+            if not getattr(net, "_supports_gradient_checkpointing", False):
+                raise UserError(f"--gradient-checkpointing: a {type(net).__name__} does not support it")
+            net.enable_gradient_checkpointing()
+        if cfg.lora_rank:
+            from fewstep.distill.lora import add_lora
+            add_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        return student
+
+    def trainable(self, student: nn.Module) -> nn.Module:
+        """A student copy set to train: its LoRA parameters only when it has adapters, else all of them."""
+        from fewstep.distill.lora import freeze_base
+
+        return freeze_base(student.train().requires_grad_(True))
 
     def _student_init(self, path: str) -> nn.Module:
         """A copy of another model's denoiser (e.g. a distilled student to fine-tune) with the teacher's shapes."""
@@ -192,34 +233,60 @@ class DistillContext:
 
     def export(self, student: nn.Module, name: str, sampler: str, steps: list[int], method: str,
                consistency: dict[str, float] | None = None) -> Path:
-        """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config."""
-        t = self.teacher
-        net = backbone(student)
+        """Save a student into out/name: its network, fewstep.json (sampler, sigmas, teacher) and scheduler config.
+
+        A student of a diffusers VP U-Net is a diffusers pipeline folder whose scheduler reproduces fewstep's
+        sampling (models/student_folder.py). The folder is written beside out/name and renamed into place.
+        """
+        from fewstep.distill.lora import is_lora, merged
+
+        t, lora = self.teacher, is_lora(student)
+        net = backbone(merged(student) if lora else student)
         sigmas = self.student_schedule(steps[0])
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
                        dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
                        data=self.data.spec.record() if self.data is not None and self.data.spec else t.info.data,
                        consistency=consistency, acceleration=None,
-                       sampler={"name": sampler, "schedule": STUDENT_SCHEDULE, "steps": steps[0],
+                       sampler={"name": sampler, "schedule": self.schedule, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,
                                           "train_steps": self.cfg.train_steps,
                                           "distill_seconds": round(self.seconds, 1),
                                           "student_preset": self.cfg.student_preset or t.info.extra.get("preset", ""),
-                                          "teacher_train_seconds": t.info.extra.get("train_seconds")}})
-        scheduler = None
-        if t.info.parameterization != "edm":
-            from fewstep.models.diffusers_folder import scheduler_config
-            scheduler = scheduler_config(t.path)
+                                          "teacher_train_seconds": t.info.extra.get("train_seconds"),
+                                          "peak_memory_mb": peak_memory_mb(self.device),
+                                          "lora": {"rank": self.cfg.lora_rank, "alpha": self.cfg.lora_alpha
+                                                   or self.cfg.lora_rank, "targets": self.cfg.lora_targets}
+                                          if lora else None}})
         path = self.out / name
         check_export(student, t.info.shape, t.encode_prompts(["", ""]) if t.prompt_encoder is not None else None)
         if self.acc.is_main_process:  # every process holds the same student; one writes it
             with replaced_folder(path) as tmp:
-                save_model(tmp, net, info, scheduler)
+                self._write(tmp, student, net, info, sampler)
+                if lora:  # diffusers' LoRA format beside the merged student: pipe.load_lora_weights(folder)
+                    from fewstep.distill.lora import save_lora
+                    save_lora(tmp, student)
             if self.data is not None:
                 preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
         self.acc.wait_for_everyone()
         return path
+
+    def _write(self, path: Path, student: nn.Module, net: nn.Module, info, sampler: str) -> None:
+        """Write the student folder: a diffusers pipeline for a VP U-Net teacher, else a model folder."""
+        from fewstep.models.diffusers_folder import scheduler_config
+
+        t = self.teacher
+        if not self.vp_unet:
+            save_model(path, net, info, scheduler_config(t.path) if t.info.parameterization != "edm" else None)
+            return
+        from fewstep.models.pipeline_folder import is_text_pipeline
+        from fewstep.models.student_folder import student_scheduler, write_pipeline_folder
+
+        text = is_text_pipeline(t.path)
+        boundary = getattr(student, "boundary_scaling", None)
+        scheduler = student_scheduler(scheduler_config(t.path), sampler, boundary, scales_inputs=text)
+        write_pipeline_folder(path, net, scheduler, t.path if text else None)
+        save_model(path, None, info)
 
 
 def _image_collapse(data: Dataset, n: int, labels: torch.Tensor | None) -> Callable[[torch.Tensor], dict]:

@@ -103,12 +103,16 @@ def run(ctx) -> list[Path]:
     """Train one consistency student and export it as out/model (multistep consistency sampling)."""
     cfg, opts, data = ctx.cfg, ctx.options, ctx.require_data()
     rng = ctx.sigma_range
-    student = ConsistencyBoundary(ctx.make_student(), rng.sigma_min, opts.boundary_scale)
+    if ctx.vp_unet:  # LCM's boundary in the teacher's timesteps, so diffusers' LCMScheduler samples the student
+        student = ctx.make_student()
+        student.boundary_scaling = opts.boundary_scale
+    else:
+        student = ConsistencyBoundary(ctx.make_student(), rng.sigma_min, opts.boundary_scale)
     grid = karras(opts.cd_grid, rng.sigma_min, rng.sigma_max)[:-1]
     method = ConsistencyDistillation(student, ctx.guided_teacher(), grid, opts.cd_skip, cfg.solver,
                                      make_distance(opts.distance, data), opts.cd_target_ema)
     trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
     if not ctx.finished():
         return []
-    boundary = {"sigma_min": rng.sigma_min, "scale": opts.boundary_scale}
+    boundary = None if ctx.vp_unet else {"sigma_min": rng.sigma_min, "scale": opts.boundary_scale}
     return [ctx.export(trained, "model", "consistency", ctx.steps, "consistency", consistency=boundary)]

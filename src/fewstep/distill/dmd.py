@@ -4,7 +4,6 @@ the teacher's ("real") and an online "fake" score at its own noised samples; no 
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator
@@ -17,6 +16,7 @@ from fewstep.config import option
 from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
+from fewstep.distill.lora import merged
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
 
@@ -39,7 +39,7 @@ class FakeScore(nn.Module):
 
     def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool):
         super().__init__()
-        self.score = copy.deepcopy(generator)
+        self.score = merged(generator).requires_grad_(True)  # a LoRA generator's fake score is a full network
         self.heads = Discriminator(self.score, shape, num_classes) if gan else None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None

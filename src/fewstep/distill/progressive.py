@@ -13,7 +13,6 @@ from torch import nn
 from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
-from fewstep.core.schedules import make_schedule
 from fewstep.samplers.ode import ode_step
 from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_weight
@@ -87,7 +86,7 @@ def run(ctx) -> list[Path]:
     exported = []
     todo = rounds(ctx.options.pd_start_steps, ctx.steps)
     for i, n in enumerate(todo, 1):
-        sigmas = make_schedule("karras_trailing", 2 * n, ctx.sigma_range)
+        sigmas = ctx.student_schedule(2 * n)
         trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
                             ctx.train_labels(), "euler", n, round_label(i, len(todo), n))["student"]
         if not ctx.finished():
@@ -95,6 +94,6 @@ def run(ctx) -> list[Path]:
         if n in ctx.steps:
             exported.append(ctx.export(trained, f"model-{n}step", "euler", [n], "progressive"))
         teacher = copy.deepcopy(trained).eval().requires_grad_(False)  # a student takes DDIM (Euler) steps
-        student, solver = copy.deepcopy(trained).train().requires_grad_(True), "euler"
+        student, solver = ctx.trainable(copy.deepcopy(trained)), "euler"
     exported.append(ctx.export(trained, "model", "euler", [n], "progressive"))
     return exported

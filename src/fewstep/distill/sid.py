@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fewstep.config import option
-from fewstep.core.denoiser import SigmaRange, append_dims
+from fewstep.core.denoiser import SigmaRange
 from fewstep.data.batches import Batch
 from fewstep.distill.dmd import fake_score_loss, frozen, generate, noised, train_generator
 

@@ -14,7 +14,7 @@ from fewstep.models.weights import load_network
 
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                      "DPMSolverMultistepScheduler", "PNDMScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
-                     "UniPCMultistepScheduler")
+                     "UniPCMultistepScheduler", "LCMScheduler")
 
 
 def _find(folder: Path) -> tuple[Path, Path]:
@@ -52,7 +52,8 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
     scheduler = getattr(diffusers, sched_name).from_config(sched_cfg)
     net = load_network(net_dir, class_name)
     prediction = sched_cfg.get("prediction_type", "epsilon")
-    denoiser = DiffusersVPDenoiser(net, scheduler.alphas_cumprod, prediction)
+    boundary = sched_cfg.get("timestep_scaling", 10.0) if sched_name == "LCMScheduler" else None  # LCM's c_skip
+    denoiser = DiffusersVPDenoiser(net, scheduler.alphas_cumprod, prediction, boundary_scaling=boundary)
     cfg = net.config
     shape = [cfg.in_channels, *([cfg.sample_size] * 2 if isinstance(cfg.sample_size, int) else cfg.sample_size)]
     info = ModelInfo(arch="unet", network_class=class_name, parameterization=prediction,

@@ -16,8 +16,8 @@ from fewstep.models.weights import load_network, model_hash
 __all__ = ["FEWSTEP_JSON", "LoadedModel", "ModelInfo", "load_model", "model_hash", "resolve_model_dir", "save_model"]
 
 
-def save_model(path: str | Path, network: nn.Module, info: ModelInfo, scheduler_config: dict | None = None) -> Path:
-    """Write network (save_pretrained, safetensors), fewstep.json and a diffusers scheduler config.
+def save_model(path: str | Path, network: nn.Module | None, info: ModelInfo, scheduler_config: dict | None = None) -> Path:
+    """Write network (save_pretrained, safetensors; None: written already), fewstep.json and a scheduler config.
 
     EDM models get an EDMEulerScheduler config; a flow model (fewstep's or a user's) and a model of a user's VP
     network keep `scheduler_config` (a FlowMatchEulerDiscreteScheduler's, or the network's own).
@@ -26,7 +26,8 @@ def save_model(path: str | Path, network: nn.Module, info: ModelInfo, scheduler_
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    network.save_pretrained(path, safe_serialization=True)
+    if network is not None:
+        network.save_pretrained(path, safe_serialization=True)
     (path / FEWSTEP_JSON).write_text(json.dumps({"fewstep_version": __version__, **asdict(info)}, indent=2))
     if info.parameterization == "edm":  # lets diffusers run it: EDMEulerScheduler uses the same c_in/c_out/c_noise
         from diffusers import EDMEulerScheduler

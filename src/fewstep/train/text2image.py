@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
