@@ -357,8 +357,8 @@ def _seeds_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout", help="labels the transfer is measured on (default: the other half)")
     _add_plan_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed of the bank (default 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.set_defaults(func=cmd_seeds)
 
 
