@@ -1,6 +1,6 @@
-"""A user's data end to end: a points file trains a teacher that distils and evaluates in a fresh process (with mode
-coverage from its centres), a changed file stops that process with one line, and two processes stream shards
-like one."""
+"""A user's data end to end: a points file and labelled image sets (folder, shards) train a teacher that distils and
+evaluates in a fresh process (points with mode coverage from their centres), a changed file stops that process with
+one line, and two processes stream shards like one."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fewstep.cli import main
-from tests.test_data_formats import write_shards
+from tests.test_data_formats import colour_folder, write_shards
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
 
@@ -53,6 +53,24 @@ def test_points_file_trains_distils_and_evaluates_in_a_fresh_process(tmp_path):
     changed = fresh_process("eval", "--model", str(tmp_path / "s"), "--n", "400", "--results", str(tmp_path / "r2"))
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1 and "modes.npz" in changed.stderr
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards"])
+def test_an_image_set_trains_distils_and_evaluates_in_a_fresh_process(tmp_path, kind):
+    """Labelled 8x8 images in class sub-folders or in tar shards: teacher, one-step student, and the ruler (its own
+    feature network for these classes) in a new process."""
+    root = (colour_folder(tmp_path / "f", 60, size=(8, 8), classes=3, captions="none") if kind == "folder"
+            else write_shards(tmp_path / "s", 60, size=(8, 8), captions=False))
+    assert main(["train", "--dataset", f"{kind}:{root}", "--preset", "tiny", "--out", str(tmp_path / "t")]) == 0
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--method", "consistency", "--preset", "tiny",
+                 "--steps", "1", "--out", str(tmp_path / "s1")]) == 0
+    done = fresh_process("eval", "--model", str(tmp_path / "s1"), "--n", "48", "--json", "--no-agreement",
+                         "--results", str(tmp_path / "r.jsonl"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["dataset_spec"].startswith(f"{kind}:") and row["nfe"] == 1
+    for key in ("fd", "precision", "recall", "accuracy"):
+        assert np.isfinite(row[key]) and np.isfinite(row[f"{key}_floor"]), key
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")

@@ -47,6 +47,7 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
         yield
         return
     lock = lock_path(path, folder)
+    created = not lock.parent.exists()
     lock.parent.mkdir(parents=True, exist_ok=True)
     key = lock.resolve()
     if key in _held:
@@ -72,6 +73,9 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
             _held[key] = (fd, depth - 1)
         else:
             del _held[key]
+            if created and [p.name for p in lock.parent.iterdir()] == [lock.name]:  # refused before writing anything
+                lock.unlink()
+                lock.parent.rmdir()
             os.close(fd)  # closing the last descriptor releases the flock
 
 

@@ -6,7 +6,7 @@ from fewstep.metrics.captions import (AttributeConfig, AttributeNet, attribute_a
                                       caption_floor, caption_quality)
 from fewstep.metrics.clip import clip_score, clip_similarities, load_clip
 from fewstep.metrics.cost import PeakMemory, Timing, count_flops, flops_per_call, peak_memory, time_per_sample
-from fewstep.metrics.evaluate import evaluate_samples
+from fewstep.metrics.ruler import evaluate_samples
 from fewstep.metrics.features import FeatureConfig, FeatureNet, feature_network
 from fewstep.metrics.floor import IDEAL, RealSplit, image_floor, real_split, toy_floor
 from fewstep.metrics.image import (class_agreement, frechet_distance, image_quality, precision_recall, real_images,

@@ -1,4 +1,5 @@
-"""evaluate_samples: every applicable quality metric of a set of samples, each with its floor, as one flat dict."""
+"""The ruler on one set of samples: every applicable quality metric, its bootstrap interval and its floor, as one
+flat dict (evaluate_samples)."""
 
 from __future__ import annotations
 
