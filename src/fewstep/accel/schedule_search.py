@@ -45,9 +45,11 @@ Objective = Callable[[torch.Tensor], float]
 def held_out_objective(data: Dataset, n: int) -> tuple[str, Objective]:
     """The quality to minimise and its name: sw2 for 2-D data, fd for images, against held-out real data."""
     if data.kind == "vector":
-        pool = torch.cat([data.train, data.test])
-        reference = (fresh_samples(data, n, SEARCH_REFERENCE_SEED) if data.sampler is not None
-                     else pool[real_split(len(pool), n).held_out])
+        if data.sampler is not None:
+            reference = fresh_samples(data, n, SEARCH_REFERENCE_SEED)
+        else:
+            pool = real_images(data)[0]
+            reference = pool[real_split(len(pool), n).held_out]
         return "sw2", lambda samples: sliced_wasserstein2(samples, reference)
     net = feature_network(data)
     held_out = real_split(len(real_images(data)[0]), n).held_out

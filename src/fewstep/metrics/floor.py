@@ -57,7 +57,7 @@ def _real_points(data: Dataset, n: int, n_ref: int | None) -> tuple[torch.Tensor
     rows of the data's own points (train then test), as for images."""
     if data.sampler is not None:
         return fresh_samples(data, n_ref or n, REFERENCE_SEED), fresh_samples(data, n, FLOOR_SEED)
-    pool = torch.cat([data.train, data.test])
+    pool = real_images(data)[0]
     split = real_split(len(pool), n, n_ref)
     return pool[split.reference], pool[split.held_out]
 
