@@ -79,6 +79,20 @@ def test_plain_diffusers_runs_the_export_and_equals_fewstep_ddim_with_cfg(run):
     assert (ours - ref).abs().max() < 1e-4
 
 
+def test_previews_draw_captions_and_log_their_prompt_accuracy(data, tmp_path, monkeypatch, capsys):
+    from fewstep.metrics import captions as ruler
+    from tests.test_text_cli import FAST_RULER
+
+    monkeypatch.setattr(ruler, "RULER_CONFIG", FAST_RULER)
+    train_teacher(captions_config(sample_every=2), tmp_path / "run", data=data)
+    samples = tmp_path / "run" / "unet" / "samples"
+    assert sorted(p.name for p in samples.glob("*.png")) == ["step-0000002.png", "step-0000004.png"]
+    rows = [json.loads(line) for line in (samples / "quality.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(0 <= r["prompt_accuracy"] <= 1 and "colour_accuracy" in r for r in rows)
+    assert "preview at step 4: prompt accuracy" in capsys.readouterr().err
+
+
 def test_killed_stages_resume_to_the_uninterrupted_run(run, data, tmp_path):
     cfg = captions_config()
     out = tmp_path / "resumed"

@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(to_toml(config), end="")
         return 0
     model_dir = train_teacher(config, args.out, resume=args.resume)
-    print(f"model saved to {model_dir}; samples in {Path(args.out) / 'samples'}")
+    previews = [p for p in (Path(args.out) / "samples", Path(args.out) / "unet" / "samples") if p.is_dir()]
+    print(f"model saved to {model_dir}" + (f"; samples in {previews[0]}" if previews else ""))
     return 0
 
 

@@ -257,7 +257,7 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("tiny", "text"): dict(vae_steps=6, steps=6, batch_size=8, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
                            sample_every=0, checkpoint_every=3),
     ("small", "text"): dict(vae_steps=800, steps=4000, batch_size=32, lr=1e-3, ema_halflife_steps=300,
-                            sample_every=0, checkpoint_every=250),
+                            sample_every=500, checkpoint_every=250),
     ("base", "text"): dict(vae_steps=20_000, steps=100_000, batch_size=256, lr=5e-4, ema_halflife_steps=2000,
                            sample_every=5000, checkpoint_every=2000),
 }

@@ -44,6 +44,7 @@ UNET_PRESETS = {"tiny": dict(block_out_channels=(8, 16), layers_per_block=1, att
 # the recorded defaults: a converged sampler and CFG scale (docs/BENCHMARKS.md, "captions teacher")
 DEFAULT_SAMPLER = {"name": "dpmpp_2m", "schedule": "karras", "steps": 15}
 DEFAULT_CFG_SCALE = 3.0
+PREVIEW_N = 64  # seen test captions drawn and scored at each preview of the U-Net stage
 
 
 def check_text_config(cfg: TrainConfig) -> None:
@@ -103,6 +104,56 @@ def noise_scheduler(prediction_type: str):
     from fewstep.models.tiny import tiny_scheduler
 
     return tiny_scheduler("DDIMScheduler", prediction_type)
+
+
+def text_preview(network: TextToImageNetwork, vae, scheduler, prediction_type: str, captions: list[str],
+                 path: Path) -> torch.Tensor:
+    """Draw one image per caption with the recorded sampler and CFG scale (fixed seed), save them as a grid labelled
+    by caption at path and return them (decoded, in [-1, 1])."""
+    from fewstep.core.cond import Cond
+    from fewstep.core.schedules import make_schedule
+    from fewstep.data.visualize import save_prompt_grid
+    from fewstep.models.autoencoder import LatentAutoencoder
+    from fewstep.models.diffusers_adapter import DiffusersVPDenoiser
+    from fewstep.samplers import generate
+    from fewstep.samplers.cfg import CFGDenoiser
+    from fewstep.train.teacher import GRID_SEED
+
+    unet = network.unet
+    with torch.no_grad():
+        cond = Cond(text=network.encode(captions), negative=Cond(text=network.encode([""] * len(captions))))
+        inner = DiffusersVPDenoiser(unet, scheduler.alphas_cumprod, prediction_type).to(unet.device).eval()
+        sigmas = make_schedule(DEFAULT_SAMPLER["schedule"], DEFAULT_SAMPLER["steps"], inner.sigma_range)
+        shape = [unet.config.in_channels, *[unet.config.sample_size] * 2]
+        out = generate(CFGDenoiser(inner, DEFAULT_CFG_SCALE), shape, len(captions), sigmas, DEFAULT_SAMPLER["name"],
+                       GRID_SEED, cond, device=unet.device)
+        images = LatentAutoencoder(vae).decode(out.samples.to(vae.device)).cpu()
+    save_prompt_grid(images, captions, path)
+    return images
+
+
+def preview_callback(vae, scheduler, cfg: TrainConfig, data: Dataset, folder: Path):
+    """The U-Net stage's preview: a grid of PREVIEW_N captions in folder/step-N.png; on the captions task also their
+    prompt and per-attribute accuracy (the captions ruler), printed and appended to folder/quality.jsonl."""
+    from fewstep.data.captions import caption_prompts
+    from fewstep.metrics import captions as ruler
+
+    task = data.name.startswith("captions")
+    captions = caption_prompts("seen", PREVIEW_N).captions if task else list(data.train_text[:PREVIEW_N])
+
+    def on_sample(step: int, modules: dict) -> None:
+        images = text_preview(modules["model"], vae, scheduler, cfg.prediction_type, captions,
+                              folder / f"step-{step:07d}.png")
+        if not task:
+            return
+        row = ruler.caption_quality(images, captions, "seen", config=ruler.RULER_CONFIG)
+        print(f"preview at step {step}: prompt accuracy {row['prompt_accuracy']:.3f} on {len(captions)} seen "
+              f"captions (real renders: {row['prompt_accuracy_floor']:.3f})", file=sys.stderr)
+        with open(folder / "quality.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in row.items()
+                                                 if k.endswith("_accuracy") or k == "fd"}}) + "\n")
+
+    return on_sample
 
 
 def _remaining(stop_at: int | None, done: int) -> int | None:
@@ -173,8 +224,9 @@ def train_text_to_image(cfg: TrainConfig, out: str | Path, resume: bool = False,
     scheduler = noise_scheduler(cfg.prediction_type)
     method = VPTextTraining(network, scheduler.alphas_cumprod, cfg.prediction_type, cfg.label_dropout)
     source = TensorSource(latents, seed=cfg.seed, text=data.train_text)
-    trained = run_loop(method, source, cfg.loop(), unet_dir, accelerator=acc,
-                       stop_at=_remaining(stop_at, cfg.vae_steps))
+    on_sample = preview_callback(vae, scheduler, cfg, data, unet_dir / "samples")
+    trained = run_loop(method, source, cfg.loop(), unet_dir, on_sample, accelerator=acc,
+                       stop_at=_remaining(stop_at, cfg.vae_steps), desc="train text-to-image U-Net")
     if stop_at is not None and stop_at < cfg.vae_steps + cfg.steps:
         return run_dir / "model"
     return export_pipeline(trained["model"], vae, scheduler, run_dir, cfg, data)
