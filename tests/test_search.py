@@ -9,6 +9,8 @@ import torch
 
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from fewstep.cli import main
 from fewstep.core.denoiser import CallableDenoiser
 from fewstep.core.errors import UserError
@@ -156,19 +158,21 @@ def test_cli_sample_eval_and_seeds(tiny_teacher, tmp_path, monkeypatch, capsys):
     verifier = "verifier=tests_search_verifier:brightness"
     assert main(["sample", "--model", str(tiny_teacher), "--n", "4", "--steps", "2", "--sampler", "euler", "--classes",
                  "--search", f"best-of:n=2,{verifier}", "--out", str(tmp_path / "s.png")]) == 0
-    assert "total NFE 4" in capsys.readouterr().out
-    results = tmp_path / "r.jsonl"
-    assert main(["eval", "--model", str(tiny_teacher), "--n", "20", "--steps", "2", "--sampler", "euler",
-                 "--no-agreement", "--timing-batch", "4", "--search", f"noise-search:rounds=1,n=2,{verifier}",
-                 "--results", str(results)]) == 0
-    row = json.loads(results.read_text())
-    assert (row["nfe"], row["candidates"], row["verifier"], row["ruler_independent"]) == (
-        8, 4, "tests_search_verifier:brightness", True)
-    assert row["search"].startswith("noise-search") and row["accuracy"] >= 0 and row["candidate_flops_per_sample"] > 0
+    assert "2 candidates per sample, NFE 4 per sample over every candidate (16 in all)" in capsys.readouterr().out
     assert main(["seeds", "--model", str(tiny_teacher), "--bank", "8", "--steps", "1", "--sampler", "euler",
                  "--verifier", "tests_search_verifier:brightness", "--out", str(tmp_path / "seeds")]) == 0
     found = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
     assert sorted(found["order"]) == list(range(8)) and found["heldout"]["labels"] == [5, 6, 7, 8, 9]
+    results = tmp_path / "r.jsonl"  # searched from the golden seeds: candidate 0 of item i is the i-th best seed
+    assert main(["eval", "--model", str(tiny_teacher), "--n", "20", "--steps", "2", "--sampler", "euler",
+                 "--no-agreement", "--timing-batch", "4", "--search", f"noise-search:rounds=1,n=2,{verifier}",
+                 "--seeds-from", str(tmp_path / "seeds" / "seeds.json"), "--results", str(results)]) == 0
+    row = json.loads(results.read_text())
+    assert (row["nfe"], row["candidates"], row["verifier"], row["ruler_independent"]) == (
+        8, 4, "tests_search_verifier:brightness", True)
+    assert row["search"].startswith("noise-search") and row["accuracy"] >= 0 and row["candidate_flops_per_sample"] > 0
+    assert (row["seeds_from"], row["seed"], row["seed_indices"]) == (str(tmp_path / "seeds" / "seeds.json"), 0,
+                                                                     found["order"])
     capsys.readouterr()
     assert main(["sample", "--model", str(tiny_teacher), "--search", "best-of:n=0", "--out", "x.png"]) == 2
     assert main(["seeds", "--model", str(tiny_teacher), "--calibration", "12", "--out", str(tmp_path)]) == 2
@@ -193,13 +197,59 @@ def test_captions_verifier_scores_stated_attributes():
         verifier.score(real, torch.zeros(8))
 
 
-def test_accept_keeps_the_earliest_good_enough_candidate(toy):
+def test_accept_keeps_the_earliest_good_enough_candidate_and_draws_no_more(toy):
     model, plan, data = toy
-    plain = sample(model, plan, 32).samples
-    everything = search_sample(model, plan, 32, "best-of:n=6,verifier=density,accept=-1e9", data=data)
-    assert torch.equal(everything.samples, plain) and everything.candidates == 6  # all accepted: the plain sample
-    argmax = search_sample(model, plan, 32, "best-of:n=6,verifier=density", data=data)
+    kde = build_verifier("density:bandwidth=0.2", data)
+    n, steps = 32, plan.steps
+    plain = count_flops(lambda: sample(model, plan, n)) / n
+    one = search_sample(model, plan, n, "best-of:n=1", kde)
+    for spec in ("best-of:n=6,accept=-1e9", "noise-search:rounds=2,n=3,accept=-1e9"):  # every first candidate passes
+        easy = search_sample(model, plan, n, spec, kde)
+        assert torch.equal(easy.samples, one.samples) and (easy.candidates, easy.nfe, easy.nfe_total) == (1, steps,
+                                                                                                           n * steps)
+        assert easy.flops_per_sample == pytest.approx(one.flops_per_sample, rel=1e-12)
+        assert easy.verifier_flops_per_sample == one.verifier_flops_per_sample == kde.flops_per_sample
+    argmax = search_sample(model, plan, n, "best-of:n=6", kde)
+    never = search_sample(model, plan, n, "best-of:n=6,accept=1e9", kde)  # no candidate passes: best-of-6 itself
+    assert torch.equal(never.samples, argmax.samples) and torch.equal(never.choice, argmax.choice)
+    assert (never.candidates, never.nfe, never.nfe_total) == (6, 6 * steps, 6 * n * steps)
+    assert never.flops_per_sample == pytest.approx(argmax.flops_per_sample, rel=1e-12)
     accept = float(argmax.scores.median())
-    found = search_sample(model, plan, 32, f"best-of:n=6,verifier=density,accept={accept}", data=data)
+    found = search_sample(model, plan, n, f"best-of:n=6,accept={accept}", kde)
     assert (found.choice <= argmax.choice).all() and found.choice.sum() < argmax.choice.sum()
     assert torch.equal(found.scores, argmax.scores.clamp_max(accept))  # as good, up to the threshold
+    drawn = torch.where(found.scores >= accept, found.choice + 1, 6)  # an item stops at its first pass
+    assert found.nfe_total == steps * int(drawn.sum()) < 6 * n * steps and found.nfe == pytest.approx(
+        steps * float(drawn.double().mean()))
+    assert found.verifier_flops_per_sample == pytest.approx(float(drawn.double().mean()) * kde.flops_per_sample)
+    assert found.flops_per_sample == pytest.approx(float(drawn.double().mean()) * plain
+                                                   + found.verifier_flops_per_sample, rel=1e-12)
+
+
+def test_seeds_from_samples_exactly_the_ranked_seeds(tiny_teacher, tmp_path, capsys):
+    """Sample i starts from the i-th best seed of the ranking, cycling past the bank, on the ranking's noise seed:
+    the same sample as plain sampling of that seed (a stochastic sampler: its per-step noise follows the seed too)."""
+    order = [4, 0, 2, 1, 3]
+    ranking = tmp_path / "seeds.json"
+    ranking.write_text(json.dumps({"seed": 3, "bank": 5, "order": order}))
+    model = load_model(tiny_teacher / "model")
+    settings = PlanSettings(sampler="euler_ancestral", steps=2)
+    plain = sample(model, build_plan(model, settings), 5, 3, torch.full((5,), 7)).samples
+    tensors = tmp_path / "golden.safetensors"
+    assert main(["sample", "--model", str(tiny_teacher), "--n", "7", "--sampler", "euler_ancestral", "--steps", "2",
+                 "--class-label", "7", "--seeds-from", str(ranking), "--save-tensor", str(tensors),
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert f"seeds: the best of {ranking} (seed 3)" in capsys.readouterr().out
+    golden = [4, 0, 2, 1, 3, 4, 0]
+    assert torch.equal(load_file(tensors)["samples"], plain[golden])
+    searched = search_sample(model, build_plan(model, settings), 7, "best-of:n=1", brightness, seed=3,
+                             cond=torch.full((7,), 7), indices=golden)  # candidate 0 of a search: the golden seed
+    assert torch.equal(searched.samples, plain[golden])
+    capsys.readouterr()
+    ranking_bad = tmp_path / "bad.json"
+    ranking_bad.write_text(json.dumps({"seed": 0, "order": [0, 0, 1]}))
+    for argv in (["--seeds-from", str(ranking), "--seed", "1"], ["--seeds-from", str(ranking_bad)],
+                 ["--seeds-from", str(tmp_path / "missing.json")]):
+        assert main(["sample", "--model", str(tiny_teacher), *argv, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("fewstep: error: --seeds-from") for line in err), err

@@ -183,6 +183,73 @@ def test_search_schedule_on_a_pipeline_folder(pipe, prompts_file, tmp_path, caps
                  "--out", str(tmp_path / "g.png")]) == 0
 
 
+CAPTIONS_VERIFIER = "verifier=captions:seed=1"
+
+
+@pytest.fixture
+def fast_verifier(monkeypatch):
+    """The captions verifier briefly trained (plumbing only): a spec holds one verifier option, so its recipe's
+    defaults are what the test changes."""
+    from dataclasses import make_dataclass
+
+    from fewstep.search import verifiers
+
+    config, cls, summary = verifiers.VERIFIERS["captions"]
+    fast = make_dataclass("FastCaptionsConfig", [("steps", int, 20), ("n_train", int, 256)], bases=(config,))
+    monkeypatch.setitem(verifiers.VERIFIERS, "captions", (fast, cls, summary))
+    return "captions:seed=1,steps=20,n_train=256"
+
+
+@pytest.fixture(scope="module")
+def captions_file(tmp_path_factory):
+    from fewstep.data.captions import caption_prompts
+
+    path = tmp_path_factory.mktemp("captions") / "captions.txt"
+    path.write_text("\n".join(caption_prompts("seen", 2).captions) + "\n")
+    return str(path)
+
+
+def test_cli_sample_searches_caption_prompts_each_against_its_own_prompt(pipe, captions_file, fast_verifier,
+                                                                         tmp_path, capsys):
+    from fewstep.data.prompts import read_prompts
+    from fewstep.search import build_verifier
+    from fewstep.search.candidates import STRIDE
+    from fewstep.search.run import model_data
+
+    tensors = tmp_path / "s.safetensors"
+    assert main(["sample", "--model", pipe, "--prompts", captions_file, "--n", "4", "--steps", "2", "--search",
+                 f"best-of:n=3,{CAPTIONS_VERIFIER}", "--save-tensor", str(tensors),
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert "3 candidates per sample, NFE 6 per sample over every candidate (24 in all)" in capsys.readouterr().out
+    model = load_model(pipe)
+    prompts = [read_prompts(captions_file)[i % 2] for i in range(4)]
+    verifier = build_verifier(fast_verifier, model_data(model))
+    # candidate c of item i is the plain sample of noise index i + c * STRIDE, scored against prompt i
+    candidates = [sample_model(model, 4, PlanSettings(steps=2), prompts=prompts,
+                               indices=[i + c * STRIDE for i in range(4)]).samples for c in range(3)]
+    scores = torch.stack([verifier.score(model.decode(x), prompts) for x in candidates])
+    best = scores.argmax(0)
+    assert torch.equal(load_file(tensors)["samples"], torch.stack(candidates)[best, torch.arange(4)])
+    assert len(set(best.tolist())) > 1  # the search did choose: not every item kept the same candidate
+
+
+def test_cli_eval_searches_both_caption_splits_and_counts_every_candidate(pipe, fast_ruler, fast_verifier, tmp_path):
+    from fewstep.metrics.cost import count_flops
+
+    results = tmp_path / "r.jsonl"
+    assert main(["eval", "--model", pipe, "--prompts", "captions", "--n", "8", "--steps", "2", "--timing-batch", "4",
+                 "--no-agreement", "--search", f"best-of:n=2,{CAPTIONS_VERIFIER}", "--results", str(results)]) == 0
+    row = json.loads(results.read_text())
+    assert (row["nfe"], row["candidates"], row["nfe_total"]) == (4, 2, 32)
+    assert (row["heldout_nfe"], row["heldout_candidates"], row["heldout_search"]) == (4, 2, row["search"])
+    assert row["verifier"] == fast_verifier and row["ruler_independent"]
+    model = load_model(pipe)
+    decode = count_flops(lambda: model.decode(torch.zeros(4, *model.info.shape))) / 4  # each candidate is decoded
+    assert row["flops_per_sample"] == pytest.approx(
+        2 * (row["candidate_flops_per_sample"] + decode) + row["verifier_flops_per_sample"], rel=1e-6)
+    assert 0 <= row["prompt_accuracy"] <= 1 and 0 <= row["heldout_prompt_accuracy"] <= 1
+
+
 def _broken(pipe, tmp_path, how: str) -> str:
     folder = tmp_path / how
     shutil.copytree(pipe, folder)
@@ -207,6 +274,10 @@ def _broken(pipe, tmp_path, how: str) -> str:
     ("eval_no_set", "records no prompt set; pass --prompts FILE"),
     ("eval_pixels", "--prompts, --negative-prompt and --clip need a text-to-image model"),
     ("eval_dataset", "a text-to-image model is measured on prompt sets, not on digits"),
+    ("search_not_captions", "the captions verifier scores captions of its grammar only: caption 'a red cat' is "
+                            "outside the grammar"),
+    ("search_classifier", "the classifier verifier does not read prompts"),
+    ("eval_search_not_captions", "the captions verifier scores captions of its grammar only"),
 ])
 def test_bad_text_input_is_one_line_and_exit_2(pipe, prompts_file, tmp_path, capsys, case, message):
     from tests.test_diffusers_adapter import save_pipeline
@@ -229,6 +300,11 @@ def test_bad_text_input_is_one_line_and_exit_2(pipe, prompts_file, tmp_path, cap
             "eval_no_set": ["eval", "--model", pipe, "--n", "4", "--steps", "1"],
             "eval_pixels": ["eval", "--model", str(tmp_path / "pixels"), "--prompts", prompts_file, "--n", "4"],
             "eval_dataset": ["eval", "--model", pipe, "--dataset", "digits", "--n", "4"],
+            "search_not_captions": [*sample, "--model", pipe, "--prompts", prompts_file, "--search",
+                                    "best-of:n=2,verifier=captions"],
+            "search_classifier": [*sample, "--model", pipe, "--prompt", "a cat", "--search", "best-of:n=2"],
+            "eval_search_not_captions": ["eval", "--model", pipe, "--prompts", prompts_file, "--n", "4", "--search",
+                                         "best-of:n=2,verifier=captions"],
             }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err

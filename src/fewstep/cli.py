@@ -72,15 +72,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.data.visualize import save_samples
     from fewstep.models.io import load_model
     from fewstep.sample import class_labels, sample_model
+    from fewstep.search.run import prompt_request
 
-    prompts = _prompts(args)  # a bad prompt file fails before the model loads
+    prompts = _prompts(args)  # a bad prompt file, seed ranking or verifier for prompts fails before the model loads
+    seed, golden = _seeds(args)
+    indices = golden.indices(args.n) if golden else None
+    request = prompt_request(args.search, prompts, args.n) if args.search and prompts is not None else None
     model = load_model(args.model, args.device)
     labels = class_labels(model, args.n, args.class_label, cycle=not args.unconditional)
     if args.search:
-        result = _search(model, args, labels)
+        result = _search(model, args, labels, prompts, request, seed, indices)
     else:
-        result = sample_model(model, args.n, _plan_settings(args), args.seed, labels, args.batch_size, args.device,
-                              prompts=prompts, negative_prompt=args.negative_prompt)
+        result = sample_model(model, args.n, _plan_settings(args), seed, labels, args.batch_size, args.device,
+                              prompts=prompts, negative_prompt=args.negative_prompt, indices=indices)
     images = model.decode(result.samples, args.batch_size)  # latents -> pixels; pixel models as they are
     if prompts is None:
         path = save_samples(images, args.out)
@@ -91,8 +95,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from safetensors.torch import save_file
         decoded = {"images": images.contiguous()} if model.autoencoder is not None else {}
         save_file({"samples": result.samples.contiguous(), **decoded}, args.save_tensor)
-    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {conditioning_line(model, args, prompts)})")
+    seeds = f"; seeds: the best of {golden.path} (seed {seed})" if golden else ""
+    print(f"wrote {path} ({args.n} samples, NFE {result.nfe}; {conditioning_line(model, args, prompts)}{seeds})")
     return 0
+
+
+def _seeds(args: argparse.Namespace) -> tuple[int, Any]:
+    """The noise seed and the golden seeds of --seeds-from (None without it); --seed is its ranking's then."""
+    from fewstep.core.errors import UserError
+    from fewstep.search.seeds import read_golden_seeds
+
+    if not args.seeds_from:
+        return args.seed or 0, None
+    if args.seed is not None:
+        raise UserError("--seeds-from samples on the noise seed its ranking was made with; drop --seed")
+    golden = read_golden_seeds(args.seeds_from)
+    return golden.seed, golden
 
 
 def _prompts(args: argparse.Namespace) -> list[str] | None:
@@ -153,10 +171,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 
-    settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=args.seed, batch_size=args.batch_size,
+    settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=_seeds(args)[0], batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
                             device=args.device, inception=args.inception, prompts=args.prompts,
-                            negative_prompt=args.negative_prompt, clip=args.clip, search=args.search)
+                            negative_prompt=args.negative_prompt, clip=args.clip, search=args.search,
+                            seeds_from=args.seeds_from)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.sweep:
@@ -193,7 +212,7 @@ def _print_row(row: dict, as_json: bool) -> None:
                        f"(real {row[p + 'prompt_accuracy_floor']:.3g})"
                        for p in ("", "heldout_") if p + "prompt_accuracy" in row)
         ci = f" [{row[q + '_lo']:.3g}, {row[q + '_hi']:.3g}]" if q + "_lo" in row else ""
-        print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4}  {q} {row[q]:.4g}{ci} "
+        print(f"{row['sampler']:>15} {row['schedule']:>9} NFE {row['nfe']:>4g}  {q} {row[q]:.4g}{ci} "
               f"(floor {row[q + '_floor']:.3g}){fid}  {row['seconds_per_sample'] * 1e3:.3g} ms/sample{accel}",
               flush=True)
         if row.get("scored_by"):
@@ -314,24 +333,29 @@ def _plan_settings(args: argparse.Namespace) -> Any:
 
 def _add_search_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", help="search over initial noise with a verifier: best-of:n=8,verifier=classifier | "
-                                         "noise-search:rounds=4,n=4,lambda=0.3,verifier=classifier (docs/search.md)")
+                                         "noise-search:rounds=4,n=4,lambda=0.3,verifier=classifier | "
+                                         "best-of:n=4,verifier=captions (caption prompts); ,accept=SCORE stops an "
+                                         "item at its first good-enough candidate (docs/search.md)")
+    parser.add_argument("--seeds-from", metavar="SEEDS.json",
+                        help="golden seeds: sample i starts from the i-th best seed of this `fewstep seeds` ranking "
+                             "(cycling past its bank), on the ranking's noise seed")
 
 
-def _search(model: Any, args: argparse.Namespace, labels: Any) -> Any:
-    from fewstep.core.errors import UserError
+def _search(model: Any, args: argparse.Namespace, labels: Any, prompts: list[str] | None, request: Any, seed: int,
+            indices: list[int] | None) -> Any:
+    """search_sample for `fewstep sample`: on class labels, or on prompts with `request` (prompt_request's)."""
     from fewstep.plan import build_plan
+    from fewstep.sample import sample_cond
     from fewstep.search import search_sample
     from fewstep.search.run import model_data
 
-    if args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
-    if model.prompt_encoder is not None:
-        raise UserError("--search on the command line takes class-conditional and unconditional models; for prompts "
-                        "call fewstep.search.search_sample with the captions verifier (docs/search.md)")
+    cond = sample_cond(model, args.n, labels, prompts, args.negative_prompt)
     result = search_sample(model, build_plan(model, _plan_settings(args)), args.n, args.search, data=model_data(model),
-                           seed=args.seed, cond=labels, batch_size=args.batch_size, device=args.device)
-    print(f"search {result.search} with {result.verifier}: {result.candidates} candidates per sample, "
-          f"total NFE {result.nfe}, {result.flops_per_sample:.4g} FLOPs per sample")
+                           seed=seed, cond=cond, request=request, batch_size=args.batch_size, device=args.device,
+                           indices=indices)
+    print(f"search {result.search} with {result.verifier}: {result.candidates:g} candidates per sample, "
+          f"NFE {result.nfe:g} per sample over every candidate ({result.nfe_total} in all), "
+          f"{result.flops_per_sample:.4g} FLOPs per sample")
     return result
 
 
@@ -388,7 +412,7 @@ def _sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the PNG file to write (a grid of images, or a 2-D scatter plot)")
     p.add_argument("--n", type=int, default=64, help="number of samples to draw (default 64)")
     _add_plan_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="noise seed; sample i always gets the same noise")
+    p.add_argument("--seed", type=int, help="noise seed; sample i always gets the same noise (default 0)")
     p.add_argument("--class-label", type=int, help="condition every sample on this class")
     p.add_argument("--classes", action="store_true",
                    help="cycle class labels 0..C-1 over the grid (what a class-conditional model does by default)")
@@ -409,7 +433,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, fewstep model folder or diffusers folder")
     _add_plan_flags(p, "measure")
     p.add_argument("--n", type=int, default=2000, help="number of samples to measure (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: sample i always gets the same noise (default 0)")
+    p.add_argument("--seed", type=int, help="noise seed: sample i always gets the same noise (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass while sampling")
     p.add_argument("--timing-batch", type=int, default=64, help="batch size of the timed runs (default 64)")
     p.add_argument("--no-agreement", action="store_true", help="skip agreement with the teacher's converged ODE")

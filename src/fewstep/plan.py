@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -167,11 +167,12 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
 
 
 def sample(model: LoadedModel, plan: SamplingPlan, n: int, seed: int = 0, cond: CondLike = None,
-           batch_size: int = 256, device: str | torch.device = "cpu", start_index: int = 0) -> SampleResult:
-    """Draw n samples (items start_index.. of `seed`) from `model` with `plan` applied."""
+           batch_size: int = 256, device: str | torch.device = "cpu",
+           indices: Sequence[int] | None = None) -> SampleResult:
+    """Draw n samples (item i from noise index indices[i] of `seed`, default i) from `model` with `plan` applied."""
     with plan.applied(model) as run:
         return generate(run.denoiser, model.info.shape, n, plan.sigmas, plan.sampler, seed, cond, batch_size, device,
-                        start_index, plan.sampler_options)
+                        indices, plan.sampler_options)
 
 
 __all__ = ["AppliedPlan", "PlanSettings", "SamplingPlan", "build_plan", "sample"]

@@ -44,15 +44,33 @@ def check_sample_memory(model: LoadedModel, n: int) -> None:
                         "and draw more in separate runs with other --seed values")
 
 
+def sample_cond(model: LoadedModel, n: int, cond: torch.Tensor | Cond | None = None,
+                prompts: Sequence[str] | None = None, negative_prompt: str | None = None,
+                cycle_classes: bool = False) -> torch.Tensor | Cond | None:
+    """The condition of n samples: prompts[i mod len(prompts)] for sample i, else `cond`, else class i mod C
+    (`cycle_classes`); a text-to-image model needs prompts."""
+    if prompts is not None:
+        return prompt_cond(model, prompts, n, negative_prompt)
+    if negative_prompt is not None:
+        raise UserError("a negative prompt needs prompts: pass --prompt TEXT or --prompts FILE as well")
+    if cond is None:
+        if model.prompt_encoder is not None:
+            raise UserError("this model is conditioned on text prompts; give --prompt TEXT or --prompts FILE "
+                            "(prompts=[...] in Python)")
+        cond = class_labels(model, n, cycle=cycle_classes)
+    return cond
+
+
 def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSettings | None = None, seed: int = 0,
                  cond: torch.Tensor | Cond | None = None, batch_size: int = 256, device: str = "cpu",
                  cycle_classes: bool = False, prompts: Sequence[str] | None = None,
-                 negative_prompt: str | None = None) -> SampleResult:
+                 negative_prompt: str | None = None, indices: Sequence[int] | None = None) -> SampleResult:
     """Draw n samples from a model folder with its recorded sampling plan, overridden by `settings`.
 
     `cond` conditions sample i on row i; `cycle_classes` labels sample i with class i mod C instead; `prompts`
     conditions sample i on prompts[i mod len(prompts)] (a text-to-image model, whose samples are latents:
-    `model.decode` turns them into images).
+    `model.decode` turns them into images). Sample i starts from noise index indices[i] of `seed` (default i; golden
+    seeds: `fewstep.search.seeds.read_golden_seeds(path).indices(n)` with its seed).
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -60,13 +78,5 @@ def sample_model(model: str | Path | LoadedModel, n: int = 64, settings: PlanSet
         raise UserError(f"--steps must be at least 1, got {settings.steps}")
     model = model if isinstance(model, LoadedModel) else load_model(model, device)
     check_sample_memory(model, n)
-    if prompts is not None:
-        cond = prompt_cond(model, prompts, n, negative_prompt)
-    elif negative_prompt is not None:
-        raise UserError("a negative prompt needs prompts: pass --prompt TEXT or --prompts FILE as well")
-    if cond is None:
-        if model.prompt_encoder is not None:
-            raise UserError("this model is conditioned on text prompts; give --prompt TEXT or --prompts FILE "
-                            "(prompts=[...] in Python)")
-        cond = class_labels(model, n, cycle=cycle_classes)
-    return sample(model, build_plan(model, settings), n, seed, cond, batch_size, device)
+    cond = sample_cond(model, n, cond, prompts, negative_prompt, cycle_classes)
+    return sample(model, build_plan(model, settings), n, seed, cond, batch_size, device, indices)

@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -25,6 +25,7 @@ from fewstep.models.io import load_model, model_hash, resolve_model_dir
 from fewstep.plan import AppliedPlan, PlanSettings, SamplingPlan, build_plan
 from fewstep.samplers import SampleResult, generate, get_sampler, initial_latents
 from fewstep.search.run import search_rows
+from fewstep.search.seeds import read_golden_seeds
 
 
 @dataclass
@@ -45,6 +46,7 @@ class EvalSettings(PlanSettings):
     negative_prompt: str | None = None  # the null condition of text CFG (None = the empty prompt)
     clip: str | None = None  # a local CLIP folder: text-to-image rows add clip_score (docs/evaluation.md)
     search: str | None = None  # inference-time search, e.g. "best-of:n=8,verifier=classifier" (fewstep.search)
+    seeds_from: str | None = None  # a `fewstep seeds` ranking: sample i from its i-th best seed, on its noise seed
 
 
 def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: EvalSettings) -> dict[str, object]:
@@ -74,12 +76,13 @@ def _cost(run: AppliedPlan, plan: SamplingPlan, shape, labels: CondLike, s: Eval
 
 
 def sample_and_cost(model: LoadedModel, plan: SamplingPlan, cond: CondLike, s: EvalSettings,
-                    result: SampleResult | None = None) -> tuple[SampleResult, dict, dict]:
-    """n samples of seed s.seed with the plan applied (unless a search already drew them), what its accelerators
-    skipped, and the run's cost."""
+                    result: SampleResult | None = None,
+                    indices: Sequence[int] | None = None) -> tuple[SampleResult, dict, dict]:
+    """n samples of seed s.seed (from noise indices `indices`, default 0..n-1) with the plan applied (unless a search
+    already drew them), what its accelerators skipped, and the run's cost."""
     with plan.applied(model) as run:  # removed before the teacher's reference is sampled: it may be this model
         result = result or generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
-                                    s.batch_size, s.device, options=plan.sampler_options)
+                                    s.batch_size, s.device, indices, plan.sampler_options)
         skipped = {"cache_stats": run.handle.stats() if s.cache else None,
                    "rows_evaluated": getattr(run.denoiser, "rows_evaluated", None),
                    "guidance_stats": run.denoiser.stats() if isinstance(run.denoiser, AdaptiveGuidance) else None}
@@ -116,18 +119,29 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
         raise UserError(f"--inception measures images; {data.name} is a 2-D set (measured with sw2, mmd and logp)")
     inception = load_inception(s.inception).to(s.device) if s.inception else None  # a bad file fails early
     plan = build_plan(model, s)
-    s = replace(s, **asdict(plan.settings()))
+    s, indices, seeds_row = golden_settings(replace(s, **asdict(plan.settings())))
     labels = torch.arange(s.n) % model.info.num_classes if model.info.num_classes else None
-    searched = search_rows(model, plan, s.n, s.search, data, s.seed, labels, s.batch_size, s.device)
-    result, skipped, cost = sample_and_cost(model, plan, labels, s, searched.result if searched else None)
+    searched = search_rows(model, plan, s.n, s.search, data, s.seed, labels, s.batch_size, s.device, None, indices)
+    result, skipped, cost = sample_and_cost(model, plan, labels, s, searched.result if searched else None, indices)
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
-    reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device) if s.agreement else None
+    reference = converged_samples(teacher, s.n, s.seed, labels, s.batch_size, s.device, indices=indices) \
+        if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
     if inception is not None:
         metrics.update(inception_quality(data, result.samples, inception))
     return result_row(model_path, model, s, {"dataset": data.name, "dataset_spec": str(data.spec or data.name),
-                                             "nfe": result.nfe, **skipped, **metrics, **cost,
+                                             "nfe": result.nfe, **skipped, **metrics, **cost, **seeds_row,
                                              **(searched.row(cost) if searched else {})})
+
+
+def golden_settings(s: EvalSettings) -> tuple[EvalSettings, list[int] | None, dict[str, object]]:
+    """With s.seeds_from: the settings on the ranking's noise seed, the noise indices of the n samples and the row's
+    record of them (the seeds used, best first; they cycle past the bank); else s, None and nothing."""
+    if not s.seeds_from:
+        return s, None, {}
+    golden = read_golden_seeds(s.seeds_from)
+    return replace(s, seed=golden.seed), golden.indices(s.n), {"seed_indices": golden.indices(min(s.n, len(
+        golden.order)))}
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,19 +27,21 @@ def _digest(cond: CondLike) -> str:
 
 
 def converged_samples(teacher: LoadedModel, n: int, seed: int, labels: CondLike, batch_size: int = 256,
-                      device: str = "cpu", cfg_scale: float = 1.0) -> torch.Tensor:
-    """Samples 0..n-1 of `seed` solved with 64 Heun steps (Karras schedule), with classifier-free guidance at
-    `cfg_scale` (text-to-image rows: the ODE an accelerated guided run approximates), cached by model hash and
-    settings."""
+                      device: str = "cpu", cfg_scale: float = 1.0,
+                      indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Samples 0..n-1 of `seed` (noise indices `indices` when given, as golden seeds pick them) solved with 64 Heun
+    steps (Karras schedule), with classifier-free guidance at `cfg_scale` (text-to-image rows: the ODE an accelerated
+    guided run approximates), cached by model hash and settings."""
     settings = {"model": model_hash(teacher.path), "sampler": REFERENCE_SAMPLER, "steps": REFERENCE_STEPS,
                 "schedule": "karras", "seed": seed, "n": n, "labels": _digest(labels),
-                **({"cfg_scale": cfg_scale} if cfg_scale != 1.0 else {})}
+                **({"cfg_scale": cfg_scale} if cfg_scale != 1.0 else {}),
+                **({"indices": tensor_digest(torch.as_tensor(list(indices)))} if indices is not None else {})}
     path = cache_path("trajectories", teacher.path.name, settings_hash(settings), ".safetensors")
     if path.exists():
         return load_file(path)["samples"]
     sigmas = make_schedule("karras", REFERENCE_STEPS, teacher.denoiser.sigma_range)
     samples = generate(guided_denoiser(teacher.denoiser, cfg_scale), teacher.info.shape, n, sigmas,
-                       REFERENCE_SAMPLER, seed, labels, batch_size, device).samples
+                       REFERENCE_SAMPLER, seed, labels, batch_size, device, indices).samples
     write_atomically(path, lambda tmp: save_file({"samples": samples.contiguous()}, tmp,
                                                  metadata={"settings": json.dumps(settings)}))
     return samples

@@ -4,7 +4,8 @@ Metric dispatch: prompts the captions ruler can read (a model trained on caption
 get prompt accuracy, per-attribute accuracy and FD / precision / recall with their floors (caption_quality); any
 other prompts have no reference data, so the row holds cost and agreement with the teacher's converged guided ODE
 only, and says so in `scored_by`. `--clip DIR` adds a CLIP score either way. One row per setting: the first prompt
-set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split.
+set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split. With a
+search, every set is searched with its own prompts as the verifier's request, and each set records its search's cost.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fewstep.bench.evaluate import EvalSettings, result_row, sample_and_cost
+from fewstep.bench.evaluate import EvalSettings, golden_settings, result_row, sample_and_cost
 from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
 from fewstep.data.prompts import PromptSet, prompt_sets
@@ -25,6 +26,7 @@ from fewstep.models.info import LoadedModel, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.plan import build_plan
 from fewstep.samplers import generate
+from fewstep.search.run import model_data, prompt_request, search_rows
 
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
 
@@ -53,28 +55,38 @@ def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: Ev
         raise UserError("--inception measures against a dataset's images; a text-to-image model is measured on prompt "
                         "sets (docs/evaluation.md)")
     plan = build_plan(model, settings)
-    s = replace(settings, **asdict(plan.settings()))
+    s, indices, seeds_row = golden_settings(replace(settings, **asdict(plan.settings())))
     sets = prompt_sets(s.prompts, s.n, is_captions_task(model, s.dataset))
+    requests = [prompt_request(s.search, p.prompts, s.n) for p in sets] if s.search else [None] * len(sets)
+    data = model_data(model) if s.search else None
     if sets[0].split is None and not s.agreement:
         raise UserError("these prompts have no reference data, so agreement with the teacher is the only quality "
                         "eval can measure; drop --no-agreement (or use --prompts captions:seen)")
     teacher = load_model(model.info.teacher, s.device) if model.info.teacher else model
     measured: dict[str, object] = {"prompt_set": "captions" if len(sets) > 1 else sets[0].name,
-                                   "split": sets[0].split, "image_shape": model.info.image_shape}
-    for i, prompts in enumerate(sets):
+                                   "split": sets[0].split, "image_shape": model.info.image_shape, **seeds_row}
+    for i, (prompts, request) in enumerate(zip(sets, requests)):
         cond = prompt_cond(model, prompts.prompts, s.n, s.negative_prompt)
+        searched = search_rows(model, plan, s.n, s.search, data, s.seed, cond, s.batch_size, s.device, request,
+                               indices)
+        metrics = {}
         if i == 0:
-            result, skipped, cost = sample_and_cost(model, plan, cond, s)
-            measured.update(nfe=result.nfe, **skipped, **cost)
+            result, skipped, cost = sample_and_cost(model, plan, cond, s, searched.result if searched else None,
+                                                    indices)
+            measured.update({"nfe": result.nfe, **skipped, **cost, **(searched.row(cost) if searched else {})})
+        elif searched:
+            result = searched.result
+            metrics.update(searched.result.row())
         else:
             with plan.applied(model) as run:
                 result = generate(run.denoiser, model.info.shape, s.n, plan.sigmas, plan.sampler, s.seed, cond,
-                                  s.batch_size, s.device)
+                                  s.batch_size, s.device, indices, plan.sampler_options)
         images = model.decode(result.samples, s.batch_size)
-        metrics = _quality(images, prompts, s.clip)
+        metrics.update(_quality(images, prompts, s.clip))
         if s.agreement:
             teacher_cond = cond if teacher is model else prompt_cond(teacher, prompts.prompts, s.n, s.negative_prompt)
-            reference = converged_samples(teacher, s.n, s.seed, teacher_cond, s.batch_size, s.device, plan.cfg_scale)
+            reference = converged_samples(teacher, s.n, s.seed, teacher_cond, s.batch_size, s.device, plan.cfg_scale,
+                                          indices)
             metrics.update(teacher_agreement(images, teacher.decode(reference, s.batch_size)))
             if prompts.split is None:
                 metrics["agreement_rmse_floor"] = 0.0  # the same noise, deterministic: no floor to hide behind

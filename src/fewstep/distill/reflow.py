@@ -67,7 +67,8 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
     for lo in tqdm(range(0, n, PAIR_CHUNK), desc="teacher pairs", unit_scale=PAIR_CHUNK, mininterval=10.0):
         hi = min(lo + PAIR_CHUNK, n)
         chunks.append(generate(teacher_denoiser, shape, hi - lo, sigmas, cfg.solver, seed,
-                               None if labels is None else labels[lo:hi], 256, ctx.device, start_index=lo).samples)
+                               None if labels is None else labels[lo:hi], 256, ctx.device,
+                               indices=range(lo, hi)).samples)
     samples = torch.cat(chunks)
     seconds = time.perf_counter() - start
     write_atomically(path, lambda tmp: save_file({"samples": samples.contiguous()}, tmp,

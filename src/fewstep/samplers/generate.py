@@ -38,9 +38,9 @@ def initial_latents(denoiser: Denoiser, seed: int, indices: Sequence[int], shape
 
 def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Tensor, sampler: str = "heun",
              seed: int = 0, labels: CondLike = None, batch_size: int = 256,
-             device: torch.device | str = "cpu", start_index: int = 0, options: dict | None = None,
+             device: torch.device | str = "cpu", indices: Sequence[int] | None = None, options: dict | None = None,
              noise: torch.Tensor | None = None) -> SampleResult:
-    """Sample n items of `shape`; item i uses noise seeded by (seed, start_index + i) whatever the batch size.
+    """Sample n items of `shape`; item i uses noise seeded by (seed, indices[i]) (default i) whatever the batch size.
 
     `noise` [n, *shape] gives the items' initial unit noise instead (the sampler's own noise stays seeded).
     `options` go to the sampler (e.g. {"eta": 0.5} for euler_ancestral, {"S_churn": 10} for edm_stochastic).
@@ -48,9 +48,12 @@ def generate(denoiser: Denoiser, shape: Sequence[int], n: int, sigmas: torch.Ten
     spec = get_sampler(sampler)
     counter = CountingDenoiser(denoiser)
     sigmas = sigmas.to(device)
+    indices = list(range(n) if indices is None else indices)
+    if len(indices) != n:
+        raise ValueError(f"generate: {len(indices)} noise indices for {n} items")
     out, nfe = [], 0
     for lo in range(0, n, batch_size):
-        idx = list(range(start_index + lo, start_index + min(lo + batch_size, n)))
+        idx = indices[lo:lo + batch_size]
         x = initial_latents(denoiser, seed, idx, shape, sigmas[0], device,
                             None if noise is None else noise[lo:lo + len(idx)])
         cond = conds.to_device(conds.select(labels, slice(lo, lo + len(idx))), device)

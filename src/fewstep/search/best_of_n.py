@@ -19,7 +19,8 @@ class BestOfConfig:
     verifier: str = option("classifier", "verifier that picks the best: classifier[:seed=S] | density | "
                                          "module.path:function")
     accept: float = option(math.inf, "score at which a candidate is good enough: an item keeps its earliest such "
-                                     "candidate, so search only replaces failures and keeps diversity (inf = argmax)")
+                                     "candidate and draws no more, so search only replaces failures, keeps "
+                                     "diversity and spends less (inf = argmax)")
 
 
 @dataclass
@@ -32,9 +33,12 @@ class Outcome:
 
 
 def best_of_n(candidates: Candidates, config: BestOfConfig) -> Outcome:
-    """Draw candidates 0..n-1 of every item and keep each item's best (the earliest of equals)."""
+    """Draw candidates 0..n-1 of every item not yet accepted and keep each item's best (the earliest of equals)."""
     samples, scores = candidates.draw(0)
     choice = torch.zeros(len(scores), dtype=torch.long)
     for c in range(1, config.n):
-        choice[keep_better(samples, scores, *candidates.draw(c))] = c
+        items = candidates.open(scores)
+        if len(items) == 0:
+            break
+        choice[keep_better(samples, scores, items, *candidates.draw(c, items=items))] = c
     return Outcome(samples, scores, choice)

@@ -24,20 +24,25 @@ class NoiseSearchConfig:
                                  "(written lambda=...)")
     verifier: str = option("classifier", "verifier: classifier[:seed=S] | density | module.path:function")
     accept: float = option(math.inf, "score at which a candidate is good enough: an item keeps its earliest such "
-                                     "candidate, so search only replaces failures and keeps diversity (inf = argmax)")
+                                     "candidate and draws no more, so search only replaces failures, keeps "
+                                     "diversity and spends less (inf = argmax)")
 
 
 def noise_search(candidates: Candidates, config: NoiseSearchConfig) -> Outcome:
-    """Best of n, then `rounds` rounds of n neighbours of each item's pivot noise; the best sample seen is kept."""
+    """Best of n, then `rounds` rounds of n neighbours of each item's pivot noise; the best sample seen is kept.
+    Items already accepted draw no more candidates."""
     out = best_of_n(candidates, BestOfConfig(config.n, config.verifier, config.accept))
     pivot = torch.stack([candidates.unit_noise(c) for c in range(config.n)])[out.choice, torch.arange(len(out.choice))]
     keep = math.sqrt(1 - config.lambda_ ** 2)
     for r in range(1, config.rounds + 1):
         next_pivot = pivot.clone()
         for j in range(config.n):
+            items = candidates.open(out.scores)
+            if len(items) == 0:
+                return out
             c = r * config.n + j
             noise = keep * pivot + config.lambda_ * candidates.unit_noise(c)
-            better = keep_better(out.samples, out.scores, *candidates.draw(c, noise))
+            better = keep_better(out.samples, out.scores, items, *candidates.draw(c, noise, items))
             out.choice[better] = c
             next_pivot[better] = noise[better]
         pivot = next_pivot

@@ -152,3 +152,28 @@ def run_seeds(model_path: str | Path, out: str | Path, bank: int = 256, verifier
     path.write_text(json.dumps({**asdict(ranking), "model": str(model.path), "plan": asdict(build_plan(
         model, settings).settings()), "ruler_independent": checker.ruler_independent}, indent=1))
     return path, ranking
+
+
+@dataclass(frozen=True)
+class GoldenSeeds:
+    """Noise indices from a `fewstep seeds` ranking: sample i gets the i-th best seed of the bank, cycling."""
+
+    path: str
+    seed: int  # the noise seed of the bank
+    order: list[int]  # bank indices, best first
+
+    def indices(self, n: int) -> list[int]:
+        """The noise indices of samples 0..n-1."""
+        return [self.order[i % len(self.order)] for i in range(n)]
+
+def read_golden_seeds(path: str | Path) -> GoldenSeeds:
+    """The ranking in a seeds.json written by `fewstep seeds` (a one-line UserError for anything else)."""
+    try:
+        record = json.loads(Path(path).read_text())
+        seed, order = int(record["seed"]), [int(k) for k in record["order"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--seeds-from {path}: not a ranking written by `fewstep seeds` ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not order or sorted(order) != list(range(len(order))):
+        raise UserError(f"--seeds-from {path}: its order must rank every seed 0..bank-1 of the bank once")
+    return GoldenSeeds(str(path), seed, order)

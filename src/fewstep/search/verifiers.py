@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from fewstep.accel.base import parse_spec
 from fewstep.config import build_config, option
@@ -119,7 +120,8 @@ class CaptionsVerifier:
         if data.kind != "image" or data.shape[0] != 3:
             raise UserError(f"the captions verifier scores RGB images of the captions grammar, not {data.name}")
         ruler = AttributeConfig()
-        self.net = attribute_network(data.shape[-1], AttributeConfig(seed=config.seed, steps=config.steps,
+        self.resolution = data.shape[-1]
+        self.net = attribute_network(self.resolution, AttributeConfig(seed=config.seed, steps=config.steps,
                                                                      n_train=config.n_train))
         self.name = f"captions:seed={config.seed}" + ("" if (config.steps, config.n_train) == (
             ruler.steps, ruler.n_train) else f",steps={config.steps},n_train={config.n_train}")
@@ -133,6 +135,9 @@ class CaptionsVerifier:
         if not isinstance(request, (list, tuple)) or not all(isinstance(c, str) for c in request):
             raise UserError("the captions verifier needs one caption per sample as its request")
         wanted = caption_attributes(list(request))
+        if samples.shape[-1] != self.resolution:  # a pipeline's decoded images, read as the captions ruler reads them
+            samples = F.interpolate(samples, size=(self.resolution,) * 2, mode="bilinear", antialias=True,
+                                    align_corners=False)
         total = torch.zeros(len(samples), dtype=torch.float64)
         for column, logits in enumerate(self.net.logits(samples).split(HEADS, 1)):
             stated = wanted[:, column] >= 0
