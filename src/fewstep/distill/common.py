@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fewstep.config import DistillConfig
-from fewstep.core.cond import CondLike
+from fewstep.core.cond import Cond, CondLike
 from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
 from fewstep.core.files import read_json, remove_temporaries, replaced_folder
@@ -163,7 +163,7 @@ class DistillContext:
         classes = self.teacher.info.num_classes
         return torch.arange(n) % classes if classes else None
 
-    def encode_prompts(self, prompts: list[str]):
+    def encode_prompts(self, prompts: list[str]) -> Cond:
         """The teacher's condition of these prompts, its null condition the run's negative prompt (default: empty)."""
         return self.teacher.encode_prompts(prompts, self.cfg.negative_prompt or None)
 
@@ -191,11 +191,12 @@ class DistillContext:
 
     def preview(self, student: nn.Module, path: Path, sampler: str, sigmas: torch.Tensor) -> None:
         """A preview grid of the student: on the first prompts, decoded (text teacher), else as a teacher's."""
-        if self.text and (self.prompts is not None or self.data is not None):
+        if not self.text:
+            if self.data is not None:
+                preview(student, self.data, path, sampler, sigmas)
+        elif self.prompts is not None or self.data is not None:
             preview_on_prompts(self.teacher, student, self.prompts or self.data.train_text, self.cfg.negative_prompt,
                                path, sampler, sigmas)
-        elif self.data is not None and not self.text:
-            preview(student, self.data, path, sampler, sigmas)
 
     def guided_teacher(self) -> nn.Module:
         """The teacher denoiser, with classifier-free guidance folded in when cfg_scale != 1."""
@@ -284,8 +285,7 @@ class DistillContext:
             self.preview(student, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
         modules = run_loop(method, self.source(data, conditions), self.cfg.loop(), run_dir, on_sample, self.acc,
-                           self.stop_at,
-                           self.collapse_monitor(method.ema_modules[0], sampler, sigmas),
+                           self.stop_at, self.collapse_monitor(method.ema_modules[0], sampler, sigmas),
                            desc=f"distill {self.cfg.method} {label}".rstrip())
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:

@@ -111,7 +111,8 @@ class DMD2:
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
                  example: CondLike = None):
-        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)  # unwrapped, for the generator's turn
+        # unwrapped, for the generator's turn
+        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}

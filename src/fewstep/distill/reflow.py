@@ -111,8 +111,8 @@ def run(ctx) -> list[Path]:
     noise, samples, seconds = teacher_pairs(ctx, n, conditions)
     ctx.seconds += seconds
     sample_sigmas = torch.cat([ctx.student_schedule(k)[:-1] for k in ctx.steps])
-    trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1), conditions,
-                        "euler")["student"]
+    trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1),
+                        conditions, "euler")["student"]
     if not ctx.finished():
         return []
     return [ctx.export(trained, "model", "euler", ctx.steps, "reflow")]

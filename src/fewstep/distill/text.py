@@ -29,8 +29,6 @@ def check_text_teacher(model: LoadedModel, data: Dataset | None, prompts: str, n
                 kind = "class-conditional" if model.info.num_classes else "unconditional"
                 raise UserError(f"{flag} needs a text-to-image teacher (one with a text encoder); this one is {kind}")
         return
-    if model.info.num_classes:
-        raise UserError("a teacher conditioned on both class labels and text is not supported by fewstep distill")
     if data is None:
         return
     name = data.spec or data.name
