@@ -75,12 +75,14 @@ def prompts_digest(prompts: list[str], negative_prompt: str) -> str:
 
 def preview_on_prompts(model: LoadedModel, student: nn.Module, prompts: list[str], negative_prompt: str, path: Path,
                        sampler: str, sigmas: torch.Tensor) -> Path:
-    """A fixed-seed grid of the student's samples on the first PREVIEW_N prompts (cycled), decoded to images."""
-    from fewstep.data.visualize import save_samples
+    """A fixed-seed grid of the student's samples on the first PREVIEW_N prompts (cycled), decoded to images and
+    labelled by prompt (as the text-to-image teacher's training previews)."""
+    from fewstep.data.visualize import save_prompt_grid
     from fewstep.samplers import generate
     from fewstep.train.teacher import GRID_SEED
 
     device = next(student.parameters()).device
-    cond = model.encode_prompts(cycled(prompts, PREVIEW_N), negative_prompt or None)
+    shown = cycled(prompts, PREVIEW_N)
+    cond = model.encode_prompts(shown, negative_prompt or None)
     out = generate(student, model.info.shape, PREVIEW_N, sigmas, sampler, GRID_SEED, cond, device=device)
-    return save_samples(model.decode(out.samples.to(device)).cpu(), path)
+    return save_prompt_grid(model.decode(out.samples.to(device)).cpu(), shown, path)
