@@ -279,8 +279,12 @@ class DistillConfig:
                                      "of that size")
     init: str = option("teacher", "teacher (start from its weights) | scratch | a model folder (e.g. a student to "
                                   "fine-tune)")
-    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none)",
-                              at_least=0.0)
+    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none; a "
+                                   "text-to-image teacher: its recorded scale unless given)", at_least=0.0)
+    prompts: str = option("", "text-to-image, data-free methods (reflow, sid, dmd2 without its GAN term): a UTF-8 "
+                              "file of prompts, one per line, in place of a dataset's captions")
+    negative_prompt: str = option("", "text-to-image: the null condition of the guidance folded into the teacher "
+                                      "('' = the pipeline's own, the empty prompt)")
     train_steps: int = option(1500, "optimiser steps of each stage (each progressive round)", at_least=1)
     batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
     lr: float = option(2e-4, "Adam learning rate", above=0.0)

@@ -63,21 +63,31 @@ def _split(layer: dict[str, Any], method: str, where: str) -> tuple[dict[str, An
     return ({k: v for k, v in layer.items() if k not in mine}, {k: v for k, v in layer.items() if k in mine})
 
 
-def _teacher_kind(cfg: DistillConfig) -> str:
+def _teacher_record(cfg: DistillConfig) -> tuple[str, dict[str, Any]]:
+    """(the preset kind of the teacher's items, its defaults): a latent text-to-image teacher takes the image presets
+    and, unless told otherwise, folds in the guidance it samples with (its record's scale, else TEXT_CFG_SCALE)."""
+    from fewstep.models.info import TEXT_CFG_SCALE
     from fewstep.models.io import FEWSTEP_JSON, resolve_model_dir
+    from fewstep.models.pipeline_folder import is_text_pipeline
 
     if not cfg.teacher:
         raise UserError("--teacher is required: a run directory, fewstep model folder or diffusers folder")
-    info = resolve_model_dir(cfg.teacher) / FEWSTEP_JSON
+    folder = resolve_model_dir(cfg.teacher)
+    info = folder / FEWSTEP_JSON
     record = read_json(info, "a fewstep.json model record") if info.exists() else {}
     if not isinstance(record, dict):
         raise UserError(f"{info} is not a fewstep.json model record (not a JSON object)")
-    return str(record.get("kind", "image"))
+    kind = str(record.get("kind", "image"))
+    if not is_text_pipeline(folder):
+        return kind, {}
+    recorded = (record.get("acceleration") or {}).get("cfg_scale")
+    return "image" if kind == "latent" else kind, {"cfg_scale": TEXT_CFG_SCALE if recorded is None else recorded}
 
 
 def resolve_distill_config(overrides: dict, config_file: str | None = None, out: str | Path | None = None,
                            resume: bool = False) -> DistillConfig:
-    """defaults < presets (by the teacher's data kind) < config file < flags; a resumed run keeps its config.toml.
+    """defaults < presets (by the teacher's data kind) < the teacher's own (a text teacher's CFG scale) < config file <
+    flags; a resumed run keeps its config.toml.
 
     The result's `options` holds the method's options dataclass.
     """
@@ -100,10 +110,12 @@ def resolve_distill_config(overrides: dict, config_file: str | None = None, out:
         check_resume_changes(base.flat(), cfg.flat(), DistillConfig.RESUMABLE_CHANGES)
         return cfg
     layered = build_config(DistillConfig, file_shared, flag_shared, where="distill")
-    key = (layered.preset, _teacher_kind(layered))
+    kind, teacher_defaults = _teacher_record(layered)
+    key = (layered.preset, kind)
     if key not in DISTILL_PRESETS:
         raise UserError(f"unknown preset {layered.preset!r}; choose tiny, small or base")
-    cfg = build_config(DistillConfig, DISTILL_PRESETS[key], file_shared, flag_shared, where="distill")
+    cfg = build_config(DistillConfig, DISTILL_PRESETS[key], teacher_defaults, file_shared, flag_shared,
+                       where="distill")
     cfg.options = build_config(options_cls, options_cls.PRESETS.get(key, {}), file_opts, flag_opts, where="distill")
     return cfg
 

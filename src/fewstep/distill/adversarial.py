@@ -145,17 +145,18 @@ def _discriminator(ctx, paired: bool = False) -> Discriminator:
     """Fresh heads on the teacher's own network (seeded), on the run's device."""
     torch.manual_seed(ctx.cfg.seed + 1)
     teacher = ctx.teacher
-    return Discriminator(teacher.denoiser, tuple(teacher.info.shape), teacher.info.num_classes, paired).to(ctx.device)
+    return Discriminator(teacher.denoiser, tuple(teacher.info.shape), teacher.info.num_classes, paired,
+                         example=ctx.example_condition()).to(ctx.device)
 
 
 def run_add(ctx) -> list[Path]:
     """Train one ADD student on the sigmas of the most requested steps; it samples at every requested step count."""
-    data = ctx.require_data()
+    items, conditions = ctx.train_items(), ctx.train_conditions()
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     method = AdversarialDistillation(ctx.make_student(), ctx.guided_teacher(), ctx.teacher.denoiser, sigmas,
                                      _discriminator(ctx), ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
                                      ctx.options.adv_disc_lr_scale)
-    trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
+    trained = ctx.train(method, "train", items, conditions, "consistency")["student"]
     if not ctx.finished():
         return []
     return [ctx.export(trained, "model", "consistency", ctx.steps, "add")]
@@ -163,7 +164,7 @@ def run_add(ctx) -> list[Path]:
 
 def run_lightning(ctx) -> list[Path]:
     """Rounds from --pd-start-steps down to the fewest wanted; every wanted step count exported as model-<N>step."""
-    data = ctx.require_data()
+    items, conditions = ctx.train_items(), ctx.train_conditions()
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver
     student, exported = ctx.make_student(), []
     todo = rounds(ctx.options.pd_start_steps, ctx.steps)
@@ -172,7 +173,7 @@ def run_lightning(ctx) -> list[Path]:
         method = LightningRound(student, teacher, ctx.teacher.denoiser, sigmas, _discriminator(ctx, paired=True),
                                 solver, ctx.options.adv_distill_weight, ctx.options.adv_r1_gamma,
                                 ctx.options.adv_disc_lr_scale)
-        trained = ctx.train(method, f"round-{n:03d}", data.train, ctx.train_labels(), "euler", n,
+        trained = ctx.train(method, f"round-{n:03d}", items, conditions, "euler", n,
                             round_label(i, len(todo), n))["student"]
         if not ctx.finished():
             return exported

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -11,12 +12,14 @@ import torch
 from torch import nn
 
 from fewstep.config import DistillConfig
+from fewstep.core.cond import Cond, CondLike
 from fewstep.core.denoiser import backbone
 from fewstep.core.errors import UserError
 from fewstep.core.files import read_json, remove_temporaries, replaced_folder
 from fewstep.core.precond import ConsistencyBoundary, EDMPrecond
 from fewstep.core.schedules import make_schedule
-from fewstep.data import Dataset, load_recorded
+from fewstep.data import Dataset, load_recorded, read_prompts
+from fewstep.distill.text import check_text_teacher, cycled, latent_items, preview_on_prompts, prompts_digest
 from fewstep.models.info import image_size
 from fewstep.models.io import LoadedModel, load_model, save_model
 from fewstep.models.networks import arch_of, build_network, call_network, disable_label_dropout
@@ -31,6 +34,8 @@ from fewstep.train.teacher import preview
 STUDENT_SCHEDULE = "karras_trailing"  # students sample on this grid (core/schedules.py) ...
 VP_STUDENT_SCHEDULE = "trailing"  # ... and students of a diffusers VP U-Net on diffusers' trailing timesteps
 VP_UNETS = ("UNet2DModel", "UNet2DConditionModel")  # exported as diffusers pipelines (models/student_folder.py)
+# a text teacher's student samples without guidance unless asked: the teacher's (cfg_scale) is folded into it
+TEXT_STUDENT_GUIDANCE = {"cache": None, "guidance": None, "cfg_scale": 1.0, "cfg_interval": None}
 MONITOR_SEED = 7_000_003  # the divergence guard's recall samples: seeds the ruler (seed 0 upwards) never uses
 
 
@@ -78,12 +83,17 @@ class DistillContext:
         self.teacher: LoadedModel = load_model(cfg.teacher, self.device)
         self.teacher.denoiser.requires_grad_(False).eval()
         info = self.teacher.info
-        self.data: Dataset | None = load_recorded(info.data, info.dataset, cfg.dataset or None, image_size(info))
-        if self.data is not None and list(self.data.shape) != list(info.shape):
+        resolution = info.image_shape[-1] if info.kind == "latent" and info.image_shape else image_size(info)
+        self.data: Dataset | None = load_recorded(info.data, info.dataset, cfg.dataset or None, resolution)
+        check_text_teacher(self.teacher, self.data, cfg.prompts, cfg.negative_prompt)
+        if self.data is not None and not self.text and list(self.data.shape) != list(info.shape):
             raise UserError(f"dataset {self.data.spec or self.data.name} has items of shape {list(self.data.shape)}, "
                             f"the teacher {info.shape}")
-        if cfg.cfg_scale != 1.0 and not info.num_classes:
-            raise UserError("--cfg-scale needs a class-conditional teacher; this one is unconditional")
+        if cfg.cfg_scale != 1.0 and not (info.num_classes or self.text):
+            raise UserError("--cfg-scale needs a class-conditional or text-to-image teacher; this one is "
+                            "unconditional")
+        self.prompts: list[str] | None = read_prompts(cfg.prompts) if cfg.prompts else None
+        self._latents: torch.Tensor | None = None
         if cfg.lora_rank and (cfg.lora_rank < 0 or cfg.student_preset or cfg.init != "teacher"):
             raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
                             "drop --student-preset and --init")
@@ -104,16 +114,89 @@ class DistillContext:
     def sigma_range(self):
         return self.teacher.denoiser.sigma_range
 
+    @property
+    def text(self) -> bool:
+        """Whether the teacher is a text-to-image model (a prompt encoder; its items are latents)."""
+        return self.teacher.prompt_encoder is not None
+
     def require_data(self) -> Dataset:
         """The training data, or a one-line error naming --dataset."""
+        method = self.cfg.method
+        if self.text and self.prompts is not None:
+            raise UserError(f"{method} distillation trains on captioned images, not on --prompts (a data-free "
+                            "method's option): drop --prompts and pass --dataset")
         if self.data is None:
-            raise UserError(f"{self.cfg.method} distillation trains on data; this teacher records no fewstep dataset: "
+            what = "captioned images (e.g. folder:DIR with a .txt caption per image)" if self.text else "data"
+            raise UserError(f"{method} distillation trains on {what}; this teacher records no fewstep dataset: "
                             "pass --dataset")
         return self.data
 
-    def train_labels(self) -> torch.Tensor | None:
-        """Class labels of the training items for a class-conditional teacher, else None."""
-        return self.require_data().train_labels if self.teacher.info.num_classes else None
+    def train_items(self) -> torch.Tensor:
+        """The items the student trains on: the data's, or for a text teacher their latents (encoded once)."""
+        data = self.require_data()
+        if not self.text:
+            return data.train
+        if self._latents is None:
+            self._latents = latent_items(self.teacher, data)
+        return self._latents
+
+    def train_conditions(self) -> torch.Tensor | list[str] | None:
+        """The training items' conditions: their captions (text teacher), class labels (class-conditional), or None."""
+        data = self.require_data()
+        if self.text:
+            return data.train_text
+        return data.train_labels if self.teacher.info.num_classes else None
+
+    def prompt_pool(self) -> list[str]:
+        """The prompts a data-free method conditions a text teacher on: --prompts, else the data's captions."""
+        if self.prompts is not None:
+            return self.prompts
+        if self.data is None:
+            raise UserError(f"{self.cfg.method} on a text-to-image teacher needs prompts: pass --prompts FILE (one "
+                            "prompt per line) or --dataset of captioned images")
+        return self.data.train_text
+
+    def generation_conditions(self, n: int) -> torch.Tensor | list[str] | None:
+        """The conditions of n generated items: prompts cycled (text), labels cycling over the classes, or None."""
+        if self.text:
+            return cycled(self.prompt_pool(), n)
+        classes = self.teacher.info.num_classes
+        return torch.arange(n) % classes if classes else None
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        """The teacher's condition of these prompts, its null condition the run's negative prompt (default: empty)."""
+        return self.teacher.encode_prompts(prompts, self.cfg.negative_prompt or None)
+
+    def example_condition(self) -> CondLike:
+        """A condition of two rows for probing a network (a text teacher's empty prompts), else None."""
+        return self.encode_prompts(["", ""]) if self.text else None
+
+    def condition(self, conditions: torch.Tensor | list[str] | None) -> CondLike:
+        """What the denoisers take for these conditions: prompts encoded, labels as they are."""
+        return self.encode_prompts(conditions) if isinstance(conditions, list) else conditions
+
+    def conditions_digest(self, conditions: torch.Tensor | list[str] | None) -> str:
+        """A cache key's digest of conditions (and, for prompts, the null condition)."""
+        from fewstep.metrics.cache import tensor_digest
+
+        if isinstance(conditions, list):
+            return prompts_digest(conditions, self.cfg.negative_prompt)
+        return tensor_digest(conditions)
+
+    def source(self, items: torch.Tensor, conditions: torch.Tensor | list[str] | None) -> TensorSource:
+        """The batches of a stage: rows of items with their labels, or with their captions' prompt encoding."""
+        if isinstance(conditions, list):
+            return TensorSource(items, seed=self.cfg.seed, text=conditions, encode_text=self.encode_prompts)
+        return TensorSource(items, conditions, self.cfg.seed)
+
+    def preview(self, student: nn.Module, path: Path, sampler: str, sigmas: torch.Tensor) -> None:
+        """A preview grid of the student: on the first prompts, decoded (text teacher), else as a teacher's."""
+        if not self.text:
+            if self.data is not None:
+                preview(student, self.data, path, sampler, sigmas)
+        elif self.prompts is not None or self.data is not None:
+            preview_on_prompts(self.teacher, student, self.prompts or self.data.train_text, self.cfg.negative_prompt,
+                               path, sampler, sigmas)
 
     def guided_teacher(self) -> nn.Module:
         """The teacher denoiser, with classifier-free guidance folded in when cfg_scale != 1."""
@@ -184,9 +267,11 @@ class DistillContext:
             student = student.inner
         return copy.deepcopy(student)
 
-    def train(self, method: Method, name: str, data: torch.Tensor, labels: torch.Tensor | None,
+    def train(self, method: Method, name: str, data: torch.Tensor, conditions: torch.Tensor | list[str] | None,
               sampler: str, steps: int | None = None, label: str = "") -> dict[str, nn.Module]:
         """Run one stage of `method` in out/name through the shared loop; a finished stage just reloads.
+
+        `conditions` are the items' class labels, or their captions (a text teacher: encoded batch by batch).
 
         The progress bar reads "distill METHOD" and the stage's `label` (e.g. "round 2/5: 8 -> 4 steps").
 
@@ -196,12 +281,11 @@ class DistillContext:
         sigmas = self.student_schedule(steps or self.steps[0])
 
         def on_sample(step: int, modules: dict[str, nn.Module]) -> None:
-            if self.data is not None:
-                student = modules[method.ema_modules[0]]  # the module that is exported
-                preview(student, self.data, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
+            student = modules[method.ema_modules[0]]  # the module that is exported
+            self.preview(student, run_dir / "samples" / f"step-{step:07d}.png", sampler, sigmas)
 
-        modules = run_loop(method, TensorSource(data, labels, self.cfg.seed), self.cfg.loop(), run_dir, on_sample, self.acc, self.stop_at,
-                           self.collapse_monitor(method.ema_modules[0], sampler, sigmas),
+        modules = run_loop(method, self.source(data, conditions), self.cfg.loop(), run_dir, on_sample, self.acc,
+                           self.stop_at, self.collapse_monitor(method.ema_modules[0], sampler, sigmas),
                            desc=f"distill {self.cfg.method} {label}".rstrip())
         found = latest_checkpoint(run_dir / "checkpoints")
         if found is not None:
@@ -211,9 +295,16 @@ class DistillContext:
     def collapse_monitor(self, name: str, sampler: str, sigmas: torch.Tensor) -> Callable[[dict], dict] | None:
         """What the guard watches before each checkpoint: precision and recall of `name`'s samples (cfg.monitor_n of
         them, at the fewest student steps) against a fixed held-out reference and, where the data shows it, their
-        coverage of its modes (2-D with centres) or classes (labelled images); None when off or without data."""
+        coverage of its modes (2-D with centres) or classes (labelled images); None when off or without data.
+        Off for a text teacher: its samples depend on their prompts, which an unconditional reference does not see
+        (fewstep eval measures them per prompt)."""
         n, data = self.cfg.monitor_n, self.data
         if not n or data is None:
+            return None
+        if self.text:
+            if self.acc.is_main_process:
+                print("divergence guard: the collapse monitor is off for a text-to-image teacher (samples depend on "
+                      "their prompts; measure the student with fewstep eval)", file=sys.stderr)
             return None
         from fewstep.samplers import generate
 
@@ -246,7 +337,7 @@ class DistillContext:
         info = replace(t.info, arch=arch_of(net), network_class=type(net).__name__, teacher=str(t.path.resolve()),
                        dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
                        data=self.data.spec.record() if self.data is not None and self.data.spec else t.info.data,
-                       consistency=consistency, acceleration=None,
+                       consistency=consistency, acceleration=dict(TEXT_STUDENT_GUIDANCE) if self.text else None,
                        sampler={"name": sampler, "schedule": self.schedule, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,
@@ -257,17 +348,18 @@ class DistillContext:
                                           "peak_memory_mb": peak_memory_mb(self.device),
                                           "lora": {"rank": self.cfg.lora_rank, "alpha": self.cfg.lora_alpha
                                                    or self.cfg.lora_rank, "targets": self.cfg.lora_targets}
-                                          if lora else None}})
+                                          if lora else None,
+                                          **({"negative_prompt": self.cfg.negative_prompt, "prompts": self.cfg.prompts}
+                                             if self.text else {})}})
         path = self.out / name
-        check_export(student, t.info.shape, t.encode_prompts(["", ""]) if t.prompt_encoder is not None else None)
+        check_export(student, t.info.shape, self.example_condition())
         if self.acc.is_main_process:  # every process holds the same student; one writes it
             with replaced_folder(path) as tmp:
                 self._write(tmp, student, net, info, sampler)
                 if lora:  # diffusers' LoRA format beside the merged student: pipe.load_lora_weights(folder)
                     from fewstep.distill.lora import save_lora
                     save_lora(tmp, student)
-            if self.data is not None:
-                preview(student.eval(), self.data, self.out / "samples" / f"{name}.png", sampler, sigmas)
+            self.preview(student.eval(), self.out / "samples" / f"{name}.png", sampler, sigmas)
         self.acc.wait_for_everyone()
         return path
 

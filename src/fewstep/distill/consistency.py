@@ -102,6 +102,9 @@ class ConsistencyDistillation:
 def run(ctx) -> list[Path]:
     """Train one consistency student and export it as out/model (multistep consistency sampling)."""
     cfg, opts, data = ctx.cfg, ctx.options, ctx.require_data()
+    if ctx.text and opts.distance == "feature":
+        raise UserError("--distance feature reads an image classifier's features; a text-to-image teacher's items are "
+                        "latents: choose l2 or huber")
     rng = ctx.sigma_range
     if ctx.vp_unet:  # LCM's boundary in the teacher's timesteps, so diffusers' LCMScheduler samples the student
         student = ctx.make_student()
@@ -111,7 +114,7 @@ def run(ctx) -> list[Path]:
     grid = karras(opts.cd_grid, rng.sigma_min, rng.sigma_max)[:-1]
     method = ConsistencyDistillation(student, ctx.guided_teacher(), grid, opts.cd_skip, cfg.solver,
                                      make_distance(opts.distance, data), opts.cd_target_ema)
-    trained = ctx.train(method, "train", data.train, ctx.train_labels(), "consistency")["student"]
+    trained = ctx.train(method, "train", ctx.train_items(), ctx.train_conditions(), "consistency")["student"]
     if not ctx.finished():
         return []
     boundary = None if ctx.vp_unet else {"sigma_min": rng.sigma_min, "scale": opts.boundary_scale}

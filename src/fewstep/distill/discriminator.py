@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewstep.core.cond import CondLike
 from fewstep.core.denoiser import Cond, backbone
 
 
@@ -99,16 +100,17 @@ class Discriminator(nn.Module):
     """Heads on the features of `denoiser`'s backbone; `paired` heads also read the features of a second (start) point.
 
     `forward` takes the denoiser to read (the same backbone, e.g. the frozen teacher or DMD2's fake score network).
+    `example` is a condition of two rows the probe of the feature sizes passes (a text teacher's prompts).
     """
 
     def __init__(self, denoiser: nn.Module, shape: tuple[int, ...], num_classes: int, paired: bool = False,
-                 width: int = 64):
+                 width: int = 64, example: CondLike = None):
         super().__init__()
         self.paired = paired
         self._layers = feature_layers(backbone(denoiser))  # a plain list: the backbone is not a submodule
         device = next(denoiser.parameters()).device
         x = torch.zeros(2, *shape, device=device)
-        labels = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None
+        labels = torch.zeros(2, dtype=torch.long, device=device) if num_classes else example
         with torch.no_grad():
             feats = backbone_features(denoiser, self._layers, x, torch.ones(2, device=device), labels)
         self.heads = nn.ModuleList(

@@ -14,6 +14,7 @@ from torch import nn
 
 from fewstep.config import option
 from fewstep.core import cond as conds
+from fewstep.core.cond import CondLike
 from fewstep.core.denoiser import append_dims
 from fewstep.distill.discriminator import Discriminator
 from fewstep.distill.lora import merged
@@ -37,10 +38,11 @@ class DMD2Options:
 class FakeScore(nn.Module):
     """The online fake score network; with DMD2's GAN term, classifier heads on its own features."""
 
-    def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool):
+    def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool,
+                 example: CondLike = None):
         super().__init__()
         self.score = merged(generator).requires_grad_(True)  # a LoRA generator's fake score is a full network
-        self.heads = Discriminator(self.score, shape, num_classes) if gan else None
+        self.heads = Discriminator(self.score, shape, num_classes, example=example) if gan else None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,8 +109,10 @@ class DMD2:
     """
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
-                 gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0):
-        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0)  # unwrapped, for the generator's turn
+                 gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
+                 example: CondLike = None):
+        # unwrapped, for the generator's turn
+        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
@@ -148,12 +152,17 @@ class DMD2:
 
 
 def train_generator(ctx, method, name: str, needs_data: bool) -> list[Path]:
-    """Train a distribution-matching generator (data only where the method or class labels need it) and export it
-    as out/model, sampled like a consistency model on its own sigmas."""
+    """Train a distribution-matching generator (data only where the method or class labels need it; a text teacher
+    data-free on its prompts) and export it as out/model, sampled like a consistency model on its own sigmas."""
     info = ctx.teacher.info
-    data = ctx.require_data() if info.num_classes or needs_data else ctx.data
-    items = data.train if data is not None else torch.zeros(1, *info.shape)
-    trained = ctx.train(method, "train", items, ctx.train_labels(), "consistency")["generator"]
+    if ctx.text and not needs_data:  # no real items: one placeholder row per prompt
+        conditions = ctx.prompt_pool()
+        items = torch.zeros(1, *info.shape).expand(len(conditions), *info.shape)
+    elif info.num_classes or needs_data or ctx.data is not None:
+        items, conditions = ctx.train_items(), ctx.train_conditions()
+    else:
+        items, conditions = torch.zeros(1, *info.shape), None
+    trained = ctx.train(method, "train", items, conditions, "consistency")["generator"]
     if not ctx.finished():
         return []
     return [ctx.export(trained, "model", "consistency", ctx.steps, name)]
@@ -164,5 +173,5 @@ def run(ctx) -> list[Path]:
     opts, info = ctx.options, ctx.teacher.info
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
-                  tuple(info.shape), info.num_classes)
+                  tuple(info.shape), info.num_classes, ctx.example_condition())
     return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)

@@ -80,15 +80,15 @@ def round_label(i: int, count: int, n: int) -> str:
 
 def run(ctx) -> list[Path]:
     """Train the rounds; export every wanted step count as out/model-<N>step and the fewest as out/model."""
-    data = ctx.require_data()
+    items, conditions = ctx.train_items(), ctx.train_conditions()
     teacher, solver = ctx.guided_teacher(), ctx.cfg.solver  # the first round's teacher may take Heun steps
     student = ctx.make_student()
     exported = []
     todo = rounds(ctx.options.pd_start_steps, ctx.steps)
     for i, n in enumerate(todo, 1):
         sigmas = ctx.student_schedule(2 * n)
-        trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", data.train,
-                            ctx.train_labels(), "euler", n, round_label(i, len(todo), n))["student"]
+        trained = ctx.train(ProgressiveRound(student, teacher, sigmas, solver), f"round-{n:03d}", items,
+                            conditions, "euler", n, round_label(i, len(todo), n))["student"]
         if not ctx.finished():
             return exported
         if n in ctx.steps:

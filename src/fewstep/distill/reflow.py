@@ -18,7 +18,7 @@ from fewstep.config import option
 from fewstep.core.denoiser import append_dims
 from fewstep.core.noise import SampleNoise
 from fewstep.core.schedules import make_schedule
-from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
+from fewstep.metrics.cache import cache_path, settings_hash, write_atomically
 from fewstep.models.io import model_hash
 from fewstep.samplers import generate
 from fewstep.data.batches import Batch
@@ -42,17 +42,19 @@ class ReflowOptions:
         ("base", "image"): {"reflow_pairs": 100_000}, ("base", "vector"): {"reflow_pairs": 200_000}}
 
 
-def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def teacher_pairs(ctx, n: int, conditions: torch.Tensor | list[str] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(unit noise z, teacher ODE sample y, seconds it took) for n seeds, generated once and cached on disk.
 
-    The key holds the teacher's hash, solver, steps, guidance, seed range and labels, so changed settings never
-    reuse pairs; the cost recorded at generation is reported again when the cache is reused.
+    `conditions` are the pairs' class labels or prompts. The key holds the teacher's hash, solver, steps, guidance,
+    seed range and conditions, so changed settings never reuse pairs; the cost recorded at generation is reported
+    again when the cache is reused.
     """
     cfg, teacher = ctx.cfg, ctx.teacher
     seed = cfg.seed + PAIR_SEED_OFFSET
     settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": ctx.options.reflow_solver_steps,
                 "schedule": "karras", "cfg_scale": cfg.cfg_scale, "seed": seed, "n": n,
-                "labels": tensor_digest(labels)}
+                "labels": ctx.conditions_digest(conditions)}
     path = cache_path("pairs", teacher.path.name, settings_hash(settings), ".safetensors")
     shape = teacher.info.shape
     noise = SampleNoise(seed, range(n)).randn(shape)  # the same unit noise initial_latents scales by sigma_max
@@ -67,7 +69,7 @@ def teacher_pairs(ctx, n: int, labels: torch.Tensor | None) -> tuple[torch.Tenso
     for lo in tqdm(range(0, n, PAIR_CHUNK), desc="teacher pairs", unit_scale=PAIR_CHUNK, mininterval=10.0):
         hi = min(lo + PAIR_CHUNK, n)
         chunks.append(generate(teacher_denoiser, shape, hi - lo, sigmas, cfg.solver, seed,
-                               None if labels is None else labels[lo:hi], 256, ctx.device,
+                               None if conditions is None else ctx.condition(conditions[lo:hi]), 256, ctx.device,
                                indices=range(lo, hi)).samples)
     samples = torch.cat(chunks)
     seconds = time.perf_counter() - start
@@ -105,13 +107,12 @@ class Reflow:
 def run(ctx) -> list[Path]:
     """Generate (or reuse) the pairs, train the straight-flow student, export it as out/model (Euler sampling)."""
     n = ctx.options.reflow_pairs
-    classes = ctx.teacher.info.num_classes
-    labels = torch.arange(n) % classes if classes else None
-    noise, samples, seconds = teacher_pairs(ctx, n, labels)
+    conditions = ctx.generation_conditions(n)
+    noise, samples, seconds = teacher_pairs(ctx, n, conditions)
     ctx.seconds += seconds
     sample_sigmas = torch.cat([ctx.student_schedule(k)[:-1] for k in ctx.steps])
-    trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1), labels,
-                        "euler")["student"]
+    trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1),
+                        conditions, "euler")["student"]
     if not ctx.finished():
         return []
     return [ctx.export(trained, "model", "euler", ctx.steps, "reflow")]
