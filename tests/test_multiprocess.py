@@ -45,19 +45,27 @@ def exported(run: Path) -> dict:
     return load_file(run / "model" / "diffusion_pytorch_model.safetensors")
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.fixture(scope="module")
+def every_method(tiny_teacher, tmp_path_factory) -> Path:
+    """Every method distilled by two processes (one torchrun) into OUT/two and by one process into OUT/one."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    out = tmp_path_factory.mktemp("every-method")
+    worker = str(WORKER.with_name("mp_distill.py"))
+    two = torchrun(29530, worker, str(tiny_teacher), str(out / "two"))
+    log, _ = two.communicate(timeout=900)
+    assert two.returncode == 0, log[-3000:]
+    one = subprocess.run([sys.executable, worker, str(tiny_teacher), str(out / "one")], env=ENV, capture_output=True,
+                         text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_on_two_processes_matches_one(tiny_teacher, tmp_path, method):
+def test_every_method_on_two_processes_matches_one(every_method, method):
     """Under torchrun (gloo, --device auto on a CPU machine) every method trains as one process would with the same
     global batch; progressive/lightning rounds and DMD2's two networks used to crash or race on rank 1."""
-    argv = [a.format(method=method) for a in DISTILL] + ["--train-steps", "3", "--teacher", str(tiny_teacher)]
-    two = torchrun(29530 + list(METHODS).index(method), *argv, "--out", str(tmp_path / "two"))
-    out, _ = two.communicate(timeout=600)
-    assert two.returncode == 0, out[-3000:]
-    one = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], env=ENV, capture_output=True,
-                         text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = exported(tmp_path / "two"), exported(tmp_path / "one")
+    a, b = exported(every_method / "two" / method), exported(every_method / "one" / method)
     for k in a:  # up to all-reduce order: Adam turns ~1e-8 gradient differences into up to lr-sized steps
         assert (a[k] - b[k]).abs().max() < 1e-3, k
 

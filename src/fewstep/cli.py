@@ -163,7 +163,7 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fewstep.runlock import hold
 
-    with hold(args.results, folder=False):  # rows of two evals never interleave in one results file
+    with hold(Path(args.out or ".") / args.results, folder=False):  # two evals never interleave rows in one file
         return _run_eval(args)
 
 
