@@ -11,6 +11,7 @@ from fewstep.bench.report import headline, render_report, resolution_warning, su
 from fewstep.data import load_dataset
 from fewstep.metrics import evaluate_samples, precision_recall
 from fewstep.metrics.image import manifold_hits
+from fewstep.metrics.persample import SampleMean
 from fewstep.metrics.uncertainty import (BOOTSTRAP_RESAMPLES, basic_interval, difference, image_uncertainty, ratio,
                                          resample_indices, ties, toy_uncertainty)
 
@@ -29,7 +30,8 @@ def test_toy_intervals_are_deterministic_and_hold_the_estimate():
     assert len(row["bootstrap"]["sw2"]) == row["bootstrap_resamples"] == BOOTSTRAP_RESAMPLES
     # a far worse set (every point shifted by 1) is resolved from the good one; the set itself is not
     worse = evaluate_samples(data, data.test[:300] + 1.0)
-    assert ties(worse, row) == {"sw2": False} and ties(row, row) == {"sw2": True}
+    assert ties(worse, row)["sw2"] is False and ties(worse, row)["mmd"] is False
+    assert set(ties(row, row)) == set(row["bootstrap"]) and all(ties(row, row).values())
     lo_hi = difference(worse, row, "sw2")
     assert lo_hi[1] > 0 and lo_hi[0] == pytest.approx(worse["sw2"] - row["sw2"])
 
@@ -41,9 +43,10 @@ def test_image_intervals_from_per_point_hits():
     hits = manifold_hits(fake, real)
     assert precision == float(hits[0].double().mean()) and recall == float(hits[1].double().mean())
     estimates = {"fd": 1.0, "precision": precision, "recall": recall, "accuracy": 0.5}
-    out = image_uncertainty(fake, real, estimates, correct=torch.arange(150) % 2 == 0)
+    terms = {"accuracy": SampleMean(torch.arange(150) % 2 == 0)}
+    out = image_uncertainty(fake, real, estimates, terms)
     assert set(out["bootstrap"]) == {"fd", "precision", "recall", "accuracy"}
-    assert out == image_uncertainty(fake, real, estimates, correct=torch.arange(150) % 2 == 0)
+    assert out == image_uncertainty(fake, real, estimates, terms)
     assert out["accuracy_lo"] < 0.5 < out["accuracy_hi"] and out["precision_lo"] < precision < out["precision_hi"]
 
 
