@@ -99,11 +99,12 @@ def plot_pareto(rows: list[dict], x: str, path: str | Path) -> Path:
     for i, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
         sel = sorted((r for r in rows if r["family"] == family), key=lambda r: r[x])
         role = sel[0]["role"]
-        err = ([[r[q] - r.get(f"{q}_lo", r[q]) for r in sel], [r.get(f"{q}_hi", r[q]) - r[q] for r in sel]]
-               if all(f"{q}_lo" in r for r in sel) else None)
-        ax.errorbar([r[x] for r in sel], [r[q] for r in sel], yerr=err, marker=MARKERS[role], color=colors[i % 20],
-                    ms=12 if role == "converged" else 8 if role == "student" else 6, lw=1, capsize=2, label=family,
-                    zorder={"converged": 6, "student": 5}.get(role, 3))  # students above the front and the grid
+        zorder = {"converged": 6, "student": 5}.get(role, 3)  # students above the front and the grid
+        ax.plot([r[x] for r in sel], [r[q] for r in sel], marker=MARKERS[role], color=colors[i % 20],
+                ms=12 if role == "converged" else 8 if role == "student" else 6, lw=1, label=family, zorder=zorder)
+        bars = [r for r in sel if f"{q}_lo" in r]  # drawn lo to hi: a basic interval need not hold the estimate
+        ax.vlines([r[x] for r in bars], [r[f"{q}_lo"] for r in bars], [r[f"{q}_hi"] for r in bars],
+                  color=colors[i % 20], lw=1, zorder=zorder)
     ax.axhline(rows[0][f"{q}_floor"], color="k", ls="--", lw=1, label="data floor (real vs real)", zorder=2)
     ax.set_xscale("log", base=2 if x == "nfe" else 10)
     ax.set_yscale("log")
