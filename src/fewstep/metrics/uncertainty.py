@@ -165,9 +165,10 @@ def pool_seeds(rows: Sequence[Row]) -> dict:
     """
     order = sorted(rows, key=lambda r: r["seed"])
     seeds = [r["seed"] for r in order]
-    if len(set(seeds)) < len(seeds) or len({(r["n"], r.get("bootstrap_resamples")) for r in order}) > 1:
-        raise ValueError(f"pool_seeds takes one row per seed at one n and one bootstrap, got seeds {seeds}")
-    metrics = [k for k in rows[0].get("bootstrap", {}) if all(k in r.get("bootstrap", {}) for r in order)]
+    if len(set(seeds)) < len(seeds) or len({r["n"] for r in order}) > 1:
+        raise ValueError(f"pool_seeds takes one row per seed at one n, got seeds {seeds}")
+    metrics = [k for k in rows[0].get("bootstrap", {})  # those every row has, drawn alike (older rows may lack some)
+               if len({len(r.get("bootstrap", {}).get(k, ())) for r in order} | {len(rows[0]["bootstrap"][k])}) == 1]
     dropped = {f"{m}_{end}" for m in rows[0].get("bootstrap", {}) for end in ("lo", "hi")}
     out = {k: v for k, v in rows[0].items() if k not in dropped}
     out.update(seeds=seeds, per_seed={m: [r[m] for r in order] for m in metrics}, bootstrap={})
