@@ -153,12 +153,13 @@ def pool_seeds(rows: Sequence[Row]) -> dict:
 
     Resample b draws S seeds with replacement (stage 1), and each drawn seed contributes one of its own sample
     bootstrap replicates (stage 2: a fresh one for each repeat of a seed); the pooled replicate is their mean. This is
-    Davison & Hinkley's two-stage bootstrap for hierarchical data (Bootstrap Methods and their Application, 1997,
-    sec. 3.8, strategy 1; Saravanan et al. 2020, "Application of the hierarchical bootstrap to multi-level data in
-    neuroscience"). Resampling seeds alone would give a zero-width interval at one seed and a coarse one at a few;
-    pooling every seed's samples into one sample would hide a setting whose seeds disagree. The two-stage interval
-    is conservative when seeds differ only by sampling noise (its variance is up to about twice the mean's) and
-    widens when they disagree beyond it; at one seed it is that seed's sample bootstrap exactly. A seed's first draw
+    the bootstrap of hierarchical data resampled at both stages (Davison & Hinkley, Bootstrap Methods and their
+    Application, 1997, sec. 3.8; Saravanan et al. 2020, "Application of the hierarchical bootstrap to multi-level data
+    in neuroscience"). Resampling seeds alone would give a zero-width interval at one seed and a coarse one at a few;
+    pooling every seed's samples into one sample would hide a setting whose seeds disagree. The two-stage interval is
+    conservative when seeds differ only by sampling noise (for S seeds its variance is (2S - 1) / S times the mean's:
+    the sampling noise counts once in the seeds' spread and again in stage 2) and widens when they disagree beyond
+    it; at one seed it is that seed's sample bootstrap exactly. A seed's first draw
     reads replicate b, so distinct seeds share the reference resample b (one reference serves every seed). The draws
     depend only on the number of seeds, so rows pooled over the same seeds stay paired. The other fields are the
     first row's; `seeds` lists the seeds and `per_seed` each metric's value at each of them.
@@ -167,9 +168,9 @@ def pool_seeds(rows: Sequence[Row]) -> dict:
     seeds = [r["seed"] for r in order]
     if len(set(seeds)) < len(seeds) or len({r["n"] for r in order}) > 1:
         raise ValueError(f"pool_seeds takes one row per seed at one n, got seeds {seeds}")
-    metrics = [k for k in rows[0].get("bootstrap", {})  # those every row has, drawn alike (older rows may lack some)
-               if len({len(r.get("bootstrap", {}).get(k, ())) for r in order} | {len(rows[0]["bootstrap"][k])}) == 1]
-    dropped = {f"{m}_{end}" for m in rows[0].get("bootstrap", {}) for end in ("lo", "hi")}
+    first = rows[0].get("bootstrap", {})  # pooled: the metrics every row has, drawn alike (older rows may lack some)
+    metrics = [k for k in first if all(len(r.get("bootstrap", {}).get(k, ())) == len(first[k]) for r in order)]
+    dropped = {f"{m}_{end}" for m in first for end in ("lo", "hi")}
     out = {k: v for k, v in rows[0].items() if k not in dropped}
     out.update(seeds=seeds, per_seed={m: [r[m] for r in order] for m in metrics}, bootstrap={})
     if not metrics:
