@@ -16,8 +16,7 @@ MARKERS = {"converged": "*", "sampler": "o", "accelerator": "s", "student": "^"}
 # shown beside the headline metric when present
 EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_prompt_accuracy", "clip_score", "mmd",
                  "logp", "modes_covered", "worst_mode_ratio", "off_mode")
-
-
+# the report's note on rows pooled over several seeds (fewstep.metrics.uncertainty.pool_seeds)
 POOLED = ("; each row is the mean over its seeds, with a two-stage bootstrap interval: seeds resampled, then each "
           "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation")
 
