@@ -102,6 +102,22 @@ def test_second_run_recomputes_nothing(bench, students, monkeypatch):
     assert (out / "results.jsonl").read_text() == before and (out / "report.html").exists()
 
 
+def test_a_second_seed_pools_every_row_over_both(bench, students, tmp_path):
+    """bench --seed 1 into a folder holding the suite at seed 0: every row is measured at seed 1 and reported as the
+    mean over both seeds, with the two-stage interval (fewstep.metrics.pool_seeds)."""
+    out = tmp_path / "r"
+    shutil.copytree(bench[0] / "r", out)
+    seed_0 = {(r["sampler"], r["nfe"], r["family"]): r for r in json.loads((out / "results.json").read_text())}
+    bench_run.run_bench(resolve_suite(str(bench[0] / "suite.toml"), students=str(students), seed=1), out)
+    rows = json.loads((out / "results.json").read_text())
+    assert len((out / "results.jsonl").read_text().splitlines()) == 12 and len(rows) == 6
+    for r in rows:
+        assert r["seeds"] == [0, 1] and r["seed"] == 1 and r["per_seed"]["sw2"][0] == seed_0[
+            (r["sampler"], r["nfe"], r["family"])]["sw2"]
+        assert r["sw2"] == pytest.approx(sum(r["per_seed"]["sw2"]) / 2) and r["sw2_lo"] < r["sw2_hi"]
+    assert "seeds 0, 1 (pooled)" in (out / "report.html").read_text()
+
+
 def test_report_holds_table_plots_grids_and_headline(bench):
     out = bench[0] / "r"
     html = (out / "report.html").read_text()
@@ -158,11 +174,13 @@ def test_pareto_plot_draws_students_above_the_front_with_labelled_log_ticks(tmp_
         seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
         seen["font"] = ax.get_legend().get_texts()[0].get_fontsize()
         seen["z"] = {line.get_label(): line.get_zorder() for line in ax.get_lines()}
-        seen["z"].update({c.get_label(): c.lines[0].get_zorder() for c in ax.containers})  # error-bar families
+        seen["bars"] = [c.get_segments()[0][:, 1].tolist() for c in ax.collections if c.get_segments()]
         return real_savefig(fig, path, **kw)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", inspect)
+    rows[0].update(fd_lo=0.5, fd_hi=0.9)  # a basic interval below its estimate (FD's resampling bias) is drawn as is
     plot_pareto(rows, "seconds_per_sample", tmp_path / "p.png")
+    assert [0.5, 0.9] in seen["bars"]
     assert len(seen["ticks"]) >= 3 and seen["font"] >= 9
     assert {"Pareto front", "consistency student", "teacher (converged)"} <= set(seen["legend"])
     assert seen["z"]["consistency student"] > seen["z"]["Pareto front"]

@@ -14,7 +14,7 @@ from fewstep.data import captions as data_captions
 from fewstep.data.captions import (COLOURS, HELDOUT_PAIRS, LAYOUTS, REGIONS, SHAPES, VOCABULARIES,
                                    caption_attributes, caption_of, caption_prompts, evaluation_set, is_heldout,
                                    load_captions, parse_caption, render)
-from fewstep.metrics import cache_dir, caption_floor, caption_quality
+from fewstep.metrics import cache_dir, caption_floor, caption_quality, ties
 from fewstep.metrics import captions as ruler
 from fewstep.metrics.captions import AttributeConfig, attribute_network
 
@@ -137,6 +137,12 @@ def test_prompt_accuracy_of_real_shuffled_and_noise(net, heldout):
     order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
     shuffled = caption_quality(images[order], prompts.captions, "heldout", config=TEST_CONFIG)
     assert shuffled["prompt_accuracy"] < 0.05 and shuffled["fd"] < 2 * shuffled["fd_floor"]  # same images overall
+    # every number has its interval (the accuracies from per-sample hits): the shuffle is resolved
+    assert real["prompt_accuracy_lo"] <= real["prompt_accuracy"] <= real["prompt_accuracy_hi"] <= 1
+    assert {*(f"{k}_accuracy" for k in ("prompt", "count", "layout", "shape", "colour", "size")), "fd"} <= set(
+        shuffled["bootstrap"])
+    tied = ties(shuffled, real)
+    assert not tied["prompt_accuracy"] and not tied["colour_accuracy"] and ties(real, real)["prompt_accuracy"]
 
     noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     pure = caption_quality(noise, prompts.captions, "heldout", config=TEST_CONFIG)

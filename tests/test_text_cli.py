@@ -103,6 +103,8 @@ def test_eval_on_caption_prompts_reports_both_splits_with_floors(pipe, fast_rule
     for prefix in ("", "heldout_"):
         for key in keys:
             assert math.isfinite(row[prefix + key]) and math.isfinite(row[prefix + key + "_floor"]), prefix + key
+            assert row[prefix + key + "_lo"] <= row[prefix + key + "_hi"] and prefix + key in row["bootstrap"]
+    assert "heldout_bootstrap" not in row and row["bootstrap_resamples"] == 100
     assert row["fd"] > row["fd_floor"] and row["prompt_accuracy"] <= row["prompt_accuracy_floor"]  # random weights
     assert row["nfe"] == 2 and row["flops_per_sample"] > 0 and "scored_by" not in row
 
@@ -123,6 +125,7 @@ def test_eval_on_a_users_prompts_is_cost_and_agreement_only(pipe, prompts_file, 
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["prompt_set"] == prompts_file and row["split"] is None and "fd" not in row
     assert row["agreement_rmse"] > 0 and row["agreement_rmse_floor"] == 0.0 and row["seconds_per_sample"] > 0
+    assert row["agreement_rmse_lo"] <= row["agreement_rmse_hi"] and set(row["bootstrap"]) == {"agreement_rmse"}
 
 
 def test_bench_default_suite_of_a_text_teacher(pipe, prompts_file):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
 
 from fewstep.bench.report import headline, render_report, resolution_warning, summary_table
+from fewstep.bench.run import pooled_over_seeds
 from fewstep.data import load_dataset
 from fewstep.metrics import evaluate_samples, precision_recall
 from fewstep.metrics.image import manifold_hits
-from fewstep.metrics.uncertainty import (BOOTSTRAP_RESAMPLES, basic_interval, difference, image_uncertainty, ratio,
-                                         resample_indices, ties, toy_uncertainty)
+from fewstep.metrics.persample import SampleMean
+from fewstep.metrics.toy import fresh_samples, mmd2, mmd2_weighted
+from fewstep.metrics.uncertainty import (BOOTSTRAP_RESAMPLES, basic_interval, difference, image_uncertainty,
+                                         mean_uncertainty, pool_seeds, ratio, resample_indices, ties)
 
 
 def test_resamples_are_fixed_so_rows_at_the_same_n_are_paired():
@@ -29,7 +33,8 @@ def test_toy_intervals_are_deterministic_and_hold_the_estimate():
     assert len(row["bootstrap"]["sw2"]) == row["bootstrap_resamples"] == BOOTSTRAP_RESAMPLES
     # a far worse set (every point shifted by 1) is resolved from the good one; the set itself is not
     worse = evaluate_samples(data, data.test[:300] + 1.0)
-    assert ties(worse, row) == {"sw2": False} and ties(row, row) == {"sw2": True}
+    assert ties(worse, row)["sw2"] is False and ties(worse, row)["mmd"] is False
+    assert set(ties(row, row)) == set(row["bootstrap"]) and all(ties(row, row).values())
     lo_hi = difference(worse, row, "sw2")
     assert lo_hi[1] > 0 and lo_hi[0] == pytest.approx(worse["sw2"] - row["sw2"])
 
@@ -41,9 +46,10 @@ def test_image_intervals_from_per_point_hits():
     hits = manifold_hits(fake, real)
     assert precision == float(hits[0].double().mean()) and recall == float(hits[1].double().mean())
     estimates = {"fd": 1.0, "precision": precision, "recall": recall, "accuracy": 0.5}
-    out = image_uncertainty(fake, real, estimates, correct=torch.arange(150) % 2 == 0)
+    terms = {"accuracy": SampleMean(torch.arange(150) % 2 == 0)}
+    out = image_uncertainty(fake, real, estimates, terms)
     assert set(out["bootstrap"]) == {"fd", "precision", "recall", "accuracy"}
-    assert out == image_uncertainty(fake, real, estimates, correct=torch.arange(150) % 2 == 0)
+    assert out == image_uncertainty(fake, real, estimates, terms)
     assert out["accuracy_lo"] < 0.5 < out["accuracy_hi"] and out["precision_lo"] < precision < out["precision_hi"]
 
 
@@ -111,3 +117,116 @@ def test_floor_row_says_why_its_n_differs():
     ref.update(floor_n=899, n_ref=898)
     html = render_report([ref], {}, {}, "", "")
     assert "n = 899 (not 1000: the real pool holds 1797 items, 898 of them are the reference" in html
+
+
+def accuracy_row(hits: torch.Tensor) -> dict:
+    """A row whose accuracy is the mean of per-sample hits, with its bootstrap fields."""
+    terms = {"accuracy": SampleMean(hits)}
+    estimates = {"accuracy": terms["accuracy"].estimate()}
+    return {**estimates, **mean_uncertainty(terms, estimates)}
+
+
+def test_accuracy_ties_only_when_the_per_sample_hits_do_not_resolve_the_difference():
+    u = torch.rand(400, generator=torch.Generator().manual_seed(0))  # shared noise: sample i is the same seed in all
+    ref = accuracy_row(u < 0.7)
+    assert ref["accuracy"] == pytest.approx(float((u < 0.7).double().mean()))
+    assert 0 <= ref["accuracy_lo"] < ref["accuracy"] < ref["accuracy_hi"] <= 1
+    worse = accuracy_row(u < 0.5)  # 0.2 lower on every seed: resolved
+    d = difference(worse, ref, "accuracy")
+    assert d[0] == pytest.approx(-0.2, abs=0.03) and d[2] < 0 and ties(worse, ref) == {"accuracy": False}
+    same = accuracy_row(u < 0.7)  # difference 0: a tie
+    assert ties(same, ref) == {"accuracy": True}
+    v = torch.rand(400, generator=torch.Generator().manual_seed(1))  # the same accuracy from other hits: a tie
+    assert ties(accuracy_row(v < 0.7), ref) == {"accuracy": True}
+    # paired: 5 points (19 samples of 400 change) is resolved, as an unpaired comparison (interval ~ +-0.06) could not
+    assert ties(accuracy_row(u < 0.75), ref) == {"accuracy": False}
+    # bounded: a share's interval never leaves [0, 1]
+    assert accuracy_row(torch.arange(400) > 2)["accuracy_hi"] == 1.0
+
+
+def test_mmd_logp_and_mode_coverage_intervals_shrink_with_n():
+    data = load_dataset("8gaussians")
+    widths = {}
+    for n in (100, 400):
+        row = evaluate_samples(data, fresh_samples(data, n, seed=7))
+        assert {"mmd", "logp", "logp_finite", "modes_covered", "worst_mode_ratio", "off_mode"} <= set(row["bootstrap"])
+        assert row["mmd_lo"] <= row["mmd"] <= row["mmd_hi"] and row["logp_lo"] < row["logp"] < row["logp_hi"]
+        assert 0 <= row["worst_mode_ratio_lo"] <= row["worst_mode_ratio_hi"] and row["modes_covered_hi"] <= 1
+        widths[n] = {k: row[f"{k}_hi"] - row[f"{k}_lo"] for k in ("mmd", "logp")}
+    for k in widths[100]:
+        assert widths[400][k] < 0.7 * widths[100][k], k  # ~1/sqrt(4) = 0.5 for a mean
+    assert mmd2_weighted(data.test[:50], data.test[50:90], torch.ones(1, 50), torch.ones(1, 40))[0] == pytest.approx(
+        mmd2(data.test[:50], data.test[50:90]), abs=1e-12)
+
+
+def seed_rows(fds: list[float], spread: float = 0.05) -> list[dict]:
+    """One setting's rows at seeds 0, 1, ...: FD fds[s], replicates fd + spread * (independent noise per seed)."""
+    return [synthetic("student", "s", fd, 0.001, spread, gaussians(10 + s)[:100]) | {"seed": s}
+            for s, fd in enumerate(fds)]
+
+
+def test_seed_pooled_interval_holds_seed_and_sample_variation():
+    one = seed_rows([1.0])
+    pooled = pool_seeds(one)
+    assert pooled["bootstrap"]["fd"] == pytest.approx(one[0]["bootstrap"]["fd"], abs=1e-7)  # one seed: its bootstrap
+    assert (pooled["fd_lo"], pooled["fd_hi"]) == pytest.approx((one[0]["fd_lo"], one[0]["fd_hi"]), abs=1e-7)
+    assert pooled["seeds"] == [0] and pooled["fd"] == one[0]["fd"]
+    width = one[0]["fd_hi"] - one[0]["fd_lo"]
+    disagree = pool_seeds(seed_rows([1.0, 1.5, 2.0]))
+    assert disagree["fd"] == pytest.approx(1.5) and disagree["per_seed"]["fd"] == [1.0, 1.5, 2.0]
+    assert disagree["fd_hi"] - disagree["fd_lo"] > 3 * width  # the seeds' spread dominates
+    agree = pool_seeds(seed_rows([1.0, 1.0, 1.0]))
+    assert agree["fd_hi"] - agree["fd_lo"] < width  # three seeds that agree: narrower than one
+    assert pool_seeds(seed_rows([1.0, 1.5, 2.0])[::-1]) | {"seed": 0} == disagree  # the order of the rows is moot
+
+
+def test_ties_pool_the_seeds_of_each_setting():
+    ref = seed_rows([1.0, 1.0, 1.0])
+    erratic = seed_rows([1.3, 0.7, 1.0])  # resolved from ref at seed 0 alone, not over its seeds
+    for r, b in zip(erratic, ref):
+        r["bootstrap"]["fd"] = [v + r["fd"] - b["fd"] for v in b["bootstrap"]["fd"]]  # paired with ref per seed
+    assert ties(erratic[0], ref[0]) == {"fd": False}
+    assert ties(erratic, ref) == {"fd": True}
+    steady = seed_rows([1.3, 1.3, 1.3])
+    for r, b in zip(steady, ref):
+        r["bootstrap"]["fd"] = [v + 0.3 for v in b["bootstrap"]["fd"]]
+    assert ties(steady, ref) == {"fd": False} and difference(steady, ref, "fd")[0] == pytest.approx(0.3)
+
+
+def test_report_shows_intervals_and_ties_of_every_metric_and_the_pooled_seeds():
+    ref = synthetic("converged", "teacher (converged)", 1.0, 0.02, 0.1, BASE, 35)
+    student = synthetic("student", "consistency student", 3.0, 0.001, 0.1, BASE, 1)
+    for row, mmd, base in ((ref, 0.01, BASE), (student, 0.011, NOISE)):  # mmd: a tie; FD: resolved
+        row.update(mmd=mmd, mmd_floor=0.0, **dict(zip(("mmd_lo", "mmd_hi"), basic_interval(mmd, [
+            mmd + 0.002 * b for b in base]))))
+        row["bootstrap"]["mmd"] = [mmd + 0.002 * b for b in base]
+    assert ties(student, ref) == {"fd": False, "mmd": True}
+    html = render_report([ref, student], {}, {}, "fewstep bench", "2026-01-01")
+    mmd_cell = re.findall(r"<td data-v='0\.011'>([^\n]*?)</td>", html)[0]
+    assert "<span class='ci'>[" in mmd_cell and "class='tie'" in mmd_cell and html.count("class='tie'") == 1
+    table = summary_table([ref, student])
+    line = next(x for x in table.splitlines() if x.startswith("consistency student") and "0.011" in x)
+    assert re.search(r" 0\.011 \[[^]]+\] tie ", line) and "mmd" in table and "n = 100, seed 0" in table
+    pooled = [pool_seeds([r, r | {"seed": 1}]) for r in (ref, student)]
+    assert "seeds 0, 1 (pooled)" in summary_table(pooled)
+    assert "two-stage bootstrap" in render_report(pooled, {}, {}, "", "")
+
+
+def test_bench_pools_rows_over_the_seeds_every_row_has():
+    ref = synthetic("converged", "teacher (converged)", 1.0, 0.02, 0.1, BASE, 35) | {"model_hash": "t"}
+    student = synthetic("student", "s", 1.2, 0.001, 0.1, NOISE, 1) | {"model_hash": "s"}
+    at_1 = [ref | {"seed": 1, "fd": 1.1}, student | {"seed": 1, "fd": 1.4}]
+    rows = pooled_over_seeds([ref, student], [ref, student, *at_1])
+    assert [r["seeds"] for r in rows] == [[0, 1], [0, 1]] and rows[1]["fd"] == pytest.approx(1.3)
+    assert rows[1]["row_id"] == student["row_id"]  # the planned row's fields
+    # a setting measured at seed 0 only: nothing is pooled, so the rows stay paired
+    assert pooled_over_seeds([ref, student], [ref, student, at_1[0]]) == [ref, student]
+
+
+def test_pooling_keeps_only_the_metrics_every_seed_has():
+    old = seed_rows([1.0])[0] | {"seed": 1, "bootstrap": {}}  # a row from before the intervals
+    del old["fd_lo"], old["fd_hi"]
+    pooled = pool_seeds([seed_rows([1.2])[0], old])
+    assert pooled["bootstrap"] == {} and "fd_lo" not in pooled and pooled["fd"] == 1.2 and pooled["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="one row per seed"):
+        pool_seeds(seed_rows([1.0, 1.0])[:1] * 2)

@@ -14,7 +14,11 @@ from fewstep.metrics.uncertainty import LEVEL, difference, ratio, ties, unresolv
 PLOTS = {"nfe": "NFE", "flops_per_sample": "FLOPs per sample", "seconds_per_sample": "seconds per sample"}
 MARKERS = {"converged": "*", "sampler": "o", "accelerator": "s", "student": "^"}
 # shown beside the headline metric when present
-EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_prompt_accuracy", "mmd", "logp")
+EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_prompt_accuracy", "clip_score", "mmd",
+                 "logp", "modes_covered", "worst_mode_ratio", "off_mode")
+# the report's note on rows pooled over several seeds (fewstep.metrics.uncertainty.pool_seeds)
+POOLED = ("; each row is the mean over its seeds, with a two-stage bootstrap interval: seeds resampled, then each "
+          "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation")
 
 
 def converged_row(rows: list[dict]) -> dict:
@@ -94,11 +98,12 @@ def plot_pareto(rows: list[dict], x: str, path: str | Path) -> Path:
     for i, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
         sel = sorted((r for r in rows if r["family"] == family), key=lambda r: r[x])
         role = sel[0]["role"]
-        err = ([[r[q] - r.get(f"{q}_lo", r[q]) for r in sel], [r.get(f"{q}_hi", r[q]) - r[q] for r in sel]]
-               if all(f"{q}_lo" in r for r in sel) else None)
-        ax.errorbar([r[x] for r in sel], [r[q] for r in sel], yerr=err, marker=MARKERS[role], color=colors[i % 20],
-                    ms=12 if role == "converged" else 8 if role == "student" else 6, lw=1, capsize=2, label=family,
-                    zorder={"converged": 6, "student": 5}.get(role, 3))  # students above the front and the grid
+        zorder = {"converged": 6, "student": 5}.get(role, 3)  # students above the front and the grid
+        ax.plot([r[x] for r in sel], [r[q] for r in sel], marker=MARKERS[role], color=colors[i % 20],
+                ms=12 if role == "converged" else 8 if role == "student" else 6, lw=1, label=family, zorder=zorder)
+        bars = [r for r in sel if f"{q}_lo" in r]  # drawn lo to hi: a basic interval need not hold the estimate
+        ax.vlines([r[x] for r in bars], [r[f"{q}_lo"] for r in bars], [r[f"{q}_hi"] for r in bars],
+                  color=colors[i % 20], lw=1, zorder=zorder)
     ax.axhline(rows[0][f"{q}_floor"], color="k", ls="--", lw=1, label="data floor (real vs real)", zorder=2)
     ax.set_xscale("log", base=2 if x == "nfe" else 10)
     ax.set_yscale("log")
@@ -187,6 +192,12 @@ def interval_text(row: dict, k: str) -> str:
     return _span(row[f"{k}_lo"], row[f"{k}_hi"]) if f"{k}_lo" in row else ""
 
 
+def seeds_text(row: dict) -> str:
+    """The row's noise seed, or the seeds it is pooled over."""
+    seeds = row.get("seeds")
+    return f"seeds {', '.join(map(str, seeds))} (pooled)" if seeds else f"seed {row['seed']}"
+
+
 def _cells(row: dict, ref: dict, quality: list[str]) -> list[tuple[str, object, str]]:
     """(header, value, its interval and tie badge as HTML) for every column of the results table."""
     tied = ties(row, ref) if row is not ref else {}
@@ -201,14 +212,35 @@ def _cells(row: dict, ref: dict, quality: list[str]) -> list[tuple[str, object, 
             ("sampler", row["sampler"], ""), ("schedule", schedule_name(row), ""), ("steps", row["steps"], ""),
             ("NFE", row["nfe"], ""), ("cache / guidance", ", ".join(accelerations(row)), ""),
             *((k if k != quality[0] else k.upper(), row.get(k), note(k)) for k in quality),
-            ("agreement RMSE", row.get("agreement_rmse"), ""),
+            ("agreement RMSE", row.get("agreement_rmse"), note("agreement_rmse")),
             ("GFLOPs / sample", row["flops_per_sample"] / 1e9, ""),
             ("ms / sample", row["seconds_per_sample"] * 1e3, ""), ("speed-up", speedup(row, ref), "")]
 
 
+def _metric_text(row: dict, k: str, tied: bool) -> str:
+    return f"{_fmt(row.get(k))} {interval_text(row, k)}{' tie' if tied else ''}".strip()
+
+
+def _other_metrics(rows: list[dict], ref: dict) -> list[str]:
+    """The terminal's second table: every other quality column with its interval and tie mark, per row."""
+    keys = [k for k in (*_quality_columns(rows)[1:], "agreement_rmse") if any(k in r for r in rows)]
+    if not keys:
+        return []
+    tied = [ties(r, ref) if r is not ref else {} for r in rows]
+    cells = [[_metric_text(r, k, t.get(k, False)) for k in keys] for r, t in zip(rows, tied)]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = [f"\n{'other quality (95% interval, tie: not resolved)':<66} " + "  ".join(
+        f"{k:<{w}}" for k, w in zip(keys, widths))]
+    for r, c in zip(rows, cells):
+        lines.append(f"{r['family'][:28]:<28} {r['sampler'] + ' (' + schedule_name(r) + ')':<32} {r['nfe']:>4} "
+                     + "  ".join(f"{v:<{w}}" for v, w in zip(c, widths)).rstrip())
+    return lines
+
+
 def summary_table(rows: list[dict]) -> str:
     """A plain-text table for the terminal: family, setting, NFE, quality with its interval (ties marked), ms per
-    sample, speed-up; the data floor; a warning when n cannot separate the rows."""
+    sample, speed-up; the data floor; the other quality metrics with theirs; the seeds; a warning when n cannot
+    separate the rows."""
     ref, q = converged_row(rows), quality_key(rows[0])
     lines = [f"{'family':<28} {'sampler (schedule)':<32} {'NFE':>4} {q.upper():>8} {'95% interval':<18}     "
              f"{'ms/sample':>10} {'speed-up':>9}"]
@@ -219,6 +251,8 @@ def summary_table(rows: list[dict]) -> str:
                      f"{speedup(r, ref):>8.3g}x")
     lines.append(f"{'data floor (real vs real, n = ' + str(ref.get('floor_n', ref['n'])) + ')':<66} "
                  f"{ref[q + '_floor']:>8.4g}")
+    lines += _other_metrics(rows, ref)
+    lines.append(f"n = {ref['n']}, {seeds_text(ref)}")
     warning = resolution_warning(rows)
     return "\n".join(lines + ([f"warning: {warning}"] if warning else []))
 
@@ -304,7 +338,7 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
     meta = [("command", f"<code>{escape(command)}</code>"), ("machine", escape(machine)),
             ("versions", escape(", ".join(f"{k} {v}" for k, v in ref["versions"].items()))),
             ("date", escape(f"{date} (rows measured {times[0]} to {times[-1]})")),
-            ("ruler", escape(f"n = {ref['n']} samples, seed {ref['seed']}, timing batch {ref['timing_batch']}, "
+            ("ruler", escape(f"n = {ref['n']} samples, {seeds_text(ref)}, timing batch {ref['timing_batch']}, "
                              f"dataset {ref['dataset']}"))]
     plot_html = "".join(f"<img src='{_data_uri(plots[k])}' alt='{escape(quality_key(ref))} vs {escape(t)}'>"
                         for k, t in PLOTS.items() if k in plots)
@@ -319,7 +353,7 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
 <h2>Results</h2>
 <p>Click a column header to sort. Brackets: the {LEVEL:.0%} bootstrap interval of a quality number
 ({ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
-seed {ref.get('bootstrap_seed', '-')}).
+seed {ref.get('bootstrap_seed', '-')}){escape(POOLED) if ref.get('seeds') else ''}.
 <span class="tie">tie</span>: the {LEVEL:.0%} interval of the difference from the teacher's converged setting
 (highlighted; paired: same seeds, same reference) contains 0, so this n cannot tell them apart. The data floor (real vs
 real) is context: what real data scores on the same ruler. Speed-up is the converged setting's seconds per sample

@@ -9,7 +9,7 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from fewstep.bench.evaluate import append_results, evaluate_model, quality_key, write_csv
 from fewstep.bench.provenance import stamp
@@ -19,6 +19,7 @@ from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
 from fewstep.data.prompts import prompt_sets
 from fewstep.data.visualize import save_samples
+from fewstep.metrics.uncertainty import pool_seeds
 from fewstep.models.io import load_model, model_hash
 from fewstep.plan import build_plan
 from fewstep.runlock import locked
@@ -33,6 +34,23 @@ KEY_FIELDS = ("model_hash", "sampler", "schedule", "steps", "cache", "guidance",
 def settings_key(row: Mapping[str, object]) -> str:
     """What makes two rows one measurement: model, sampler, schedule, steps, cache, guidance, CFG, n, seed, timing."""
     return json.dumps([row.get(k) for k in KEY_FIELDS])
+
+
+def seed_key(row: Mapping[str, object]) -> str:
+    """settings_key without the seed: the rows of one setting measured at several seeds share it."""
+    return json.dumps([row.get(k) for k in KEY_FIELDS if k != "seed"])
+
+
+def pooled_over_seeds(rows: list[dict], results: Iterable[Mapping]) -> list[dict]:
+    """Each row pooled (fewstep.metrics.uncertainty.pool_seeds) with its setting's rows at other seeds in `results`,
+    over the seeds at which every row was measured (so pooled rows stay paired); the rows themselves at one seed."""
+    seeds_of: dict[str, dict[int, Mapping]] = {}
+    for r in results:
+        seeds_of.setdefault(seed_key(r), {})[r["seed"]] = r
+    common = sorted(set.intersection(*({r["seed"], *seeds_of.get(seed_key(r), {})} for r in rows)))
+    if len(common) < 2:
+        return rows
+    return [pool_seeds([r, *(seeds_of[seed_key(r)][s] for s in common if s != r["seed"])]) for r in rows]
 
 
 def read_results(path: str | Path) -> list[dict[str, object]]:
@@ -107,6 +125,9 @@ def write_grid(planned: BenchRow, row: dict, path: Path) -> Path:
 def run_bench(suite: Suite, out: str | Path) -> Path:
     """Measure every row of `suite` (rows already in out/results.jsonl are kept, not re-run) and write the report.
 
+    Where out/results.jsonl holds every row of the suite at other seeds too (`--seed` runs into one folder), each
+    row is pooled over those seeds (pooled_over_seeds): the mean, with a two-stage bootstrap interval.
+
     Writes out/results.jsonl (grows), results.json and results.csv (this suite's rows), pareto-<cost>.png for NFE,
     FLOPs and seconds per sample, grids/<row-id>.png, and report.html, whose path is returned.
     """
@@ -115,6 +136,7 @@ def run_bench(suite: Suite, out: str | Path) -> Path:
     planned = plan(suite)
     done = _measure(planned, out / RESULTS)
     rows = [{**done[k], "row_id": row_id(p, k), "family": p.family, "role": p.role} for k, p in planned.items()]
+    rows = pooled_over_seeds(rows, done.values())
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     write_csv(rows, out / "results.csv")
     plots = {x: plot_pareto(rows, x, out / f"pareto-{x}.png").read_bytes() for x in PLOTS}

@@ -4,8 +4,10 @@ Metric dispatch: prompts the captions ruler can read (a model trained on caption
 get prompt accuracy, per-attribute accuracy and FD / precision / recall with their floors (caption_quality); any
 other prompts have no reference data, so the row holds cost and agreement with the teacher's converged guided ODE
 only, and says so in `scored_by`. `--clip DIR` adds a CLIP score either way. One row per setting: the first prompt
-set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split. With a
-search, every set is searched with its own prompts as the verifier's request, and each set records its search's cost.
+set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split. Every
+quality number carries its bootstrap interval (fewstep.metrics.uncertainty), held-out ones under the prefixed name.
+With a search, every set is searched with its own prompts as the verifier's request, and each set records its
+search's cost.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from fewstep.bench.reference import converged_samples
 from fewstep.core.errors import UserError
 from fewstep.data.prompts import PromptSet, prompt_sets
 from fewstep.metrics import captions
-from fewstep.metrics.agreement import teacher_agreement
+from fewstep.metrics.agreement import agreement_terms
 from fewstep.metrics.captions import caption_quality, ruler_images
+from fewstep.metrics.persample import SampleMean
+from fewstep.metrics.uncertainty import mean_uncertainty, merge_uncertainty
 from fewstep.models.info import LoadedModel, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.plan import build_plan
@@ -29,6 +33,7 @@ from fewstep.samplers import generate
 from fewstep.search.run import model_data, prompt_request, search_rows
 
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
+SHARED = ("bootstrap_resamples", "bootstrap_seed")  # the same for every prompt set: not prefixed
 
 
 def is_captions_task(model: LoadedModel, dataset: str | None = None) -> bool:
@@ -41,9 +46,24 @@ def _quality(images: torch.Tensor, prompts: PromptSet, clip: str | None) -> dict
         return caption_quality(ruler_images(images), prompts.prompts, prompts.split, clip, captions.RULER_CONFIG)
     out = {"n": len(images), "scored_by": NO_REFERENCE}
     if clip is not None:
-        from fewstep.metrics.clip import clip_score
-        out["clip_score"] = clip_score(images, prompts.prompts, clip)
+        from fewstep.metrics.clip import clip_similarities
+        terms = {"clip_score": SampleMean(clip_similarities(images, prompts.prompts, clip))}
+        out["clip_score"] = max(terms["clip_score"].estimate(), 0.0)  # clip_score's clamp
+        out = merge_uncertainty(out, mean_uncertainty(terms, out))
     return out
+
+
+def _with_agreement(metrics: dict, images: torch.Tensor, teacher_images: torch.Tensor) -> dict:
+    """metrics with agreement_rmse to the teacher's images and its bootstrap interval."""
+    terms = agreement_terms(images, teacher_images)
+    estimates = {k: t.estimate() for k, t in terms.items()}
+    return merge_uncertainty({**metrics, **estimates}, mean_uncertainty(terms, estimates))
+
+
+def _prefixed(metrics: dict, prefix: str) -> dict:
+    """A further prompt set's metrics (and their replicates) under prefixed names."""
+    out = {k if k in SHARED else prefix + k: v for k, v in metrics.items() if k not in ("split", "bootstrap")}
+    return {**out, "bootstrap": {prefix + k: v for k, v in metrics.get("bootstrap", {}).items()}}
 
 
 def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: EvalSettings) -> dict[str, object]:
@@ -87,9 +107,8 @@ def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: Ev
             teacher_cond = cond if teacher is model else prompt_cond(teacher, prompts.prompts, s.n, s.negative_prompt)
             reference = converged_samples(teacher, s.n, s.seed, teacher_cond, s.batch_size, s.device, plan.cfg_scale,
                                           indices)
-            metrics.update(teacher_agreement(images, teacher.decode(reference, s.batch_size)))
+            metrics = _with_agreement(metrics, images, teacher.decode(reference, s.batch_size))
             if prompts.split is None:
                 metrics["agreement_rmse_floor"] = 0.0  # the same noise, deterministic: no floor to hide behind
-        prefix = "" if i == 0 else f"{prompts.split}_"
-        measured.update({prefix + k: v for k, v in metrics.items() if k != "split"})
+        measured = merge_uncertainty(measured, _prefixed(metrics, "" if i == 0 else f"{prompts.split}_"))
     return result_row(model_path, model, s, measured)

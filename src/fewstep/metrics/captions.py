@@ -24,6 +24,8 @@ from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, writ
 from fewstep.metrics.features import FeatureNet, deterministic_cpu, train_network
 from fewstep.metrics.floor import FLOOR_SEED, MIN_SAMPLES, REFERENCE_SEED
 from fewstep.metrics.image import image_quality
+from fewstep.metrics.persample import SampleMean
+from fewstep.metrics.uncertainty import image_uncertainty
 
 ARCH_VERSION = 1  # bump when AttributeNet or its training recipe changes: it invalidates every cached network
 HEADS = tuple(len(v) for v in VOCABULARIES)  # one softmax head per ATTRIBUTES column
@@ -87,21 +89,29 @@ def _augment(config: "AttributeConfig", resolution: int):
     return augment
 
 
-def attribute_accuracy(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, float]:
-    """prompt_accuracy (every stated attribute right) and per-attribute accuracies of read rows vs requested rows.
+def attribute_terms(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, SampleMean]:
+    """Per-sample terms of prompt_accuracy (every stated attribute right) and the per-attribute accuracies of read
+    rows vs requested rows.
 
     count: one object or two; layout: the region of one object or the axis of a pair; shape / colour / size: over
-    every requested object, in canonical slot order (so a pair drawn in swapped places is wrong).
+    every requested object (hits / objects per sample), in canonical slot order (a pair drawn in swapped places is
+    wrong).
     """
+    read, wanted = read.cpu(), wanted.cpu()
     present = wanted[:, [1, 4]] >= 0
     right = read[:, 0] == wanted[:, 0]
-    out = {"count_accuracy": ((read[:, 0] >= len(REGIONS)) == (wanted[:, 0] >= len(REGIONS))).double().mean(),
-           "layout_accuracy": right.double().mean()}
+    out = {"count_accuracy": SampleMean((read[:, 0] >= len(REGIONS)) == (wanted[:, 0] >= len(REGIONS))),
+           "layout_accuracy": SampleMean(right.clone())}
     for name, columns in (("shape", [1, 4]), ("colour", [2, 5]), ("size", [3, 6])):
         hit = read[:, columns] == wanted[:, columns]
-        out[f"{name}_accuracy"] = hit[present].double().mean()
+        out[f"{name}_accuracy"] = SampleMean((hit & present).sum(1), present.sum(1))
         right &= (hit | ~present).all(1)
-    return {"prompt_accuracy": float(right.double().mean()), **{k: float(v) for k, v in out.items()}}
+    return {"prompt_accuracy": SampleMean(right), **out}
+
+
+def attribute_accuracy(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, float]:
+    """prompt_accuracy and per-attribute accuracies of read rows vs requested rows (attribute_terms' estimates)."""
+    return {k: t.estimate() for k, t in attribute_terms(read, wanted).items()}
 
 
 def _training_data(resolution: int, config: AttributeConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +201,8 @@ def _check_split(wanted: torch.Tensor, split: str) -> None:
 
 def caption_quality(images: torch.Tensor, captions: list[str], split: str, clip: str | Path | None = None,
                     config: AttributeConfig = AttributeConfig()) -> dict:
-    """prompt and per-attribute accuracy, fd / precision / recall of images drawn for captions, with their floors.
+    """prompt and per-attribute accuracy, fd / precision / recall of images drawn for captions, with their floors
+    and bootstrap intervals (fewstep.metrics.uncertainty; the accuracies resample per-sample hits).
 
     The reference is a render of the same captions (seed REFERENCE_SEED), the floor another render (FLOOR_SEED),
     both at the same n. split ("seen" or "heldout") must match the captions, so the two sets are reported apart.
@@ -209,15 +220,17 @@ def caption_quality(images: torch.Tensor, captions: list[str], split: str, clip:
     _check_split(wanted, split)
     net = attribute_network(images.shape[-1], config)
     reference = net.features(render(wanted, images.shape[-1], REFERENCE_SEED))
-    out = {"n": n, "split": split, "attribute_net": net.settings_hash, **_quality(net, images, wanted, reference),
-           **_floor(net, wanted, reference)}
+    features, terms = net.features(images), attribute_terms(net.read(images), wanted)
+    out = {"n": n, "split": split, "attribute_net": net.settings_hash, **{k: t.estimate() for k, t in terms.items()},
+           **image_quality(features, reference), **_floor(net, wanted, reference)}
     if clip is not None:
-        from fewstep.metrics.clip import clip_score, load_clip
+        from fewstep.metrics.clip import clip_score, clip_similarities, load_clip
 
         model = load_clip(clip)
-        out["clip_score"] = clip_score(images, captions, model)
+        terms["clip_score"] = SampleMean(clip_similarities(images, captions, model))
+        out["clip_score"] = max(terms["clip_score"].estimate(), 0.0)  # clip_score's clamp
         out["clip_score_floor"] = clip_score(render(wanted, images.shape[-1], FLOOR_SEED), captions, model)
-    return out
+    return {**out, **image_uncertainty(features, reference, out, terms)}
 
 
 def caption_floor(n: int, split: str = "seen", resolution: int = 32,

@@ -6,7 +6,8 @@ import torch
 
 from fewstep.data.base import Dataset
 from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
-from fewstep.metrics.features import FeatureNet, accuracy
+from fewstep.metrics.features import FeatureNet
+from fewstep.metrics.persample import SampleMean
 
 DEFAULT_K = 3  # Kynkäänniemi et al. 2019 use k = 3
 DISTANCE_CHUNK = 2048
@@ -67,9 +68,17 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = DEFAULT_K)
     return float(precision_hits.double().mean()), float(recall_hits.double().mean())
 
 
+def class_terms(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, SampleMean]:
+    """Per-sample terms of accuracy (the top class is the requested label) and confidence (top-class probability)."""
+    logits = logits.detach().cpu()
+    return {"accuracy": SampleMean(logits.argmax(1) == labels.cpu()),
+            "confidence": SampleMean(logits.double().softmax(1).amax(1))}
+
+
 def class_agreement(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Accuracy of the classifier on the requested labels, and its mean top-class softmax probability."""
-    return accuracy(logits, labels), float(logits.double().softmax(1).amax(1).mean())
+    terms = class_terms(logits, labels)
+    return terms["accuracy"].estimate(), terms["confidence"].estimate()
 
 
 def class_coverage(predicted: torch.Tensor, wanted: torch.Tensor) -> float:

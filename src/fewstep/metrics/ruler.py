@@ -7,11 +7,12 @@ import torch
 
 from fewstep.core.errors import UserError
 from fewstep.data.base import Dataset
-from fewstep.metrics.agreement import teacher_agreement
+from fewstep.metrics.agreement import agreement_terms
 from fewstep.metrics.features import feature_network
 from fewstep.metrics.floor import MIN_SAMPLES, image_floor, real_split, toy_floor, toy_reference
-from fewstep.metrics.image import class_agreement, image_quality, reference_features
-from fewstep.metrics.toy import toy_quality
+from fewstep.metrics.image import class_terms, image_quality, reference_features
+from fewstep.metrics.persample import SampleMean
+from fewstep.metrics.toy import log_density_terms, toy_quality
 from fewstep.metrics.uncertainty import image_uncertainty, toy_uncertainty
 
 
@@ -30,21 +31,26 @@ def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor 
         raise UserError(f"got {len(labels)} labels for {n} samples")
     if data.kind == "vector":
         reference = toy_reference(data, n, n_ref)
-        quality = toy_quality(data, samples, reference)
-        out = {"n": n, "n_ref": len(reference), **quality, **toy_floor(data, n, n_ref),
-               **toy_uncertainty(samples, reference, quality)}
-        return {**out, **(teacher_agreement(samples, teacher_samples) if teacher_samples is not None else {})}
+        terms = agreement_terms(samples, teacher_samples) if teacher_samples is not None else {}
+        quality = {**toy_quality(data, samples, reference), **_estimates(terms)}
+        terms.update(log_density_terms(data, samples) if data.log_density is not None else {})
+        return {"n": n, "n_ref": len(reference), **quality, **toy_floor(data, n, n_ref),
+                **toy_uncertainty(samples, reference, quality, terms, data.centres)}
     net = feature_network(data)
     split = real_split(len(data.train) + len(data.test), n, n_ref)
     features, reference = net.features(samples), reference_features(data, net)[split.reference]
     out = {"n": n, "n_ref": len(split.reference), "feature_net": net.settings_hash,
            **image_quality(features, reference), **image_floor(data, net, n, n_ref)}
-    correct = None
+    terms = {}
     if labels is None:  # unconditional samples: no requested class to check
         del out["accuracy_floor"], out["confidence_floor"]
     else:
-        logits = net.logits(samples)
-        out["accuracy"], out["confidence"] = class_agreement(logits, labels)
-        correct = logits.argmax(1) == labels.to(logits.device)
-    out.update(image_uncertainty(features, reference, out, correct))
-    return {**out, **(teacher_agreement(samples, teacher_samples, net) if teacher_samples is not None else {})}
+        terms = class_terms(net.logits(samples), labels)
+    if teacher_samples is not None:
+        terms.update(agreement_terms(samples, teacher_samples, net))
+    out.update(_estimates(terms))
+    return {**out, **image_uncertainty(features, reference, out, terms)}
+
+
+def _estimates(terms: dict[str, SampleMean]) -> dict[str, float]:
+    return {k: t.estimate() for k, t in terms.items()}
