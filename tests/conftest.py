@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from fewstep.config import TrainConfig
 from fewstep.train.teacher import resolve_train_config, train_teacher
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (oversubscribed threads spin)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes the tests start
+    torch.set_num_threads(1)
 
 
 def tiny_config(**overrides) -> TrainConfig:
