@@ -96,7 +96,7 @@ def test_explicit_settings_override_the_record(original, accelerated, override, 
 def test_eval_rows_on_the_folder_record_what_ran(original, accelerated, monkeypatch):
     import fewstep.bench.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "converged_samples", lambda teacher, n, *args: torch.zeros(n, *SHAPE))
+    monkeypatch.setattr(evaluate, "converged_samples", lambda teacher, n, *args, **kw: torch.zeros(n, *SHAPE))
     monkeypatch.setattr(evaluate, "evaluate_samples", lambda data, samples, labels, ref: {"fd": 0.0, "fd_floor": 0.0})
     base = {"n": 8, "timing_batch": 4}
     row = evaluate.evaluate_model(accelerated, evaluate.EvalSettings(**base))

@@ -14,7 +14,7 @@ import torch
 from fewstep.cli import main
 from fewstep.distill import METHODS, distill, resolve_distill_config
 from fewstep.models.io import load_model
-from fewstep.plan import PlanSettings
+from fewstep.plan import PlanSettings, build_plan
 from fewstep.sample import sample_model
 
 DATA_FREE = ("dmd2", "reflow", "sid")  # dmd2 with dmd_gan_weight 0
@@ -137,6 +137,9 @@ def test_the_teacher_target_is_cfg_of_the_captions_against_the_null_prompt(teach
     assert (c - u).abs().max() > 1e-3  # the captions condition the teacher
     explicit = _cfg(teacher, "progressive", cfg_scale=1.5)
     assert explicit.cfg_scale == 1.5
+    assert _cfg(teacher, "progressive", cfg_scale=1.0).cfg_scale == 1.0  # an explicit 1 folds in no guidance
+    assert build_plan(model, PlanSettings()).cfg_scale == 3.0  # sampling: unset = the record's, 1 = unguided
+    assert build_plan(model, PlanSettings(cfg_scale=1.0)).cfg_scale == 1.0
 
 
 @pytest.mark.parametrize("method", DATA_FREE)

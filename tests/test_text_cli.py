@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from fewstep.accelerated import save_accelerated
 from fewstep.bench.evaluate import EvalSettings, evaluate_model
-from fewstep.bench.suite import resolve_suite
+from fewstep.bench.suite import resolve_suite, suite_rows
 from fewstep.cli import main
 from fewstep.metrics import captions
 from fewstep.metrics.captions import AttributeConfig
@@ -25,7 +25,7 @@ from fewstep.models import load_model
 from fewstep.models.tiny import save_tiny_pipeline
 from fewstep.plan import PlanSettings, build_plan
 from fewstep.sample import prompt_cond, sample_model
-from fewstep.samplers import generate, initial_latents
+from fewstep.samplers import CFGDenoiser, generate, initial_latents
 from tests.test_pipelines import PROMPTS, diffusers_images
 
 FAST_RULER = AttributeConfig(steps=40, n_train=1000)  # plumbing only: the real ruler trains 1500 steps on 20000
@@ -93,6 +93,35 @@ def test_cfg_with_a_negative_prompt_equals_stable_diffusion_pipeline(pipe):
         assert (model.decode(latents) - diffusers_images(reference, x, 4, 4.0, neg)).abs().max() < 1e-4
 
 
+def test_cfg_scale_1_samples_unguided_and_no_flag_samples_at_the_default_scale(pipe, tmp_path, capsys):
+    """`--cfg-scale 1` is diffusers' guidance_scale=1: the bare denoiser, one pass per step; unset is the model's
+    scale (7.5 on a pipeline folder that records none)."""
+    model = load_model(pipe)
+    plan = build_plan(model, PlanSettings(steps=2))
+    cond = prompt_cond(model, PROMPTS[:1], 2)
+    bare = generate(model.denoiser, model.info.shape, 2, plan.sigmas, plan.sampler, 0, cond).samples
+    guided = generate(CFGDenoiser(model.denoiser, 7.5), model.info.shape, 2, plan.sigmas, plan.sampler, 0,
+                      cond).samples
+    assert (bare - guided).abs().max() > 1e-2  # guidance changes the samples, so the comparison means something
+    for flags, expected, scale in ((["--cfg-scale", "1"], bare, "1"), ([], guided, "7.5")):
+        tensors = tmp_path / f"samples{len(flags)}.safetensors"
+        assert main(["sample", "--model", pipe, "--prompt", PROMPTS[0], "--n", "2", "--steps", "2", *flags,
+                     "--out", str(tmp_path / "grid.png"), "--save-tensor", str(tensors)]) == 0
+        assert torch.equal(load_file(tensors)["samples"], expected)
+        assert f"CFG {scale} against the empty prompt" in capsys.readouterr().out
+    assert build_plan(model, PlanSettings(cfg_scale=1.0)).cfg_scale == 1.0
+
+
+def test_eval_rows_and_accelerated_folders_record_cfg_scale_1(pipe, prompts_file, tmp_path):
+    row = evaluate_model(pipe, EvalSettings(steps=2, n=4, timing_batch=2, prompts=prompts_file, cfg_scale=1.0))
+    assert row["cfg_scale"] == 1.0 and row["rows_evaluated"] is None  # no CFG wrapper: one row per sample per step
+    info = save_accelerated(pipe, tmp_path / "unguided", PlanSettings(steps=2, cfg_scale=1.0))
+    assert info.acceleration == {"cache": None, "guidance": None, "cfg_scale": 1.0, "cfg_interval": None}
+    assert build_plan(load_model(tmp_path / "unguided")).cfg_scale == 1.0  # not the 7.5 of a folder without a record
+    assert torch.equal(sample_model(str(tmp_path / "unguided"), 2, prompts=PROMPTS).samples,
+                       sample_model(pipe, 2, PlanSettings(steps=2, cfg_scale=1.0), prompts=PROMPTS).samples)
+
+
 def test_eval_on_caption_prompts_reports_both_splits_with_floors(pipe, fast_ruler):
     """A captions-task model measured on both caption splits, reported apart; the tiny pipeline decodes 16x16
     images, a resolution the captions ruler reads as they are (others are resized to the nearest of 16, 32, 64)."""
@@ -133,6 +162,8 @@ def test_bench_default_suite_of_a_text_teacher(pipe, prompts_file):
     specs = [(a.cache, a.guidance, tuple(a.cfg_interval)) for a in suite.accelerators]
     assert ("deepcache:interval=2,branch=0", "", ()) in specs and ("", "adaptive:threshold=0.995", ()) in specs
     assert ("", "", (0.28, 5.42)) in specs and suite.prompts == prompts_file
+    model = load_model(pipe)  # every row guided at the pipeline's scale: no row leaves CFG out unasked
+    assert {build_plan(model, r.settings).cfg_scale for r in suite_rows(suite)} == {7.5}
 
 
 def test_bench_on_an_accelerated_pipeline_resumes_and_writes_its_grid(pipe, prompts_file, tmp_path, capsys):

@@ -62,7 +62,8 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     if plan.cache:  # teacache:...,calibrate=true: fit its polynomial now, on this plan's sampler and sigmas
         plan = replace(plan, cache=calibrated_spec(plan.cache, model, plan.sigmas, plan.sampler))
     plan.check(model)
-    info = replace(model.info, sampler=plan.sampler_record(), acceleration=plan.acceleration_record(),
+    text = model.prompt_encoder is not None
+    info = replace(model.info, sampler=plan.sampler_record(), acceleration=plan.acceleration_record(text),
                    extra={**model.info.extra, "accelerated_from": str(source.resolve())})
     _check_out(source, out, force)
     if dry_run:

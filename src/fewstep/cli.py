@@ -276,8 +276,9 @@ def _add_plan_flags(parser: argparse.ArgumentParser, what: str = "sample with") 
     parser.add_argument("--steps", type=int, help="number of sampler steps (default: the model's recorded steps and sigmas)")
     parser.add_argument("--schedule", help="karras | karras_trailing | loglinear | uniform | PATH.json from "
                                            "search-schedule (default: the model's recorded schedule)")
-    parser.add_argument("--cfg-scale", type=float, default=1.0,
-                        help="classifier-free guidance scale (default: the model's recorded one, else 1 = off)")
+    parser.add_argument("--cfg-scale", type=float,
+                        help="classifier-free guidance scale; 1 = no guidance (default: the model's recorded one, "
+                             "else 7.5 for a text-to-image model, else 1)")
     parser.add_argument("--cfg-interval", help="guide only for sigmas in LO,HI (default: the recorded one, else all)")
     parser.add_argument("--guidance", help="guidance accelerator on top of --cfg-scale, e.g. adaptive:threshold=0.995; "
                                            "none = no recorded guidance (default: the recorded one)")
@@ -475,8 +476,9 @@ def _search_schedule_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluations", type=int, default=80, help="most schedules to evaluate (default 80)")
     p.add_argument("--dataset", help="dataset to measure against (default: the model's)")
     _add_prompt_set_flag(p)
-    p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="text-to-image: the CFG scale to search at (default: the model's recorded one, else 7.5)")
+    p.add_argument("--cfg-scale", type=float,
+                   help="text-to-image: the CFG scale to search at; 1 = no guidance (default: the model's recorded "
+                        "one, else 7.5)")
     p.add_argument("--batch-size", type=int, default=1000, help="samples per forward pass (default 1000)")
     p.add_argument("--device", default="cpu", help="device to sample on: cpu | cuda (default cpu)")
     p.set_defaults(func=cmd_search_schedule)

@@ -279,8 +279,8 @@ class DistillConfig:
                                      "of that size")
     init: str = option("teacher", "teacher (start from its weights) | scratch | a model folder (e.g. a student to "
                                   "fine-tune)")
-    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none; a "
-                                   "text-to-image teacher: its recorded scale unless given)", at_least=0.0)
+    cfg_scale: float = option(1.0, "classifier-free guidance scale folded into the teacher's targets (1 = none; "
+                                   "unset on a text-to-image teacher: its recorded scale)", at_least=0.0)
     prompts: str = option("", "text-to-image, data-free methods (reflow, sid, dmd2 without its GAN term): a UTF-8 "
                               "file of prompts, one per line, in place of a dataset's captions")
     negative_prompt: str = option("", "text-to-image: the null condition of the guidance folded into the teacher "

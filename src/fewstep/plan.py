@@ -9,10 +9,10 @@ applied to a model by one context (`plan.applied(model)`) that removes everythin
 Precedence, per setting: an explicit setting > a schedule file's sigmas and sampler > the model's record > the
 defaults (Heun, Karras, 18 steps, no guidance, no cache; a text-to-image model's CFG scale
 models.info.TEXT_CFG_SCALE, as diffusers' StableDiffusionPipeline). `guidance="none"` also drops a recorded or
-default CFG scale and interval; `cache="none"` drops a recorded cache; a CFG scale of 1 means "not given". Sampler
-options (DDIM's eta, EDM's churn) and schedule options (rho, sigma_min/sigma_max, a discrete model's timestep
-spacing) follow their sampler and schedule: a record's options apply only while its sampler (schedule) is the one
-used.
+default CFG scale and interval; `cache="none"` drops a recorded cache. A CFG scale of None takes the record's or
+the default; an explicit 1 is no guidance, as diffusers' guidance_scale=1. Sampler options (DDIM's eta, EDM's churn)
+and schedule options (rho, sigma_min/sigma_max, a discrete model's timestep spacing) follow their sampler and
+schedule: a record's options apply only while its sampler (schedule) is the one used.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ DEFAULT_SAMPLER = {"name": "heun", "schedule": "karras", "steps": 18}
 
 @dataclass
 class PlanSettings:
-    """What to sample with; None (a CFG scale of 1) leaves the setting to the model's record."""
+    """What to sample with; None leaves the setting to the model's record (a CFG scale of 1 is no guidance)."""
 
     sampler: str | None = None
     steps: int | None = None
     schedule: str | None = None  # karras | karras_trailing | loglinear | uniform | a schedule file (.json)
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None  # 1 = no guidance; None = the record's, else models.info.default_cfg_scale
     cfg_interval: tuple[float, float] | None = None  # guide only for LO < sigma <= HI
     guidance: str | None = None  # a guidance accelerator on top of CFG, e.g. "adaptive:threshold=0.995"; "none"
     cache: str | None = None  # a feature cache, e.g. "deepcache:interval=3"; "none"
@@ -98,12 +98,14 @@ class SamplingPlan:
                                          ("schedule_options", self.schedule_options)) if v})
         return {**record, "sigmas": list(self.recorded_sigmas)} if self.recorded_sigmas else record
 
-    def acceleration_record(self) -> dict[str, Any] | None:
-        """ModelInfo.acceleration for this plan (None: nothing to record)."""
+    def acceleration_record(self, text: bool = False) -> dict[str, Any] | None:
+        """ModelInfo.acceleration for this plan (None: nothing to record); a text-to-image model always records its
+        CFG scale, which without a record would fall back to models.info.TEXT_CFG_SCALE."""
         record = {"cache": None if self.cache == "none" else self.cache,
                   "guidance": None if self.guidance == "none" else self.guidance,
                   "cfg_scale": self.cfg_scale, "cfg_interval": self.cfg_interval}
-        return None if record == {"cache": None, "guidance": None, "cfg_scale": 1.0, "cfg_interval": None} else record
+        unset = {"cache": None, "guidance": None, "cfg_scale": 1.0, "cfg_interval": None}
+        return None if record == unset and not text else record
 
     @contextlib.contextmanager
     def applied(self, model: LoadedModel) -> Iterator[AppliedPlan]:
@@ -156,10 +158,9 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
     recorded = model.info.acceleration or {}
     guided = {} if s.guidance == "none" else recorded
     interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
-    default_scale = 1.0 if s.guidance == "none" else default_cfg_scale(model)
+    scale = s.cfg_scale if s.cfg_scale is not None else 1.0 if s.guidance == "none" else default_cfg_scale(model)
     return SamplingPlan(sampler=sampler, schedule=schedule, sigmas=sigmas, recorded_sigmas=recorded_sigmas,
-                        cfg_scale=default_scale if s.cfg_scale == 1.0 else s.cfg_scale,
-                        cfg_interval=tuple(interval) if interval else None,
+                        cfg_scale=scale, cfg_interval=tuple(interval) if interval else None,
                         guidance=guided.get("guidance") if s.guidance is None else s.guidance,
                         cache=recorded.get("cache") if s.cache is None else s.cache, sampler_options=options or None,
                         schedule_options=schedule_options or None,

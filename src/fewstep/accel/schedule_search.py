@@ -97,11 +97,12 @@ def coordinate_search(objective: Callable[[torch.Tensor], float], knots: torch.T
 
 def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1000, seed: int = SEARCH_SEED,
                     max_evaluations: int = 80, dataset: str | None = None, batch_size: int = 1000,
-                    device: str = "cpu", prompts: str | None = None, cfg_scale: float = 1.0) -> dict[str, object]:
+                    device: str = "cpu", prompts: str | None = None,
+                    cfg_scale: float | None = None) -> dict[str, object]:
     """Search `steps` sigmas for `sampler` on a model; the result (sigmas, quality, search cost) as a dict.
 
-    A text-to-image model samples `prompts` (a prompt set, fewstep.data.prompts) with CFG at `cfg_scale` (1 = its
-    default) and is scored on decoded images (text_objective)."""
+    A text-to-image model samples `prompts` (a prompt set, fewstep.data.prompts) with CFG at `cfg_scale` (None = its
+    recorded or default scale, 1 = no guidance) and is scored on decoded images (text_objective)."""
     if steps < 2:
         raise UserError(f"a schedule of {steps} step(s) has no knot to search; use at least 2 steps")
     if seed == 0:
@@ -109,7 +110,7 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
     model = load_model(model_path, device)
     denoiser, decode, prompt_set = model.denoiser, model.decode, None
     if model.prompt_encoder is not None:
-        denoiser = guided_denoiser(model.denoiser, default_cfg_scale(model) if cfg_scale == 1.0 else cfg_scale)
+        denoiser = guided_denoiser(model.denoiser, default_cfg_scale(model) if cfg_scale is None else cfg_scale)
         name, quality, labels, prompt_set = text_objective(model, denoiser, n, prompts, dataset, seed, batch_size,
                                                            device)
     elif prompts is not None:

@@ -44,7 +44,7 @@ class AcceleratorRow:
 
     cache: str = ""  # accelerator spec, e.g. "deepcache:interval=3,branch=0" (docs/acceleration.md)
     guidance: str = ""  # guidance spec on top of CFG, e.g. "adaptive:threshold=0.99"
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None  # None = the teacher's recorded (or default) scale; 1 = no guidance
     cfg_interval: list = field(default_factory=list)  # [LO, HI] or [] (guide at every sigma)
     sampler: str = ""
     steps: int = 0
@@ -191,7 +191,7 @@ def _accelerated(suite: Suite, a: AcceleratorRow, converged: dict) -> EvalSettin
 def _accelerator_family(a: AcceleratorRow) -> str:
     parts = [":".join(spec.split(":")[:2 if spec.startswith("peer:") else 1]) for spec in (a.cache, a.guidance) if spec]
     parts += ["searched schedule"] * is_schedule_file(a.schedule) + ["cfg interval"] * bool(a.cfg_interval)
-    return " + ".join(parts) or f"cfg {a.cfg_scale:g}"
+    return " + ".join(parts) or (f"cfg {a.cfg_scale:g}" if a.cfg_scale is not None else "recorded cfg")
 
 
 def _try_on(teacher: LoadedModel, a: AcceleratorRow) -> None:
