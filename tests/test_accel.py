@@ -382,7 +382,7 @@ def test_sample_model_and_cli_take_cache_and_guidance(unet_folder, tmp_path, cap
 def test_eval_records_the_accelerator_and_samples_the_reference_uncached(unet_folder, monkeypatch):
     import fewstep.bench.evaluate as evaluate
 
-    def reference(teacher, n, *args):
+    def reference(teacher, n, *args, **kwargs):
         assert all("forward" not in m.__dict__ for m in teacher.network.modules()), "reference sampled with a cache"
         return torch.zeros(n, *SHAPE)
 

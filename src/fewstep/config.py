@@ -205,8 +205,8 @@ class TrainConfig:
                                        "classifier-free guidance", at_least=0.0, at_most=1.0)
     text_encoder: str = option("trained", "captions: the CLIP text encoder is trained with the U-Net (trained) or "
                                           "kept at its random initialisation (frozen)")
-    prediction_type: str = option("epsilon", "captions: what the U-Net predicts, as Stable Diffusion: epsilon | "
-                                             "v_prediction")
+    prediction_type: str = option("v_prediction", "captions: what the U-Net predicts: v_prediction (SD 2's; learns the "
+                                                  "layout about twice as fast, docs/BENCHMARKS.md §13) | epsilon (SD 1's)")
     vae_steps: int = option(2000, "captions: optimiser steps of the autoencoder stage (before the U-Net's steps)",
                             at_least=1)
     steps: int = option(4000, "number of optimiser steps", at_least=1)
