@@ -18,7 +18,8 @@ EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_
                  "logp", "modes_covered", "worst_mode_ratio", "off_mode")
 # the report's note on rows pooled over several seeds (fewstep.metrics.uncertainty.pool_seeds)
 POOLED = ("; each row is the mean over its seeds, with a two-stage bootstrap interval: seeds resampled, then each "
-          "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation")
+          "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation (FD and MMD: the seeds' "
+          "spread plus the reference's jackknife)")
 
 
 def converged_row(rows: list[dict]) -> dict:
@@ -343,6 +344,8 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
     plot_html = "".join(f"<img src='{_data_uri(plots[k])}' alt='{escape(quality_key(ref))} vs {escape(t)}'>"
                         for k, t in PLOTS.items() if k in plots)
     teacher = Path(ref["model"])
+    jackknife = (f"FD and MMD: a grouped jackknife, each of {ref['jackknife_groups']} groups of the samples and of "
+                 "the reference deleted in turn; the others: " if "jackknife_groups" in ref else "")
     title = f"fewstep bench: {teacher.parent.name if teacher.name == 'model' else teacher.name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{CSS}</style></head><body>
@@ -351,8 +354,8 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
 {warn}<p class="headline">{escape(headline(rows))}</p>
 {warning}
 <h2>Results</h2>
-<p>Click a column header to sort. Brackets: the {LEVEL:.0%} bootstrap interval of a quality number
-({ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
+<p>Click a column header to sort. Brackets: the {LEVEL:.0%} interval of a quality number ({jackknife}bootstrap:
+{ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
 seed {ref.get('bootstrap_seed', '-')}){escape(POOLED) if ref.get('seeds') else ''}.
 <span class="tie">tie</span>: the {LEVEL:.0%} interval of the difference from the teacher's converged setting
 (highlighted; paired: same seeds, same reference) contains 0, so this n cannot tell them apart. The data floor (real vs
