@@ -5,7 +5,7 @@ get prompt accuracy, per-attribute accuracy and FD / precision / recall with the
 other prompts have no reference data, so the row holds cost and agreement with the teacher's converged guided ODE
 only, and says so in `scored_by`. `--clip DIR` adds a CLIP score either way. One row per setting: the first prompt
 set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split. Every
-quality number carries its bootstrap interval (fewstep.metrics.uncertainty), held-out ones under the prefixed name.
+quality number carries its interval (fewstep.metrics.uncertainty), held-out ones under the prefixed name.
 With a search, every set is searched with its own prompts as the verifier's request, and each set records its
 search's cost.
 """

@@ -8,8 +8,8 @@ against independent re-draws; docs/BENCHMARKS.md sec. 9):
   stay those of the full sets), sliced W2 and mode coverage. Each resample draws sample and reference indices with
   replacement from generators seeded by a fixed BOOTSTRAP_SEED, so every row at the same n uses the same index sets.
   Intervals are basic (reverse-percentile) intervals, 2 theta - q_hi .. 2 theta - q_lo.
-- Grouped jackknife, for FD and MMD (JACKKNIFED). Resampling with replacement duplicates about a third of the points,
-  which these metrics read as a smaller, lumpier set: FD's small-sample bias grows as the effective n nears the
+- Grouped jackknife, for FD and MMD. Resampling with replacement duplicates about a third of the points, which
+  these metrics read as a smaller, lumpier set: FD's small-sample bias grows as the effective n nears the
   feature dimension (on 128-d features at n = 500 the replicates sit near 50 while the estimate is 4.4) and
   duplicates add k(x, x) = 1 terms to MMD, so no bootstrap interval is centred (the basic one even falls below 0).
   Instead the items are split into JACKKNIFE_GROUPS groups by index mod g; the metric is recomputed with each group
@@ -40,7 +40,6 @@ BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 SAMPLES, REFERENCE, SEEDS = 0, 1, 2  # the index streams: sample indices, reference indices, seeds of pool_seeds
 JACKKNIFE_GROUPS = 20  # groups of the delete-a-group jackknife (items grouped by index mod g)
-JACKKNIFED = ("fd", "mmd")  # biased by resampling with replacement: their intervals come from the jackknife
 
 SHARES = ("precision", "recall", "accuracy", "confidence", "logp_finite", "modes_covered", "off_mode")
 NON_NEGATIVE = ("fd", "sw2", "worst_mode_ratio", "clip_score")
@@ -68,7 +67,7 @@ def group_masks(n: int, groups: int = JACKKNIFE_GROUPS) -> torch.Tensor:
 
 def jackknife_values(fn: Callable[[torch.Tensor, torch.Tensor], float], n_a: int, n_b: int,
                      groups: int = JACKKNIFE_GROUPS) -> list[list[float]]:
-    """[fn(kept_a, all_b) for each group of a deleted, fn(all_a, kept_b) for each group of b]: the leave-group values."""
+    """The leave-group values: [fn(kept_a, all_b) per deleted group of a], [fn(all_a, kept_b) per group of b]."""
     all_a, all_b = torch.arange(n_a), torch.arange(n_b)
     return [[fn(all_a[m.bool()], all_b) for m in group_masks(n_a, groups)],
             [fn(all_a, all_b[m.bool()]) for m in group_masks(n_b, groups)]]
@@ -129,6 +128,7 @@ def jackknife_interval(metric: str, estimate: float, values: Sequence[Sequence[f
 
 
 def _finite(estimate: float, values: Sequence) -> bool:
+    """Whether the estimate and every replicate (or leave-group value, either side) are finite."""
     flat = [v for side in values for v in (side if isinstance(side, Sequence) else [side])]
     return math.isfinite(estimate) and all(math.isfinite(v) for v in flat)
 
@@ -245,7 +245,7 @@ def pool_seeds(rows: Sequence[Row]) -> dict:
     replicate b, so distinct seeds share the reference resample b; the draws depend only on the number of seeds, so
     rows pooled over the same seeds stay paired.
 
-    Jackknifed metrics (JACKKNIFED) keep the seed-mean of each leave-group value; their variance (jackknife_variance)
+    Jackknifed metrics (FD, MMD) keep the seed-mean of each leave-group value; their variance (jackknife_variance)
     is the reference side's jackknife (one reference serves every seed, so its noise does not average out) plus, for
     the samples, the between-seed variance / S. Seeds are independent re-draws of the samples, so their spread
     measures the sampling noise of a seed's estimate directly, with any seed-to-seed disagreement in it, and does not
