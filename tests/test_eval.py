@@ -25,7 +25,8 @@ def test_row_is_complete_deterministic_and_reference_is_cached(toy_teacher):
     assert list((cache_dir() / "trajectories").glob("*.safetensors"))
     again = evaluate_model(toy_teacher, fast(sampler="heun", steps=4))
     assert all(again[k] == row[k] for k in ("sw2", "mmd", "logp", "agreement_rmse", "flops_per_sample"))
-    assert {"sw2", "mmd", "logp", "logp_finite", "agreement_rmse"} <= set(row["bootstrap"]) == set(again["bootstrap"])
+    assert {"sw2", "logp", "logp_finite", "agreement_rmse"} <= set(row["bootstrap"]) == set(again["bootstrap"])
+    assert set(row["jackknife"]) == {"mmd"} and row["jackknife"] == again["jackknife"]
 
 
 def test_converged_sampler_agrees_with_reference_and_cheap_one_less(toy_teacher):
@@ -61,8 +62,8 @@ def test_image_eval_has_class_metrics(tiny_teacher):
     row = evaluate_model(tiny_teacher, fast(n=64, steps=3, cfg_scale=2.0))
     for key in ("fd", "fd_floor", "precision", "recall", "accuracy", "confidence", "agreement_rmse"):
         assert key in row, key
-    assert set(row["bootstrap"]) == {"fd", "precision", "recall", "accuracy", "confidence", "agreement_rmse",
-                                     "agreement_feature_rmse"}
+    assert set(row["bootstrap"]) == {"precision", "recall", "accuracy", "confidence", "agreement_rmse",
+                                     "agreement_feature_rmse"} and set(row["jackknife"]) == {"fd"}
 
 
 def test_eval_errors(tiny_teacher, capsys):

@@ -132,8 +132,9 @@ def test_eval_on_caption_prompts_reports_both_splits_with_floors(pipe, fast_rule
     for prefix in ("", "heldout_"):
         for key in keys:
             assert math.isfinite(row[prefix + key]) and math.isfinite(row[prefix + key + "_floor"]), prefix + key
-            assert row[prefix + key + "_lo"] <= row[prefix + key + "_hi"] and prefix + key in row["bootstrap"]
-    assert "heldout_bootstrap" not in row and row["bootstrap_resamples"] == 100
+            assert row[prefix + key + "_lo"] <= row[prefix + key + "_hi"]
+            assert prefix + key in row["jackknife" if key == "fd" else "bootstrap"]
+    assert "heldout_bootstrap" not in row and "heldout_jackknife" not in row and row["bootstrap_resamples"] == 100
     assert row["fd"] > row["fd_floor"] and row["prompt_accuracy"] <= row["prompt_accuracy_floor"]  # random weights
     assert row["nfe"] == 2 and row["flops_per_sample"] > 0 and "scored_by" not in row
 

@@ -1,4 +1,5 @@
-"""Bootstrap intervals of the ruler's numbers, and the tie rule: a tie only where the difference's interval holds 0."""
+"""Bootstrap and jackknife intervals of the ruler's numbers, and the tie rule: a tie only where the difference's
+interval holds 0."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from fewstep.bench.report import headline, render_report, resolution_warning, su
 from fewstep.bench.run import pooled_over_seeds
 from fewstep.data import load_dataset
 from fewstep.metrics import evaluate_samples, precision_recall
-from fewstep.metrics.image import manifold_hits
+from fewstep.metrics.image import frechet_distance, image_quality, manifold_hits
 from fewstep.metrics.persample import SampleMean
 from fewstep.metrics.toy import fresh_samples, mmd2, mmd2_weighted
-from fewstep.metrics.uncertainty import (BOOTSTRAP_RESAMPLES, basic_interval, difference, image_uncertainty,
-                                         mean_uncertainty, pool_seeds, ratio, resample_indices, ties)
+from fewstep.metrics.uncertainty import (BOOTSTRAP_RESAMPLES, JACKKNIFE_GROUPS, basic_interval, difference,
+                                         image_uncertainty, mean_uncertainty, pool_seeds, ratio, resample_indices, ties)
 
 
 def test_resamples_are_fixed_so_rows_at_the_same_n_are_paired():
@@ -34,7 +35,8 @@ def test_toy_intervals_are_deterministic_and_hold_the_estimate():
     # a far worse set (every point shifted by 1) is resolved from the good one; the set itself is not
     worse = evaluate_samples(data, data.test[:300] + 1.0)
     assert ties(worse, row)["sw2"] is False and ties(worse, row)["mmd"] is False
-    assert set(ties(row, row)) == set(row["bootstrap"]) and all(ties(row, row).values())
+    assert set(ties(row, row)) == {*row["bootstrap"], *row["jackknife"]} and all(ties(row, row).values())
+    assert [len(side) for side in row["jackknife"]["mmd"]] == [JACKKNIFE_GROUPS] * 2
     lo_hi = difference(worse, row, "sw2")
     assert lo_hi[1] > 0 and lo_hi[0] == pytest.approx(worse["sw2"] - row["sw2"])
 
@@ -48,7 +50,7 @@ def test_image_intervals_from_per_point_hits():
     estimates = {"fd": 1.0, "precision": precision, "recall": recall, "accuracy": 0.5}
     terms = {"accuracy": SampleMean(torch.arange(150) % 2 == 0)}
     out = image_uncertainty(fake, real, estimates, terms)
-    assert set(out["bootstrap"]) == {"fd", "precision", "recall", "accuracy"}
+    assert set(out["bootstrap"]) == {"precision", "recall", "accuracy"} and set(out["jackknife"]) == {"fd"}
     assert out == image_uncertainty(fake, real, estimates, terms)
     assert out["accuracy_lo"] < 0.5 < out["accuracy_hi"] and out["precision_lo"] < precision < out["precision_hi"]
 
@@ -149,7 +151,8 @@ def test_mmd_logp_and_mode_coverage_intervals_shrink_with_n():
     widths = {}
     for n in (100, 400):
         row = evaluate_samples(data, fresh_samples(data, n, seed=7))
-        assert {"mmd", "logp", "logp_finite", "modes_covered", "worst_mode_ratio", "off_mode"} <= set(row["bootstrap"])
+        assert {"logp", "logp_finite", "modes_covered", "worst_mode_ratio", "off_mode"} <= set(row["bootstrap"])
+        assert set(row["jackknife"]) == {"mmd"}
         assert row["mmd_lo"] <= row["mmd"] <= row["mmd_hi"] and row["logp_lo"] < row["logp"] < row["logp_hi"]
         assert 0 <= row["worst_mode_ratio_lo"] <= row["worst_mode_ratio_hi"] and row["modes_covered_hi"] <= 1
         widths[n] = {k: row[f"{k}_hi"] - row[f"{k}_lo"] for k in ("mmd", "logp")}
@@ -230,3 +233,53 @@ def test_pooling_keeps_only_the_metrics_every_seed_has():
     assert pooled["bootstrap"] == {} and "fd_lo" not in pooled and pooled["fd"] == 1.2 and pooled["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="one row per seed"):
         pool_seeds(seed_rows([1.0, 1.0])[:1] * 2)
+
+
+def gaussian_features(seed: int, shift: float = 0.0, n: int = 200, dim: int = 64) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def fd_row(samples: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict:
+    """A row of FD (precision, recall) with its intervals, as the image ruler writes it."""
+    estimates = image_quality(samples, reference)
+    return {**estimates, "n": len(samples), "seed": seed, **image_uncertainty(samples, reference, estimates)}
+
+
+def test_fd_jackknife_interval_holds_the_estimate_and_matches_independent_redraws():
+    # 64-d at n = 200: resampling with replacement would put FD's replicates far above the estimate (n_eff ~ 0.63 n)
+    reference = gaussian_features(100)
+    redraws = torch.tensor([frechet_distance(gaussian_features(s), gaussian_features(200 + s)) for s in range(6)])
+    row = fd_row(gaussian_features(0), reference)
+    half = (row["fd_hi"] - row["fd_lo"]) / 2
+    assert row["fd_lo"] < row["fd"] < row["fd_hi"] and row["fd"] - row["fd_lo"] == pytest.approx(half)
+    ideal = 1.96 * float(redraws.std())  # the half-width of a normal interval from the true sd
+    assert ideal / 4 < half < 4 * ideal  # (the jackknife over-states FD's sd: here by ~2.2)
+    assert "fd" not in row["bootstrap"] and [len(s) for s in row["jackknife"]["fd"]] == [JACKKNIFE_GROUPS] * 2
+    # another draw of the same law against the same reference ties; a shift of 0.3 per dimension (+5.8) does not
+    same, shifted = fd_row(gaussian_features(1), reference), fd_row(gaussian_features(1, 0.3), reference)
+    assert ties(same, row)["fd"] is True
+    d = difference(shifted, row, "fd")
+    assert ties(shifted, row)["fd"] is False and d[1] > 0 and d[0] == pytest.approx(shifted["fd"] - row["fd"])
+    r = ratio(shifted, row, "fd")
+    assert r[1] < shifted["fd"] / row["fd"] == r[0] < r[2]
+
+
+def test_jackknife_rows_pool_over_seeds_and_old_rows_still_load():
+    reference = gaussian_features(100)
+    rows = [fd_row(gaussian_features(s), reference, seed=s) for s in range(3)]
+    one = pool_seeds(rows[:1])
+    assert (one["fd_lo"], one["fd_hi"]) == pytest.approx((rows[0]["fd_lo"], rows[0]["fd_hi"]))  # one seed: its own
+    pooled = pool_seeds(rows)
+    assert pooled["fd"] == pytest.approx(sum(r["fd"] for r in rows) / 3) and pooled["fd_lo"] < pooled["fd"]
+    assert pooled["fd_hi"] - pooled["fd_lo"] < rows[0]["fd_hi"] - rows[0]["fd_lo"]  # three seeds: narrower than one
+    disagree = [r | {"fd": r["fd"] + 3 * s} for s, r in enumerate(rows)]  # seeds 3 apart: the spread dominates
+    assert pool_seeds(disagree)["fd_hi"] - pool_seeds(disagree)["fd_lo"] > 3 * (pooled["fd_hi"] - pooled["fd_lo"])
+    shifted = [fd_row(gaussian_features(s, 0.3), reference, seed=s) for s in range(3)]
+    assert ties(rows, rows[::-1])["fd"] and ties(shifted, rows)["fd"] is False
+    # a row written before the jackknife (FD replicates in `bootstrap`) pools and compares with old rows as before,
+    # and with a new row gives no FD interval rather than an unpaired one
+    old = synthetic("student", "s", 11.0, 0.001, 0.5, BASE, n=200) | {"seed": 1}
+    assert ties(old, old | {"seed": 2}) == {"fd": True} and difference(rows[0], old, "fd") is None
+    assert "fd" not in ties(rows[0], old) and "fd" not in ties(old, rows[0])
+    mixed = pool_seeds([rows[0], old])
+    assert mixed["fd"] == rows[0]["fd"] and "fd_lo" not in mixed and "fd" not in mixed["per_seed"]  # not pooled

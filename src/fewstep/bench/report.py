@@ -18,7 +18,8 @@ EXTRA_QUALITY = ("precision", "recall", "accuracy", "prompt_accuracy", "heldout_
                  "logp", "modes_covered", "worst_mode_ratio", "off_mode")
 # the report's note on rows pooled over several seeds (fewstep.metrics.uncertainty.pool_seeds)
 POOLED = ("; each row is the mean over its seeds, with a two-stage bootstrap interval: seeds resampled, then each "
-          "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation")
+          "drawn seed's samples, so it holds seed-to-seed and sample-to-sample variation (FD and MMD: the seeds' "
+          "spread plus the reference's jackknife)")
 
 
 def converged_row(rows: list[dict]) -> dict:
@@ -82,7 +83,7 @@ def _log_ticks(axis, base: int) -> None:
 
 
 def plot_pareto(rows: list[dict], x: str, path: str | Path) -> Path:
-    """Quality vs one cost (log-log), one line/marker per family with bootstrap error bars, the data floor dashed,
+    """Quality vs one cost (log-log), one line/marker per family with interval error bars, the data floor dashed,
     the Pareto front shaded beneath every marker."""
     import matplotlib
 
@@ -128,7 +129,7 @@ def comparison(row: dict, ref: dict, q: str) -> str:
     """How `row` compares with `ref` on metric q: the ratio with its interval and whether the difference is resolved."""
     d, r = difference(row, ref, q), ratio(row, ref, q)
     if d is None or r is None:
-        return f"{row[q] / ref[q]:.3g}× the teacher's {q.upper()} (no interval: the rows hold no bootstrap)"
+        return f"{row[q] / ref[q]:.3g}× the teacher's {q.upper()} (no interval: no replicates drawn alike)"
     verdict = ("not resolved from it" if d[1] <= 0 <= d[2] else "resolved: better" if d[0] < 0 else "resolved: worse")
     return (f"{r[0]:.3g}× the teacher's {q.upper()} ({LEVEL:.0%} interval of the ratio {_span(*r[1:])}; "
             f"the difference {d[0]:+.3g}, interval {_span(*d[1:])}, is {verdict})")
@@ -136,7 +137,7 @@ def comparison(row: dict, ref: dict, q: str) -> str:
 
 def headline(rows: list[dict]) -> str:
     """The fastest student or accelerated setting whose quality is not resolved worse than the teacher's converged
-    setting (else the closest), with the ratio of their quality and its bootstrap interval."""
+    setting (else the closest), with the ratio of their quality and its interval."""
     ref = converged_row(rows)
     q, name = quality_key(ref), quality_key(ref).upper()
     others = [r for r in rows if r["role"] in ("student", "accelerator")]
@@ -164,7 +165,7 @@ def resolution_warning(rows: list[dict]) -> str | None:
     unresolved, known = unresolved_share(rows, ref, q)
     if known and unresolved * 2 > known:
         return (f"n = {ref['n']} is too small for {q.upper()} to separate these rows: {unresolved} of {known} are not "
-                f"resolved from the teacher's converged setting (their difference's {LEVEL:.0%} bootstrap interval "
+                f"resolved from the teacher's converged setting (their difference's {LEVEL:.0%} interval "
                 "contains 0). Rerun with a larger --n.")
     return None
 
@@ -188,7 +189,7 @@ def _fmt(value: object) -> str:
 
 
 def interval_text(row: dict, k: str) -> str:
-    """A metric's bootstrap interval as "[lo, hi]", or "" when the row has none."""
+    """A metric's interval as "[lo, hi]", or "" when the row has none."""
     return _span(row[f"{k}_lo"], row[f"{k}_hi"]) if f"{k}_lo" in row else ""
 
 
@@ -204,7 +205,7 @@ def _cells(row: dict, ref: dict, quality: list[str]) -> list[tuple[str, object, 
 
     def note(k: str) -> str:
         ci = interval_text(row, k)
-        tie = (f" <span class='tie' title='the difference from the converged setting has a {LEVEL:.0%} bootstrap "
+        tie = (f" <span class='tie' title='the difference from the converged setting has a {LEVEL:.0%} "
                "interval that contains 0: not resolved at this n'>tie</span>" if tied.get(k) else "")
         return (f" <span class='ci'>{escape(ci)}</span>" if ci else "") + tie
 
@@ -343,6 +344,8 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
     plot_html = "".join(f"<img src='{_data_uri(plots[k])}' alt='{escape(quality_key(ref))} vs {escape(t)}'>"
                         for k, t in PLOTS.items() if k in plots)
     teacher = Path(ref["model"])
+    jackknife = (f"FD and MMD: a grouped jackknife, each of {ref['jackknife_groups']} groups of the samples and of "
+                 "the reference deleted in turn; the others: " if "jackknife_groups" in ref else "")
     title = f"fewstep bench: {teacher.parent.name if teacher.name == 'model' else teacher.name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title><style>{CSS}</style></head><body>
@@ -351,8 +354,8 @@ def render_report(rows: list[dict], plots: dict[str, bytes], grids: dict[str, by
 {warn}<p class="headline">{escape(headline(rows))}</p>
 {warning}
 <h2>Results</h2>
-<p>Click a column header to sort. Brackets: the {LEVEL:.0%} bootstrap interval of a quality number
-({ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
+<p>Click a column header to sort. Brackets: the {LEVEL:.0%} interval of a quality number ({jackknife}bootstrap:
+{ref.get('bootstrap_resamples', 'no')} resamples of the samples and the reference,
 seed {ref.get('bootstrap_seed', '-')}){escape(POOLED) if ref.get('seeds') else ''}.
 <span class="tie">tie</span>: the {LEVEL:.0%} interval of the difference from the teacher's converged setting
 (highlighted; paired: same seeds, same reference) contains 0, so this n cannot tell them apart. The data floor (real vs

@@ -5,7 +5,7 @@ get prompt accuracy, per-attribute accuracy and FD / precision / recall with the
 other prompts have no reference data, so the row holds cost and agreement with the teacher's converged guided ODE
 only, and says so in `scored_by`. `--clip DIR` adds a CLIP score either way. One row per setting: the first prompt
 set's metrics under their plain names, each further set's (the held-out captions) prefixed by its split. Every
-quality number carries its bootstrap interval (fewstep.metrics.uncertainty), held-out ones under the prefixed name.
+quality number carries its interval (fewstep.metrics.uncertainty), held-out ones under the prefixed name.
 With a search, every set is searched with its own prompts as the verifier's request, and each set records its
 search's cost.
 """
@@ -33,7 +33,8 @@ from fewstep.samplers import generate
 from fewstep.search.run import model_data, prompt_request, search_rows
 
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
-SHARED = ("bootstrap_resamples", "bootstrap_seed")  # the same for every prompt set: not prefixed
+SHARED = ("bootstrap_resamples", "bootstrap_seed", "jackknife_groups")  # the same for every prompt set: not prefixed
+RESAMPLED = ("bootstrap", "jackknife")  # dicts of each metric's replicates: their keys are prefixed
 
 
 def is_captions_task(model: LoadedModel, dataset: str | None = None) -> bool:
@@ -62,8 +63,8 @@ def _with_agreement(metrics: dict, images: torch.Tensor, teacher_images: torch.T
 
 def _prefixed(metrics: dict, prefix: str) -> dict:
     """A further prompt set's metrics (and their replicates) under prefixed names."""
-    out = {k if k in SHARED else prefix + k: v for k, v in metrics.items() if k not in ("split", "bootstrap")}
-    return {**out, "bootstrap": {prefix + k: v for k, v in metrics.get("bootstrap", {}).items()}}
+    out = {k if k in SHARED else prefix + k: v for k, v in metrics.items() if k not in ("split", *RESAMPLED)}
+    return {**out, **{key: {prefix + k: v for k, v in metrics[key].items()} for key in RESAMPLED if key in metrics}}
 
 
 def evaluate_text_model(model_path: str | Path, model: LoadedModel, settings: EvalSettings) -> dict[str, object]:

@@ -202,7 +202,7 @@ def _check_split(wanted: torch.Tensor, split: str) -> None:
 def caption_quality(images: torch.Tensor, captions: list[str], split: str, clip: str | Path | None = None,
                     config: AttributeConfig = AttributeConfig()) -> dict:
     """prompt and per-attribute accuracy, fd / precision / recall of images drawn for captions, with their floors
-    and bootstrap intervals (fewstep.metrics.uncertainty; the accuracies resample per-sample hits).
+    and intervals (fewstep.metrics.uncertainty: FD from a grouped jackknife; the accuracies resample per-sample hits).
 
     The reference is a render of the same captions (seed REFERENCE_SEED), the floor another render (FLOOR_SEED),
     both at the same n. split ("seen" or "heldout") must match the captions, so the two sets are reported apart.

@@ -1,5 +1,5 @@
 """Noise floors: each metric with real data in place of the samples, at the same sample size (context for a row;
-ties are decided by bootstrap intervals, fewstep.metrics.uncertainty)."""
+ties are decided by intervals, fewstep.metrics.uncertainty)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ruler on one set of samples: every applicable quality metric, its bootstrap interval and its floor, as one
+"""The ruler on one set of samples: every applicable quality metric, its interval and its floor, as one
 flat dict (evaluate_samples)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fewstep.metrics.uncertainty import image_uncertainty, toy_uncertainty
 
 def evaluate_samples(data: Dataset, samples: torch.Tensor, labels: torch.Tensor | None = None,
                      teacher_samples: torch.Tensor | None = None, n_ref: int | None = None) -> dict:
-    """Quality (and teacher agreement) of samples against data, with bootstrap intervals (fewstep.metrics.uncertainty)
+    """Quality (and teacher agreement) of samples against data, with intervals (fewstep.metrics.uncertainty)
     and floors at the same n; deterministic."""
     samples = samples.detach().cpu()
     teacher_samples = None if teacher_samples is None else teacher_samples.detach().cpu()

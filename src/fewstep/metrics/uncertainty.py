@@ -1,21 +1,32 @@
-"""Uncertainty from the data: bootstrap intervals of the ruler's quality numbers, and the tie rule built on them.
+"""Uncertainty from the data: intervals of the ruler's quality numbers, and the tie rule built on them.
 
-Each resample draws sample indices and reference indices with replacement from generators seeded by a fixed
-BOOTSTRAP_SEED, so results are deterministic and every row of a comparison at the same n uses the same index sets:
-rows measured on the same seeds (sample i has the same noise in every row) against the same reference are paired,
-and the interval of their difference comes from the per-resample differences, where the shared noise cancels.
-FD, sliced W2, MMD and mode coverage are recomputed on each resample (MMD from the kernel matrices weighted by the
-resample's counts, mode coverage from each point's mode); precision and recall are means of per-point hits (the k-NN
-manifolds stay those of the full sets: cheap, and no duplicate points at distance 0); accuracies, confidence,
-log-density, CLIP score and teacher agreement are means of per-sample terms (fewstep.metrics.persample), resampled
-by the same sample indices. Intervals are basic (reverse-percentile) bootstrap intervals, 2 theta - q_hi ..
-2 theta - q_lo, which undo the upward shift that resampling puts on FD and MMD (duplicated samples add to them).
-Rows of one setting measured at several seeds are combined by pool_seeds (a two-stage bootstrap).
+Two resampling schemes, chosen per metric by how it behaves on data (benchmarks/interval_calibration.py measures both
+against independent re-draws; docs/BENCHMARKS.md sec. 9):
+
+- Bootstrap, for means over samples (accuracies, confidence, log-density, CLIP score, teacher agreement: the
+  per-sample terms of fewstep.metrics.persample), precision and recall (means of per-point hits; the k-NN manifolds
+  stay those of the full sets), sliced W2 and mode coverage. Each resample draws sample and reference indices with
+  replacement from generators seeded by a fixed BOOTSTRAP_SEED, so every row at the same n uses the same index sets.
+  Intervals are basic (reverse-percentile) intervals, 2 theta - q_hi .. 2 theta - q_lo.
+- Grouped jackknife, for FD and MMD. Resampling with replacement duplicates about a third of the points, which
+  these metrics read as a smaller, lumpier set: FD's small-sample bias grows as the effective n nears the
+  feature dimension (on 128-d features at n = 500 the replicates sit near 50 while the estimate is 4.4) and
+  duplicates add k(x, x) = 1 terms to MMD, so no bootstrap interval is centred (the basic one even falls below 0).
+  Instead the items are split into JACKKNIFE_GROUPS groups by index mod g; the metric is recomputed with each group
+  of the samples deleted, then each group of the reference, and var = sum over both sides of (g - 1) / g *
+  sum_k (theta_k - mean)^2 (the delete-a-group jackknife; Efron & Stein 1981 for why it errs on the large side).
+  The interval is theta +- z sd, which contains the estimate.
+
+Either way rows measured on the same seeds (sample i has the same noise in every row) against the same reference
+are paired: the interval of a difference or ratio comes from the per-resample (per-deleted-group) differences,
+where the shared noise cancels. Rows of one setting measured at several seeds are combined by pool_seeds. Rows
+written before the jackknife keep FD and MMD replicates in `bootstrap`, and are read with them.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -28,6 +39,7 @@ BOOTSTRAP_RESAMPLES = 100  # modest: the interval's ends move by about a tenth o
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 SAMPLES, REFERENCE, SEEDS = 0, 1, 2  # the index streams: sample indices, reference indices, seeds of pool_seeds
+JACKKNIFE_GROUPS = 20  # groups of the delete-a-group jackknife (items grouped by index mod g)
 
 SHARES = ("precision", "recall", "accuracy", "confidence", "logp_finite", "modes_covered", "off_mode")
 NON_NEGATIVE = ("fd", "sw2", "worst_mode_ratio", "clip_score")
@@ -47,6 +59,42 @@ def _counts(idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(len(idx), n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
 
 
+def group_masks(n: int, groups: int = JACKKNIFE_GROUPS) -> torch.Tensor:
+    """[g, n] float64 masks, row k zero on group k (index mod g == k, g = min(groups, n)): what each deletion keeps."""
+    g = min(groups, n)
+    return (torch.arange(n)[None] % g != torch.arange(g)[:, None]).double()
+
+
+def jackknife_values(fn: Callable[[torch.Tensor, torch.Tensor], float], n_a: int, n_b: int,
+                     groups: int = JACKKNIFE_GROUPS) -> list[list[float]]:
+    """The leave-group values: [fn(kept_a, all_b) per deleted group of a], [fn(all_a, kept_b) per group of b]."""
+    all_a, all_b = torch.arange(n_a), torch.arange(n_b)
+    return [[fn(all_a[m.bool()], all_b) for m in group_masks(n_a, groups)],
+            [fn(all_a, all_b[m.bool()]) for m in group_masks(n_b, groups)]]
+
+
+def _side_variance(values: Sequence[float]) -> float:
+    """(g - 1) / g * sum_k (theta_k - mean)^2: the delete-a-group jackknife variance from one side's g values."""
+    v = torch.tensor(values, dtype=torch.float64)
+    return (len(v) - 1) / len(v) * float((v - v.mean()).square().sum())
+
+
+def jackknife_variance(values: Sequence[Sequence[float]], per_seed: Sequence[float] | None = None) -> float:
+    """Variance of a (seed-mean) estimate from its leave-group values [samples side, reference side]: the reference
+    side's jackknife, plus the samples side's, or, given S >= 2 per-seed estimates, their between-seed variance / S."""
+    if per_seed is not None and len(per_seed) >= 2:
+        sample_side = float(torch.tensor(per_seed, dtype=torch.float64).var()) / len(per_seed)
+    else:
+        sample_side = _side_variance(values[0])
+    return sample_side + _side_variance(values[1])
+
+
+def normal_interval(estimate: float, variance: float, level: float = LEVEL) -> tuple[float, float]:
+    """estimate -+ z sd, z the normal quantile of the level."""
+    half = NormalDist().inv_cdf((1 + level) / 2) * math.sqrt(variance)
+    return estimate - half, estimate + half
+
+
 def basic_interval(estimate: float, replicates: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
     """The basic bootstrap interval: (2 estimate - q_hi, 2 estimate - q_lo) of the replicates' quantiles."""
     r = torch.tensor(replicates, dtype=torch.float64)
@@ -62,24 +110,48 @@ def _range(metric: str) -> tuple[float, float]:
     return (0.0, math.inf) if base in NON_NEGATIVE or base.startswith("agreement") else (-math.inf, math.inf)
 
 
-def metric_interval(metric: str, estimate: float, replicates: Sequence[float]) -> tuple[float, float]:
-    """basic_interval, clipped to the values the metric can take (a basic interval of a share near 1 can pass 1)."""
-    lo, hi = basic_interval(estimate, replicates)
+def _clipped(metric: str, interval: tuple[float, float]) -> tuple[float, float]:
+    """An interval clipped to the values the metric can take (a basic interval of a share near 1 can pass 1)."""
     low, high = _range(metric)
-    return max(lo, low), min(hi, high)
+    return max(interval[0], low), min(interval[1], high)
 
 
-def _summary(estimates: Mapping[str, float], replicates: Mapping[str, list[float]]) -> dict:
-    """Row fields: {metric}_lo / {metric}_hi, the replicates (for paired differences) and how they were drawn.
+def metric_interval(metric: str, estimate: float, replicates: Sequence[float]) -> tuple[float, float]:
+    """basic_interval, clipped to the values the metric can take."""
+    return _clipped(metric, basic_interval(estimate, replicates))
+
+
+def jackknife_interval(metric: str, estimate: float, values: Sequence[Sequence[float]],
+                       per_seed: Sequence[float] | None = None) -> tuple[float, float]:
+    """normal_interval of jackknife_variance, clipped to the values the metric can take."""
+    return _clipped(metric, normal_interval(estimate, jackknife_variance(values, per_seed)))
+
+
+def _finite(estimate: float, values: Sequence) -> bool:
+    """Whether the estimate and every replicate (or leave-group value, either side) are finite."""
+    flat = [v for side in values for v in (side if isinstance(side, Sequence) else [side])]
+    return math.isfinite(estimate) and all(math.isfinite(v) for v in flat)
+
+
+def _summary(estimates: Mapping[str, float], replicates: Mapping[str, list[float]],
+             jackknife: Mapping[str, list[list[float]]] | None = None) -> dict:
+    """Row fields: {metric}_lo / {metric}_hi, the bootstrap replicates and the jackknife's leave-group values (for
+    paired differences) and how they were drawn.
 
     A metric whose estimate or any replicate is not finite (logp with every sample off the support) gets none."""
-    kept = {k: reps for k, reps in replicates.items()
-            if math.isfinite(estimates[k]) and all(math.isfinite(v) for v in reps)}
+    kept = {k: reps for k, reps in replicates.items() if _finite(estimates[k], reps)}
+    jack = {k: values for k, values in (jackknife or {}).items() if _finite(estimates[k], values)}
     out: dict = {}
     for k, reps in kept.items():
         out[f"{k}_lo"], out[f"{k}_hi"] = metric_interval(k, estimates[k], reps)
-    return {**out, "bootstrap": {k: [round(v, 7) for v in reps] for k, reps in kept.items()},
-            "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED}
+    for k, values in jack.items():
+        out[f"{k}_lo"], out[f"{k}_hi"] = jackknife_interval(k, estimates[k], values)
+    out.update(bootstrap={k: [round(v, 7) for v in reps] for k, reps in kept.items()},
+               bootstrap_resamples=BOOTSTRAP_RESAMPLES, bootstrap_seed=BOOTSTRAP_SEED)
+    if jackknife is not None:
+        out.update(jackknife={k: [[round(v, 9) for v in side] for side in values] for k, values in jack.items()},
+                   jackknife_groups=JACKKNIFE_GROUPS)
+    return out
 
 
 def _means(hits: torch.Tensor, idx: torch.Tensor) -> list[float]:
@@ -98,14 +170,14 @@ def mean_uncertainty(terms: Mapping[str, SampleMean], estimates: Mapping[str, fl
 
 def image_uncertainty(features: torch.Tensor, reference: torch.Tensor, estimates: Mapping[str, float],
                       terms: Mapping[str, SampleMean] | None = None, k: int = DEFAULT_K) -> dict:
-    """Bootstrap intervals of fd, precision, recall, and of the per-sample means in `terms` (accuracy, confidence,
-    agreement, the captions accuracies, ...)."""
+    """Jackknife interval of fd; bootstrap intervals of precision, recall, and of the per-sample means in `terms`
+    (accuracy, confidence, agreement, the captions accuracies, ...)."""
     i, j = resample_indices(len(features), SAMPLES), resample_indices(len(reference), REFERENCE)
     precision_hits, recall_hits = manifold_hits(features, reference, k)
-    replicates = {"fd": [frechet_distance(features[a], reference[b]) for a, b in zip(i, j)],
-                  "precision": _means(precision_hits, i), "recall": _means(recall_hits, j),
+    replicates = {"precision": _means(precision_hits, i), "recall": _means(recall_hits, j),
                   **_term_replicates(terms or {}, i)}
-    return _summary(estimates, replicates)
+    fd = jackknife_values(lambda a, b: frechet_distance(features[a], reference[b]), len(features), len(reference))
+    return _summary(estimates, replicates, {"fd": fd})
 
 
 def _mode_replicates(samples: torch.Tensor, reference: torch.Tensor, centres: torch.Tensor, i: torch.Tensor,
@@ -120,22 +192,33 @@ def _mode_replicates(samples: torch.Tensor, reference: torch.Tensor, centres: to
 
 def toy_uncertainty(samples: torch.Tensor, reference: torch.Tensor, estimates: Mapping[str, float],
                     terms: Mapping[str, SampleMean] | None = None, centres: torch.Tensor | None = None) -> dict:
-    """Bootstrap intervals of sliced W2 and MMD against the reference draws, of the per-sample means in `terms`
-    (logp, logp_finite, agreement) and, given the mode centres, of mode coverage."""
+    """Jackknife interval of MMD against the reference draws; bootstrap intervals of sliced W2, of the per-sample
+    means in `terms` (logp, logp_finite, agreement) and, given the mode centres, of mode coverage."""
     i, j = resample_indices(len(samples), SAMPLES), resample_indices(len(reference), REFERENCE)
     theta = random_directions(samples.shape[1])  # the directions of sliced_wasserstein2: project once
     pa, pb = samples.double() @ theta, reference.double() @ theta
-    replicates = {"sw2": [projected_w2(pa[a], pb[b]) for a, b in zip(i, j)],
-                  "mmd": mmd2_weighted(samples, reference, _counts(i, len(samples)), _counts(j, len(reference))).tolist(),
-                  **_term_replicates(terms or {}, i)}
+    replicates = {"sw2": [projected_w2(pa[a], pb[b]) for a, b in zip(i, j)], **_term_replicates(terms or {}, i)}
     if centres is not None:
         replicates.update(_mode_replicates(samples, reference, centres, i, j))
-    return _summary({k: estimates[k] for k in replicates}, replicates)
+    mmd = {"mmd": mmd_jackknife(samples, reference)}
+    return _summary({k: estimates[k] for k in [*replicates, *mmd]}, replicates, mmd)
+
+
+def mmd_jackknife(samples: torch.Tensor, reference: torch.Tensor) -> list[list[float]]:
+    """MMD's leave-group values (jackknife_values), from two weighted kernel passes instead of 2g evaluations."""
+    wa, wb = group_masks(len(samples)), group_masks(len(reference))
+    return [mmd2_weighted(samples, reference, wa, torch.ones(len(wa), len(reference))).tolist(),
+            mmd2_weighted(samples, reference, torch.ones(len(wb), len(samples)), wb).tolist()]
 
 
 def merge_uncertainty(row: Mapping, summary: Mapping) -> dict:
-    """row with another summary's intervals added and its replicates merged into the row's one `bootstrap` dict."""
-    return {**row, **summary, "bootstrap": {**row.get("bootstrap", {}), **summary.get("bootstrap", {})}}
+    """row with another summary's intervals added and its replicates merged into the row's `bootstrap` and
+    `jackknife` dicts."""
+    merged = {**row, **summary}
+    for key in ("bootstrap", "jackknife"):
+        if key in row or key in summary:
+            merged[key] = {**row.get(key, {}), **summary.get(key, {})}
+    return merged
 
 
 def seed_draws(n_seeds: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
@@ -148,40 +231,59 @@ def seed_draws(n_seeds: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = B
 
 
 def pool_seeds(rows: Sequence[Row]) -> dict:
-    """One row from the same setting measured at several noise seeds: each bootstrapped metric is the mean over seeds,
-    with a two-stage (hierarchical) bootstrap interval that holds both seed-to-seed and sample-to-sample variation.
+    """One row from the same setting measured at several noise seeds: each metric with an interval is the mean over
+    seeds, with an interval that holds both seed-to-seed and sample-to-sample variation.
 
-    Resample b draws S seeds with replacement (stage 1), and each drawn seed contributes one of its own sample
-    bootstrap replicates (stage 2: a fresh one for each repeat of a seed); the pooled replicate is their mean. This is
-    the bootstrap of hierarchical data resampled at both stages (Davison & Hinkley, Bootstrap Methods and their
-    Application, 1997, sec. 3.8; Saravanan et al. 2020, "Application of the hierarchical bootstrap to multi-level data
-    in neuroscience"). Resampling seeds alone would give a zero-width interval at one seed and a coarse one at a few;
-    pooling every seed's samples into one sample would hide a setting whose seeds disagree. The two-stage interval is
-    conservative when seeds differ only by sampling noise (for S seeds its variance is (2S - 1) / S times the mean's:
-    the sampling noise counts once in the seeds' spread and again in stage 2) and widens when they disagree beyond
-    it; at one seed it is that seed's sample bootstrap exactly. A seed's first draw
-    reads replicate b, so distinct seeds share the reference resample b (one reference serves every seed). The draws
-    depend only on the number of seeds, so rows pooled over the same seeds stay paired. The other fields are the
-    first row's; `seeds` lists the seeds and `per_seed` each metric's value at each of them.
+    Bootstrapped metrics get a two-stage (hierarchical) bootstrap: resample b draws S seeds with replacement (stage 1),
+    and each drawn seed contributes one of its own sample bootstrap replicates (stage 2: a fresh one for each repeat
+    of a seed); the pooled replicate is their mean (Davison & Hinkley, Bootstrap Methods and their Application, 1997,
+    sec. 3.8; Saravanan et al. 2020, "Application of the hierarchical bootstrap to multi-level data in neuroscience").
+    Resampling seeds alone would give a zero-width interval at one seed and a coarse one at a few; pooling every
+    seed's samples into one sample would hide a setting whose seeds disagree. The two-stage interval is conservative
+    when seeds differ only by sampling noise (for S seeds its variance is (2S - 1) / S times the mean's) and widens
+    when they disagree beyond it; at one seed it is that seed's sample bootstrap exactly. A seed's first draw reads
+    replicate b, so distinct seeds share the reference resample b; the draws depend only on the number of seeds, so
+    rows pooled over the same seeds stay paired.
+
+    Jackknifed metrics (FD, MMD) keep the seed-mean of each leave-group value; their variance (jackknife_variance)
+    is the reference side's jackknife (one reference serves every seed, so its noise does not average out) plus, for
+    the samples, the between-seed variance / S. Seeds are independent re-draws of the samples, so their spread
+    measures the sampling noise of a seed's estimate directly, with any seed-to-seed disagreement in it, and does not
+    inherit the jackknife's over-statement; with one seed there is no spread and the samples side's jackknife stands
+    in. (At S = 2 the spread has one degree of freedom: the interval is rough, as any from two seeds.)
+
+    The other fields are the first row's; `seeds` lists the seeds and `per_seed` each metric's value at each of them.
     """
     order = sorted(rows, key=lambda r: r["seed"])
     seeds = [r["seed"] for r in order]
     if len(set(seeds)) < len(seeds) or len({r["n"] for r in order}) > 1:
         raise ValueError(f"pool_seeds takes one row per seed at one n, got seeds {seeds}")
-    first = rows[0].get("bootstrap", {})  # pooled: the metrics every row has, drawn alike (older rows may lack some)
-    metrics = [k for k in first if all(len(r.get("bootstrap", {}).get(k, ())) == len(first[k]) for r in order)]
-    dropped = {f"{m}_{end}" for m in first for end in ("lo", "hi")}
+    boot, jack = (_shared(order, key) for key in ("bootstrap", "jackknife"))
+    dropped = {f"{m}_{end}" for key in ("bootstrap", "jackknife") for m in rows[0].get(key, {}) for end in ("lo", "hi")}
     out = {k: v for k, v in rows[0].items() if k not in dropped}
-    out.update(seeds=seeds, per_seed={m: [r[m] for r in order] for m in metrics}, bootstrap={})
-    if not metrics:
-        return out
-    drawn, replicate = seed_draws(len(order), len(order[0]["bootstrap"][metrics[0]]))
-    for m in metrics:
-        reps = torch.tensor([r["bootstrap"][m] for r in order], dtype=torch.float64)  # [seeds, resamples]
+    out.update(seeds=seeds, per_seed={m: [r[m] for r in order] for m in [*boot, *jack]}, bootstrap={})
+    for m in [*boot, *jack]:
         out[m] = sum(r[m] for r in order) / len(order)
+    if jack or "jackknife" in rows[0]:
+        out["jackknife"] = {m: [torch.tensor([r["jackknife"][m][side] for r in order], dtype=torch.float64).mean(0)
+                                .tolist() for side in (0, 1)] for m in jack}
+    for m in jack:
+        out[f"{m}_lo"], out[f"{m}_hi"] = jackknife_interval(m, out[m], out["jackknife"][m], out["per_seed"][m])
+    if boot:
+        drawn, replicate = seed_draws(len(order), len(order[0]["bootstrap"][boot[0]]))
+    for m in boot:
+        reps = torch.tensor([r["bootstrap"][m] for r in order], dtype=torch.float64)  # [seeds, resamples]
         out["bootstrap"][m] = [round(v, 7) for v in reps[drawn, replicate].mean(1).tolist()]
         out[f"{m}_lo"], out[f"{m}_hi"] = metric_interval(m, out[m], out["bootstrap"][m])
     return out
+
+
+def _shared(rows: Sequence[Row], key: str) -> list[str]:
+    """The metrics of the first row's `key` dict (bootstrap or jackknife) that every row has, drawn alike (rows
+    written before a metric moved to the jackknife, or before it existed, lack it)."""
+    first = rows[0].get(key, {})
+    shape = lambda v: [len(side) for side in v] if key == "jackknife" else len(v)  # noqa: E731
+    return [m for m in first if all(m in r.get(key, {}) and shape(r[key][m]) == shape(first[m]) for r in rows)]
 
 
 def _row(row: Row | Sequence[Row]) -> Row:
@@ -189,29 +291,48 @@ def _row(row: Row | Sequence[Row]) -> Row:
     return pool_seeds(row) if isinstance(row, (list, tuple)) else row
 
 
+def _jackknife_of(row_a: Row, row_b: Row, metric: str, op: Callable[[float, float], float]
+                  ) -> tuple[list[list[float]], list[float] | None] | None:
+    """op of the two rows' leave-group values (paired: the same groups are deleted at the same n), and of their
+    per-seed estimates when both are pooled over the same seeds; None when the groups differ."""
+    va, vb = row_a["jackknife"][metric], row_b["jackknife"][metric]
+    if [len(s) for s in va] != [len(s) for s in vb]:
+        return None
+    values = [[op(x, y) for x, y in zip(sa, sb)] for sa, sb in zip(va, vb)]
+    same_seeds = row_a.get("seeds") is not None and row_a.get("seeds") == row_b.get("seeds")
+    per_seed = [op(x, y) for x, y in zip(row_a["per_seed"][metric], row_b["per_seed"][metric])] if same_seeds else None
+    return values, per_seed
+
+
 def _interval_of(row_a: Row | Sequence[Row], row_b: Row | Sequence[Row], metric: str,
                  op: Callable[[float, float], float]) -> tuple[float, float, float] | None:
-    """(op(a, b), lo, hi) from the two rows' bootstrap replicates (paired when drawn alike); None without them."""
+    """(op(a, b), lo, hi) from the two rows' jackknife values or bootstrap replicates (paired when drawn alike); None
+    without them, or when one row is jackknifed and the other (written before the jackknife) bootstrapped."""
     row_a, row_b = _row(row_a), _row(row_b)
-    reps = [row.get("bootstrap", {}).get(metric) for row in (row_a, row_b)]
-    if reps[0] is None or reps[1] is None:
+    method = next((key for key in ("jackknife", "bootstrap") if all(metric in r.get(key, {}) for r in (row_a, row_b))),
+                  None)
+    estimate = op(row_a[metric], row_b[metric]) if method else math.nan
+    if not math.isfinite(estimate):
         return None
-    estimate = op(row_a[metric], row_b[metric])
-    values = [op(a, b) for a, b in zip(*reps) if math.isfinite(op(a, b))]
-    if not values or not math.isfinite(estimate):
-        return None
-    return (estimate, *basic_interval(estimate, values))
+    if method == "jackknife":
+        paired = _jackknife_of(row_a, row_b, metric, op)
+        if paired is None or not _finite(estimate, [*paired[0], paired[1] or []]):
+            return None
+        return (estimate, *normal_interval(estimate, jackknife_variance(*paired)))
+    values = [op(a, b) for a, b in zip(row_a["bootstrap"][metric], row_b["bootstrap"][metric])
+              if math.isfinite(op(a, b))]
+    return (estimate, *basic_interval(estimate, values)) if values else None
 
 
 def difference(row_a: Row | Sequence[Row], row_b: Row | Sequence[Row], metric: str
                ) -> tuple[float, float, float] | None:
-    """a - b of a metric and its 95 % bootstrap interval, or None when a row has no replicates. A list of one
-    setting's rows at several seeds stands for their pool_seeds row."""
+    """a - b of a metric and its 95 % interval, or None when a row has no replicates. A list of one setting's rows
+    at several seeds stands for their pool_seeds row."""
     return _interval_of(row_a, row_b, metric, lambda a, b: a - b)
 
 
 def ratio(row_a: Row | Sequence[Row], row_b: Row | Sequence[Row], metric: str) -> tuple[float, float, float] | None:
-    """a / b of a metric and its 95 % bootstrap interval, or None when a row has no replicates (or b is 0)."""
+    """a / b of a metric and its 95 % interval, or None when a row has no replicates (or b is 0)."""
     return _interval_of(row_a, row_b, metric, lambda a, b: a / b if b else math.nan)
 
 
@@ -220,7 +341,7 @@ def ties(row_a: Row | Sequence[Row], row_b: Row | Sequence[Row]) -> dict[str, bo
     one setting's rows at several seeds is pooled first (pool_seeds: seed and sample variation)."""
     row_a, row_b = _row(row_a), _row(row_b)
     out = {}
-    for k in row_a.get("bootstrap", {}):
+    for k in {**row_a.get("bootstrap", {}), **row_a.get("jackknife", {})}:
         d = difference(row_a, row_b, k)
         if d is not None:
             out[k] = d[1] <= 0 <= d[2]
