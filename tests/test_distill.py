@@ -249,3 +249,18 @@ def test_preview_grids_during_distillation(tiny_teacher, tmp_path, method):
     distill(cfg, tmp_path)
     stage = "round-001" if method in ("progressive", "lightning") else "train"
     assert (tmp_path / stage / "samples" / "step-0000002.png").exists()
+
+
+def test_distill_refuses_a_non_empty_out_unless_forced(tiny_teacher, tmp_path, capsys):
+    """Distilling into a folder that holds something else is one line and exit 2, and leaves it as it was."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    argv = ["distill", "--teacher", str(tiny_teacher), "--method", "consistency", "--preset", "tiny", "--steps", "1",
+            "--train-steps", "2", "--monitor-n", "0", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main([*argv, "--force"]) == 0
+    assert (out / "model" / "fewstep.json").exists() and (out / "notes.txt").read_text() == "keep"

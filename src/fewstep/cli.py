@@ -63,7 +63,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_toml(config.flat()), end="")
         return 0
-    for path in distill(config, args.out, resume=args.resume):
+    for path in distill(config, args.out, resume=args.resume, force=args.force):
         print(f"student saved to {path}")
     return 0
 
@@ -405,6 +405,7 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     shared = [f for f in fields(DistillConfig) if f.init]
     _add_run_flags(p, "run directory (config, stages' checkpoints, samples, student models)",
                    shared + [f for f, _ in option_owners().values()])
+    p.add_argument("--force", action="store_true", help="distill into a non-empty --out that holds no run")
     p.set_defaults(func=cmd_distill)
 
 

@@ -47,7 +47,7 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
         yield
         return
     lock = lock_path(path, folder)
-    created = not lock.parent.exists()
+    created, fresh = not lock.parent.exists(), not lock.exists()
     lock.parent.mkdir(parents=True, exist_ok=True)
     key = lock.resolve()
     if key in _held:
@@ -65,8 +65,12 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _held[key] = (fd, 1)
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         fd, depth = _held[key]
         if depth > 1:
@@ -76,6 +80,8 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
             if created and [p.name for p in lock.parent.iterdir()] == [lock.name]:  # refused before writing anything
                 lock.unlink()
                 lock.parent.rmdir()
+            elif fresh and failed and folder:  # a refused run leaves a user's existing folder as it found it
+                lock.unlink(missing_ok=True)
             os.close(fd)  # closing the last descriptor releases the flock
 
 

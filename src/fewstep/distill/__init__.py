@@ -14,7 +14,7 @@ from fewstep.config import DISTILL_PRESETS, DistillConfig, build_config, check_r
 from fewstep.core.errors import UserError
 from fewstep.core.files import read_json
 from fewstep.distill import adversarial, consistency, dmd, progressive, reflow, sid
-from fewstep.distill.common import DistillContext
+from fewstep.distill.common import DistillContext, check_empty
 from fewstep.runlock import locked
 
 
@@ -121,8 +121,12 @@ def resolve_distill_config(overrides: dict, config_file: str | None = None, out:
 
 
 @locked("out")
-def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> list[Path]:
-    """Distill cfg.teacher with cfg.method into run directory `out`; returns the exported student folders."""
+def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, stop_at: int | None = None,
+            force: bool = False) -> list[Path]:
+    """Distill cfg.teacher with cfg.method into run directory `out` (which must be empty or absent unless resume or
+    force); returns the exported student folders."""
+    if not (resume or force):
+        check_empty(Path(out))
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.options is None:

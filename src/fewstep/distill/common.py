@@ -66,6 +66,16 @@ def _fresh(net: nn.Module) -> nn.Module:
     return fresh
 
 
+def check_empty(out: Path) -> None:
+    """A one-line error when `out` holds anything but its lock: distilling there would overwrite it."""
+    from fewstep.runlock import LOCK_NAME
+
+    held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+    if held:
+        raise UserError(f"{out} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                        "pass --resume to continue a run there, --force to distill into it anyway, or a new --out")
+
+
 class DistillContext:
     """One distillation run: its config, teacher, data, accelerator and output folder; trains stages, exports."""
 
