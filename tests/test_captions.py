@@ -139,8 +139,9 @@ def test_prompt_accuracy_of_real_shuffled_and_noise(net, heldout):
     assert shuffled["prompt_accuracy"] < 0.05 and shuffled["fd"] < 2 * shuffled["fd_floor"]  # same images overall
     # every number has its interval (the accuracies from per-sample hits): the shuffle is resolved
     assert real["prompt_accuracy_lo"] <= real["prompt_accuracy"] <= real["prompt_accuracy_hi"] <= 1
-    assert {*(f"{k}_accuracy" for k in ("prompt", "count", "layout", "shape", "colour", "size")), "fd"} <= set(
+    assert {f"{k}_accuracy" for k in ("prompt", "count", "layout", "shape", "colour", "size")} <= set(
         shuffled["bootstrap"])
+    assert "fd" in shuffled["jackknife"] and real["fd_lo"] <= real["fd"] <= real["fd_hi"]  # FD: the jackknife's
     tied = ties(shuffled, real)
     assert not tied["prompt_accuracy"] and not tied["colour_accuracy"] and ties(real, real)["prompt_accuracy"]
 
