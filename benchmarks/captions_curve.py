@@ -16,8 +16,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 
-def network_at(run: Path, checkpoint: Path, cfg: dict):
-    """The U-Net stage's EMA TextToImageNetwork at one checkpoint."""
+def ema_network(run: Path, cfg: dict):
+    """The U-Net stage's TextToImageNetwork, built once; each checkpoint's EMA weights are loaded into it."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from fewstep.train.text2image import build_unet
@@ -27,9 +27,7 @@ def network_at(run: Path, checkpoint: Path, cfg: dict):
     encoder = CLIPTextModel.from_pretrained(run / "text_encoder", local_files_only=True, use_safetensors=True)
     latents = load_file(run / "unet" / "latents.safetensors")["latents"]
     unet = build_unet(cfg["preset"], tuple(latents.shape[1:]), encoder.config.hidden_size)
-    network = TextToImageNetwork(unet, encoder, tokenizer, cfg["text_encoder"] == "trained")
-    network.load_state_dict(load_file(checkpoint / "model-ema.safetensors"))
-    return network.eval()
+    return TextToImageNetwork(unet, encoder, tokenizer, cfg["text_encoder"] == "trained").eval()
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
 
     from fewstep.data.captions import caption_prompts
     from fewstep.metrics.captions import caption_quality
-    from fewstep.train.text2image import noise_scheduler, text_preview
+    from fewstep.train.text2image import noise_scheduler, preview_row, text_preview
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -49,15 +47,15 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(args.run / "autoencoder" / "model", local_files_only=True,
                                         use_safetensors=True).eval()
     captions = caption_prompts("seen", args.n).captions
+    network = ema_network(args.run, cfg)
     for checkpoint in sorted((args.run / "unet" / "checkpoints").glob("step-*")):
         step = int(checkpoint.name[5:])
         if step in done or not (checkpoint / "state.json").exists():
             continue
-        network = network_at(args.run, checkpoint, cfg)
+        network.load_state_dict(load_file(checkpoint / "model-ema.safetensors"))
         images = text_preview(network, vae, noise_scheduler(cfg["prediction_type"]), cfg["prediction_type"],
                               captions, args.out.with_name(f"{args.out.stem}-step{step:05d}.png"))
-        row = {"step": step, "n": args.n, **{k: round(v, 4) for k, v in caption_quality(images, captions, "seen").items()
-                                             if k.endswith(("_accuracy", "fd"))}}
+        row = {"n": args.n, **preview_row(step, caption_quality(images, captions, "seen"))}
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

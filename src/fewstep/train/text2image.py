@@ -132,6 +132,11 @@ def text_preview(network: TextToImageNetwork, vae, scheduler, prediction_type: s
     return images
 
 
+def preview_row(step: int, quality: dict) -> dict:
+    """The learning-curve line of one preview: its step, accuracies and FD (rounded; intervals left out)."""
+    return {"step": step, **{k: round(v, 4) for k, v in quality.items() if k.endswith("_accuracy") or k == "fd"}}
+
+
 def preview_callback(vae, scheduler, cfg: TrainConfig, data: Dataset, folder: Path):
     """The U-Net stage's preview: a grid of PREVIEW_N captions in folder/step-N.png; on the captions task also their
     prompt and per-attribute accuracy (the captions ruler), printed and appended to folder/quality.jsonl."""
@@ -150,8 +155,7 @@ def preview_callback(vae, scheduler, cfg: TrainConfig, data: Dataset, folder: Pa
         print(f"preview at step {step}: prompt accuracy {row['prompt_accuracy']:.3f} on {len(captions)} seen "
               f"captions (real renders: {row['prompt_accuracy_floor']:.3f})", file=sys.stderr)
         with open(folder / "quality.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in row.items()
-                                                 if k.endswith("_accuracy") or k == "fd"}}) + "\n")
+            f.write(json.dumps(preview_row(step, row)) + "\n")
 
     return on_sample
 
