@@ -34,7 +34,7 @@ teacache:threshold=0.1,coefficients=$coeffs teacache:threshold=0.2,coefficients=
 teacache:threshold=0.4,coefficients=$coeffs
 peer:diffusers-fbcache:threshold=0.1
 peer:diffusers-pab:spatial_attention_block_skip_range=2
-peer:diffusers-taylorseer:cache_interval=2,disable_cache_before_step=2
+peer:diffusers-taylorseer:cache_interval=2,disable_cache_before_step=2,cache_identifiers=[\"transformer_blocks[.].*attn1\"]
 peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.1,max_warmup_steps=2
 peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=1,residual_diff_threshold=0.2,max_warmup_steps=2"}
 {
@@ -45,7 +45,7 @@ peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=1,residual_diff_threshold=0
   echo "names = [\"$sampler\"]"
   echo "schedules = [\"$schedule\"]"
   echo "nfe = [${FEWER_NFE:-6, 9, 12}]"
-  for c in $CACHES; do printf '[[accelerators]]\ncache = "%s"\n' "$c"; done
+  for c in $CACHES; do printf "[[accelerators]]\ncache = '%s'\n" "$c"; done  # literal strings: a spec may hold quotes
 } > "$out/suite.toml"
 python -m fewstep.cli bench --suite "$out/suite.toml" --out "$out/bench"
 python benchmarks/cache_agreement.py "$out/suite.toml" "$out/agreement.json" --n 64

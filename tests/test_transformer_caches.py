@@ -179,6 +179,22 @@ def test_diffusers_first_block_cache_fails_on_sd3_where_fbcache_runs():
     handle.remove()
 
 
+def test_taylorseer_on_dit_says_its_patterns_match_nothing_and_runs_with_given_identifiers():
+    """diffusers' TaylorSeer matches attention by name with fullmatch('^transformer_blocks.*attn'): DiT and PixArt name
+    theirs attn1/attn2, so by default it hooks nothing and would run every block (a row that skipped nothing)."""
+    net, call, shape = tiny("dit")
+    base = trajectory(net, call, shape)
+    with pytest.raises(UserError, match="matched no module of this DiTTransformer2DModel") as error:
+        apply_cache(net, "peer:diffusers-taylorseer:cache_interval=2,disable_cache_before_step=1")
+    assert "\n" not in str(error.value)
+    assert torch.equal(trajectory(net, call, shape), base)  # the refused peer left nothing behind
+    handle = apply_cache(net, 'peer:diffusers-taylorseer:cache_interval=2,disable_cache_before_step=1,'
+                              'cache_identifiers=["transformer_blocks[.].*attn1"]')
+    assert (trajectory(net, call, shape) - base).abs().max() > 1e-3  # attention outputs were predicted, not run
+    handle.remove()
+    assert torch.equal(trajectory(net, call, shape), base)
+
+
 def test_cache_dit_runs_and_its_f1b0_dbcache_is_the_first_block_cache():
     pytest.importorskip("cache_dit", reason="cache-dit is not installed (pip install 'fewstep[peers]')")
     d = model("dit", "small")

@@ -69,6 +69,8 @@ def _diffusers_hook(apply_name: str, config_name: str, stack: BlockStack, settin
     net = stack.net
     before = {m: set(m._diffusers_hook.hooks) for m in net.modules() if hasattr(m, "_diffusers_hook")}
     getattr(hooks, apply_name)(net, config)
+    hooked = {name for name, m in net.named_modules()
+              if set(getattr(getattr(m, "_diffusers_hook", None), "hooks", ())) - before.get(m, set())}
 
     def reset() -> None:  # resetting a hook's state drops its context: set the one a pipeline's cache_context sets
         for m in net.modules():
@@ -87,6 +89,11 @@ def _diffusers_hook(apply_name: str, config_name: str, stack: BlockStack, settin
             if m not in before:  # the registry was the peer's
                 del m._diffusers_hook
 
+    if not hooked - {""}:  # only the registry on the network itself: the hook matched none of its modules
+        release()
+        raise UserError(f"peer diffusers {config_name} matched no module of this {type(net).__name__} (its module "
+                        "patterns do not fit this network's names); give them as settings, e.g. "
+                        "cache_identifiers=[\"transformer_blocks[.].*attn1\"]")
     return reset, release
 
 

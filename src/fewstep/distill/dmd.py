@@ -29,6 +29,8 @@ class DMD2Options:
     """DMD2's two time-scale updates and GAN term."""
 
     dmd_fake_updates: int = option(5, "dmd2: fake-score updates per generator update (two time-scale rule)")
+    dmd_fake_lr_scale: float = option(1.0, "dmd2: the fake score's learning rate / the generator's (two time-scale "
+                                           "rule)", above=0.0)
     dmd_gan_weight: float = option(3e-3, "dmd2: weight of the GAN term on the fake score's features (0 = none, "
                                          "data-free)")
 
@@ -110,14 +112,23 @@ class DMD2:
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
-                 example: CondLike = None):
+                 example: CondLike = None, dm_sigma: Callable[[Batch], torch.Tensor] = edm_sigma,
+                 fake_lr_scale: float = 1.0):
         # unwrapped, for the generator's turn
         self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
-        self.update_every = {"generator": fake_updates}
+        self.update_every, self.lr_scale = {"generator": fake_updates}, {"fake": fake_lr_scale}
         self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
-        self.sigma_data = generator.sigma_data
+        self.sigma_data, self.dm_sigma = generator.sigma_data, dm_sigma
+
+    @torch.no_grad()
+    def dm_gradient(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """DMD's gradient at the generator's samples: (D_fake - D_real)(x_s) / mean|x - D_real(x_s)|, x_s = x + s n."""
+        x_s, sigma = noised(x, batch, self.dm_sigma(batch))
+        real = self.teacher(x_s, sigma, batch.cond)
+        norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
+        return (self.fake(x_s, sigma, batch.cond)[0] - real) / append_dims(norm, x.ndim)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
@@ -126,11 +137,7 @@ class DMD2:
             x = generate(self.modules["generator"], self.sigmas, batch)
         out = {}
         if train_generator:
-            x_s, sigma = noised(x.detach(), batch)
-            with torch.no_grad():
-                real = self.teacher(x_s, sigma, labels)
-                norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
-                grad = (self.fake(x_s, sigma, labels)[0] - real) / append_dims(norm, x.ndim)
+            grad = self.dm_gradient(x.detach(), batch)
             out["generator"] = 0.5 * ((x - (x - grad).detach()) ** 2).mean()
             if self.gan_weight:
                 x_g, sigma_g = noised(x, batch)
@@ -173,5 +180,5 @@ def run(ctx) -> list[Path]:
     opts, info = ctx.options, ctx.teacher.info
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
-                  tuple(info.shape), info.num_classes, ctx.example_condition())
+                  tuple(info.shape), info.num_classes, ctx.example_condition(), fake_lr_scale=opts.dmd_fake_lr_scale)
     return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)
