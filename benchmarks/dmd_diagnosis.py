@@ -26,9 +26,12 @@ from torch import nn
 
 from fewstep.config import LoopConfig
 from fewstep.data.batches import Batch, TensorSource
-from fewstep.distill.dmd import DMD2, noised
+from fewstep.core.noise import SampleNoise
+from fewstep.core.schedules import make_schedule
+from fewstep.distill.dmd import DMD2, Regression, noised
 from fewstep.metrics.toy import mode_coverage, mode_masses, mode_radius
 from fewstep.models.io import load_model
+from fewstep.samplers import generate as solve
 from fewstep.train.edm import edm_sigma
 from fewstep.train.loop import run_loop
 
@@ -117,6 +120,8 @@ VARIANTS = {  # name: what differs from DMD2 without its GAN term (EDM's log-nor
     "sigma 1-80": dict(sigma=(1.0, 80.0)),
     "karras ramp": dict(sigma="ramp"),
     "batch-normalised gradient": dict(batch_norm=True),
+    "regression 0.25": dict(regression=0.25),
+    "regression 0.25 + gan": dict(regression=0.25, gan=3e-3),
     "fake updates 1": dict(fake_updates=1),
     "fake updates 20": dict(fake_updates=20),
 }
@@ -150,6 +155,16 @@ def main() -> None:
         with torch.no_grad():
             return gen(z, torch.full((n,), sr.sigma_max))
 
+    pairs = None
+
+    def regression(weight: float) -> Regression:
+        nonlocal pairs
+        if pairs is None:  # the teacher's 18-step Heun samples of 8192 noises (what fewstep distill generates)
+            noise = SampleNoise(1_000_003, range(8192)).randn((2,))
+            pairs = noise, solve(teacher, (2,), 8192, make_schedule("karras", 18, sr), "heun", 1_000_003,
+                                 batch_size=4096, noise=noise).samples
+        return Regression(*pairs, None, lambda c: c, weight)
+
     rows = []
     for name in args.variants.split(","):
         v = VARIANTS[name]
@@ -161,7 +176,8 @@ def main() -> None:
             else None
         method = Diagnosed(generator, exact if v.get("exact_real") else teacher, torch.tensor([sr.sigma_max]),
                            v.get("fake_updates", 5), v.get("gan", 0.0), (2,), 0, None, dm_sigma=draw,
-                           exact_fake=fake, batch_norm=v.get("batch_norm", False))
+                           exact_fake=fake, batch_norm=v.get("batch_norm", False),
+                           regression=regression(v["regression"]) if "regression" in v else None)
         curve = []
 
         def on_sample(step: int, modules: dict[str, nn.Module]) -> None:

@@ -241,6 +241,23 @@ def test_dmd2_one_step_student_covers_every_mode_and_beats_its_start(ring_teache
     assert all(math.isfinite(r["loss_generator"]) and math.isfinite(r["loss_fake"]) for r in curve)
 
 
+def test_dmd2_regression_pairs_come_from_the_teacher_and_are_reused(ring_teacher, tmp_path):
+    """--dmd-regression-weight: the teacher's ODE pairs are generated once into the cache and a second run with the
+    same settings reads them (no second file, the same recorded cost)."""
+    from fewstep.metrics.cache import cache_dir
+
+    def run(out):
+        (path,) = toy_distill(ring_teacher, out, "dmd2", steps="1", train_steps=4, dmd_gan_weight=0.0,
+                              dmd_regression_weight=0.25, dmd_regression_pairs=64)
+        return sorted(cache_dir().rglob("*.safetensors")), load_model(path)
+
+    files, first = run(tmp_path / "a")
+    again, second = run(tmp_path / "b")
+    assert len([f for f in files if "pairs" in str(f)]) == 1 and again == files
+    assert "dmd_regression_weight = 0.25" in (tmp_path / "a" / "config.toml").read_text()
+    assert all(torch.equal(p, q) for p, q in zip(first.network.parameters(), second.network.parameters()))
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_preview_grids_during_distillation(tiny_teacher, tmp_path, method):
     rounds = {"pd_start_steps": 1} if "pd_start_steps" in option_names(method) else {}

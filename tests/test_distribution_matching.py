@@ -1,5 +1,6 @@
 """Distribution-matching losses on an exact Gaussian teacher: SiD pushes a shifted generator back to the data,
-SiD's and DMD2's generator gradients vanish when the generator already draws the data distribution."""
+SiD's and DMD2's generator gradients vanish when the generator already draws the data distribution; DMD2's
+regression term and its fake score's own learning rate."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from fewstep.core.denoiser import SigmaRange
 from fewstep.data.batches import TensorSource
-from fewstep.distill.dmd import DMD2
+from fewstep.distill.dmd import DMD2, Regression
 from fewstep.distill.sid import SiD
 
 MU, S = torch.tensor([1.0, -2.0]), 0.5  # the data: N(MU, S^2 I)
@@ -84,3 +85,30 @@ def test_a_sid_student_moves_toward_the_data():
         method.losses(batch)["generator"].backward()
         opt.step()
     assert g.delta.detach().norm() < 0.7 * torch.tensor([0.6, -0.6]).norm()
+
+
+def test_dmd2_regression_term_adds_its_weight_times_the_shift():
+    """DMD's regression term on pairs (z, MU + S z), the map the unshifted generator draws: it adds weight * delta to
+    the generator's gradient (d/d delta of weight * mean((delta)^2) over two coordinates), and nothing at delta 0."""
+    z = torch.randn(4096, 2, generator=torch.Generator().manual_seed(3))
+    pairs = Regression(z, MU + S * z, None, lambda c: c, 0.25)
+    delta = torch.tensor([0.3, -0.2])
+    plain = generator_gradient(DMD2, delta, fake_updates=1)
+    regressed = generator_gradient(DMD2, delta, fake_updates=1, regression=pairs)
+    torch.testing.assert_close(regressed - plain, 0.25 * delta, rtol=1e-4, atol=1e-6)
+    assert generator_gradient(DMD2, torch.zeros(2), fake_updates=1, regression=pairs).abs().max() < 1e-7
+
+
+def test_dmd2_fake_score_takes_its_own_learning_rate(tmp_path):
+    """--dmd-fake-lr-scale: Adam's first step moves each parameter by its lr, the fake score's scaled."""
+    from fewstep.config import LoopConfig
+    from fewstep.train.loop import run_loop
+
+    g = ShiftedGenerator(torch.tensor([0.3, -0.2]))
+    method = DMD2(g, Teacher(MU), SIGMAS, fake_updates=1, fake_lr_scale=0.1)
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in method.modules.items()}
+    run_loop(method, TensorSource(torch.zeros(64, 2)), LoopConfig(steps=1, batch_size=64, lr=1e-2), tmp_path)
+    moved = {n: max(float((p.detach() - b).abs().max()) for p, b in zip(m.parameters(), before[n]))
+             for n, m in method.modules.items()}
+    assert moved["generator"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["fake"] == pytest.approx(1e-3, rel=1e-3)

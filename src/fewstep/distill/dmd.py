@@ -22,6 +22,7 @@ from fewstep.data.batches import Batch
 from fewstep.train.edm import edm_sigma, edm_weight
 
 GAN_FAKE_WEIGHT = 1e-2  # the GAN classifier's weight in the fake score's loss (DMD2's guidance_cls_loss_weight)
+REGRESSION_STEPS = 18  # the teacher's ODE steps per regression pair (the Karras grid of reflow's default)
 
 
 @dataclass
@@ -33,6 +34,10 @@ class DMD2Options:
                                            "rule)", above=0.0)
     dmd_gan_weight: float = option(3e-3, "dmd2: weight of the GAN term on the fake score's features (0 = none, "
                                          "data-free)")
+    dmd_regression_weight: float = option(0.0, "dmd2: weight of DMD's regression of the first generator step to "
+                                               "the teacher's ODE samples of the same noise (0 = none)", at_least=0.0)
+    dmd_regression_pairs: int = option(8192, "dmd2: (noise, teacher sample) pairs of the regression term, "
+                                             "generated once (cached like reflow's)", at_least=1)
 
     PRESETS: ClassVar[dict] = {}
 
@@ -98,6 +103,28 @@ def fake_score_loss(fake: Callable[..., torch.Tensor], x: torch.Tensor, batch: B
     return (weight * (fake(x_f, sigma_f, batch.cond) - x.detach()) ** 2).mean()
 
 
+@dataclass
+class Regression:
+    """DMD's regression term: the generator's first step from noise z (scaled by the top sigma) should land on the
+    teacher's ODE sample y of the same z; a batch of pairs drawn by the step's generator (resume stays exact)."""
+
+    noise: torch.Tensor
+    samples: torch.Tensor
+    conditions: torch.Tensor | list[str] | None
+    condition: Callable[[torch.Tensor | list[str] | None], CondLike]  # pairs' conditions -> what the networks take
+    weight: float
+
+    def loss(self, generator: nn.Module, sigma_max: torch.Tensor, batch: Batch) -> torch.Tensor:
+        idx = (batch.rand() * len(self.noise)).long().clamp(max=len(self.noise) - 1)
+        picked = None if self.conditions is None else (
+            [self.conditions[i] for i in idx.tolist()] if isinstance(self.conditions, list) else self.conditions[idx])
+        device = batch.x.device
+        sigma = sigma_max.to(device).expand(len(idx))
+        out = generator(self.noise[idx].to(device) * sigma_max.to(device), sigma,
+                        self.condition(picked if picked is None or isinstance(picked, list) else picked.to(device)))
+        return self.weight * ((out - self.samples[idx].to(device)) ** 2).mean()
+
+
 class DMD2:
     """Two networks, two optimisers. Generator loss (DMD eq. 7, DMD2 code's normalisation):
     g = (D_fake(x_s) - D_real(x_s)) / mean|x - D_real(x_s)|, loss = 1/2 ||x - sg(x - g)||^2, x_s = x + s n.
@@ -113,14 +140,14 @@ class DMD2:
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
                  example: CondLike = None, dm_sigma: Callable[[Batch], torch.Tensor] = edm_sigma,
-                 fake_lr_scale: float = 1.0):
+                 fake_lr_scale: float = 1.0, regression: Regression | None = None):
         # unwrapped, for the generator's turn
         self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every, self.lr_scale = {"generator": fake_updates}, {"fake": fake_lr_scale}
         self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
-        self.sigma_data, self.dm_sigma = generator.sigma_data, dm_sigma
+        self.sigma_data, self.dm_sigma, self.regression = generator.sigma_data, dm_sigma, regression
 
     @torch.no_grad()
     def dm_gradient(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -144,6 +171,9 @@ class DMD2:
                 with frozen(self.fake):
                     gan = F.softplus(-self.fake.logits(x_g, sigma_g, labels)).mean()
                 out["generator"] = out["generator"] + self.gan_weight * gan
+            if self.regression is not None:
+                out["generator"] = out["generator"] + self.regression.loss(self.modules["generator"], self.sigmas[0],
+                                                                           batch)
         if not self.gan_weight:
             out["fake"] = fake_score_loss(lambda *a: self.modules["fake"](*a)[0], x, batch, self.sigma_data)
             return out
@@ -179,6 +209,15 @@ def run(ctx) -> list[Path]:
     """Train a DMD2 generator for the most requested steps."""
     opts, info = ctx.options, ctx.teacher.info
     sigmas = ctx.student_schedule(ctx.steps[-1])[:-1]
+    regression = None
+    if opts.dmd_regression_weight:
+        from fewstep.distill.reflow import teacher_pairs
+
+        conditions = ctx.generation_conditions(opts.dmd_regression_pairs)
+        noise, samples, seconds = teacher_pairs(ctx, opts.dmd_regression_pairs, conditions, REGRESSION_STEPS)
+        ctx.seconds += seconds
+        regression = Regression(noise, samples, conditions, ctx.condition, opts.dmd_regression_weight)
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
-                  tuple(info.shape), info.num_classes, ctx.example_condition(), fake_lr_scale=opts.dmd_fake_lr_scale)
+                  tuple(info.shape), info.num_classes, ctx.example_condition(), fake_lr_scale=opts.dmd_fake_lr_scale,
+                  regression=regression)
     return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)

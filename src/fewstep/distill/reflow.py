@@ -42,9 +42,10 @@ class ReflowOptions:
         ("base", "image"): {"reflow_pairs": 100_000}, ("base", "vector"): {"reflow_pairs": 200_000}}
 
 
-def teacher_pairs(ctx, n: int, conditions: torch.Tensor | list[str] | None
+def teacher_pairs(ctx, n: int, conditions: torch.Tensor | list[str] | None, steps: int
                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(unit noise z, teacher ODE sample y, seconds it took) for n seeds, generated once and cached on disk.
+    """(unit noise z, teacher ODE sample y, seconds it took) for n seeds and `steps` teacher ODE steps, generated once
+    and cached on disk.
 
     `conditions` are the pairs' class labels or prompts. The key holds the teacher's hash, solver, steps, guidance,
     seed range and conditions, so changed settings never reuse pairs; the cost recorded at generation is reported
@@ -52,7 +53,7 @@ def teacher_pairs(ctx, n: int, conditions: torch.Tensor | list[str] | None
     """
     cfg, teacher = ctx.cfg, ctx.teacher
     seed = cfg.seed + PAIR_SEED_OFFSET
-    settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": ctx.options.reflow_solver_steps,
+    settings = {"model": model_hash(teacher.path), "solver": cfg.solver, "steps": steps,
                 "schedule": "karras", "cfg_scale": cfg.cfg_scale, "seed": seed, "n": n,
                 "labels": ctx.conditions_digest(conditions)}
     path = cache_path("pairs", teacher.path.name, settings_hash(settings), ".safetensors")
@@ -62,7 +63,7 @@ def teacher_pairs(ctx, n: int, conditions: torch.Tensor | list[str] | None
         with safe_open(path, "pt") as f:
             return noise, f.get_tensor("samples"), float(f.metadata()["seconds"])
     start = time.perf_counter()
-    sigmas = make_schedule("karras", ctx.options.reflow_solver_steps, ctx.sigma_range)
+    sigmas = make_schedule("karras", steps, ctx.sigma_range)
     from tqdm.auto import tqdm
 
     teacher_denoiser, chunks = ctx.guided_teacher(), []
@@ -108,7 +109,7 @@ def run(ctx) -> list[Path]:
     """Generate (or reuse) the pairs, train the straight-flow student, export it as out/model (Euler sampling)."""
     n = ctx.options.reflow_pairs
     conditions = ctx.generation_conditions(n)
-    noise, samples, seconds = teacher_pairs(ctx, n, conditions)
+    noise, samples, seconds = teacher_pairs(ctx, n, conditions, ctx.options.reflow_solver_steps)
     ctx.seconds += seconds
     sample_sigmas = torch.cat([ctx.student_schedule(k)[:-1] for k in ctx.steps])
     trained = ctx.train(Reflow(ctx.make_student(), sample_sigmas), "train", torch.stack([noise, samples], 1),
