@@ -201,3 +201,13 @@ def test_refusals_are_one_line_user_errors(tmp_path):
     config = json.loads((tmp_path / "noprompt" / "scheduler_config.json").read_text())
     (tmp_path / "noprompt" / "scheduler_config.json").write_text(json.dumps({**config, "_class_name": "NoScheduler"}))
     refused(tmp_path / "noprompt", "neither a flow-matching")
+
+
+@pytest.mark.parametrize("make", [tiny_sd3, tiny_flux, lambda: tiny_pixart(16)], ids=["sd3", "flux", "pixart"])
+def test_default_bench_suite_caches_every_transformer(tmp_path, make):
+    """`fewstep bench --teacher FOLDER` without a suite: a transformer teacher gets the first-block cache rows."""
+    from fewstep.bench.suite import TRANSFORMER_CACHES, default_suite
+
+    make().save_pretrained(tmp_path)
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(tmp_path)
+    assert [a.cache for a in default_suite(tmp_path).accelerators] == list(TRANSFORMER_CACHES)

@@ -16,10 +16,12 @@ from fewstep.samplers import get_sampler
 DEFAULT_SAMPLERS = ("euler", "heun", "dpmpp_2m")
 DEFAULT_SCHEDULES = ("karras", "karras_trailing")  # students sample on karras_trailing (docs/distillation.md)
 DEFAULT_NFE = (1, 2, 4, 8, 16, 35)
+TRANSFORMER_CACHES = ("fbcache:threshold=0.05", "fbcache:threshold=0.1")  # need no profile or fitted coefficients
 DEFAULT_CACHES = {  # settings that apply to a backbone, at the teacher's converged sampler and steps
     "UNet2DModel": ("deepcache:interval=2,branch=0", "deepcache:interval=3,branch=0", "encprop:interval=2"),
-    "DiTTransformer2DModel": ("fbcache:threshold=0.05", "fbcache:threshold=0.1"),
     "UNet2DConditionModel": ("deepcache:interval=2,branch=0", "deepcache:interval=3,branch=0"),
+    **{name: TRANSFORMER_CACHES for name in ("DiTTransformer2DModel", "PixArtTransformer2DModel",
+                                             "SD3Transformer2DModel", "FluxTransformer2DModel")},
 }
 # guidance accelerators on a text-to-image model's CFG: Adaptive Guidance (Castillo et al. 2023), and guidance
 # limited to the middle sigmas (Kynkäänniemi et al. 2024, whose interval (0.28, 5.42] was found on EDM2's latents)
