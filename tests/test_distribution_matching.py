@@ -91,9 +91,9 @@ def test_dmd2_regression_term_adds_its_weight_times_the_shift():
     """DMD's regression term on pairs (z, MU + S z), the map the unshifted generator draws: it adds weight * delta to
     the generator's gradient (d/d delta of weight * mean((delta)^2) over two coordinates), and nothing at delta 0."""
     z = torch.randn(4096, 2, generator=torch.Generator().manual_seed(3))
-    pairs = Regression(z, MU + S * z, None, lambda c: c, 0.25)
+    pairs, weightless = (Regression(z, MU + S * z, None, lambda c: c, w) for w in (0.25, 0.0))
     delta = torch.tensor([0.3, -0.2])
-    plain = generator_gradient(DMD2, delta, fake_updates=1)
+    plain = generator_gradient(DMD2, delta, fake_updates=1, regression=weightless)  # the same draws, no term
     regressed = generator_gradient(DMD2, delta, fake_updates=1, regression=pairs)
     torch.testing.assert_close(regressed - plain, 0.25 * delta, rtol=1e-4, atol=1e-6)
     assert generator_gradient(DMD2, torch.zeros(2), fake_updates=1, regression=pairs).abs().max() < 1e-7

@@ -61,7 +61,7 @@ def every_method(tiny_teacher, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [*METHODS, "dmd2-regression"])
 def test_every_method_on_two_processes_matches_one(every_method, method):
     """Under torchrun (gloo, --device auto on a CPU machine) every method trains as one process would with the same
     global batch; progressive/lightning rounds and DMD2's two networks used to crash or race on rank 1."""

@@ -76,9 +76,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(w)
 
 
-def generate(generator: nn.Module, sigmas: torch.Tensor, batch: Batch) -> torch.Tensor:
+def generate(generator: nn.Module, sigmas: torch.Tensor, batch: Batch,
+             extra: tuple[torch.Tensor, torch.Tensor, CondLike] | None = None) -> torch.Tensor:
     """A generator's samples for this batch. A multistep generator trains on its own backward simulation (DMD2 sec.
-    4.5): from noise, k steps of predict-clean / re-noise along `sigmas` without gradient, then the trained step."""
+    4.5): from noise, k steps of predict-clean / re-noise along `sigmas` without gradient, then the trained step.
+    `extra` rows (x, sigma, cond) join the trained step's pass (one pass with gradients, as DDP requires) and their
+    outputs follow the batch's rows."""
     labels, shape = batch.cond, batch.x.shape[1:]
     sig = sigmas.to(batch.x.device)
     k = int(torch.rand(1, generator=batch.generator) * (len(sig) - 1))  # the student step this batch trains
@@ -86,7 +89,12 @@ def generate(generator: nn.Module, sigmas: torch.Tensor, batch: Batch) -> torch.
     with torch.no_grad():
         for i in range(k):
             x = generator(x, sig[i].expand(len(x)), labels) + sig[i + 1] * batch.randn(*shape)
-    return generator(x, sig[k].expand(len(x)), labels)
+    sigma = sig[k].expand(len(x))
+    if extra is None:
+        return generator(x, sigma, labels)
+    x_e, sigma_e, cond_e = extra
+    both = None if labels is None else conds.concat(labels, cond_e)
+    return generator(torch.cat([x, x_e]), torch.cat([sigma, sigma_e]), both)
 
 
 def noised(x: torch.Tensor, batch: Batch, sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,15 +122,16 @@ class Regression:
     condition: Callable[[torch.Tensor | list[str] | None], CondLike]  # pairs' conditions -> what the networks take
     weight: float
 
-    def loss(self, generator: nn.Module, sigma_max: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def rows(self, sigma_max: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, CondLike, torch.Tensor]:
+        """A batch of pairs: the generator's inputs (x, sigma, cond) and the targets."""
         idx = (batch.rand() * len(self.noise)).long().clamp(max=len(self.noise) - 1)
-        picked = None if self.conditions is None else (
-            [self.conditions[i] for i in idx.tolist()] if isinstance(self.conditions, list) else self.conditions[idx])
         device = batch.x.device
-        sigma = sigma_max.to(device).expand(len(idx))
-        out = generator(self.noise[idx].to(device) * sigma_max.to(device), sigma,
-                        self.condition(picked if picked is None or isinstance(picked, list) else picked.to(device)))
-        return self.weight * ((out - self.samples[idx].to(device)) ** 2).mean()
+        picked = None if self.conditions is None else (
+            [self.conditions[i] for i in idx.tolist()] if isinstance(self.conditions, list)
+            else self.conditions[idx].to(device))
+        sigma = sigma_max.to(device)
+        return (self.noise[idx].to(device) * sigma, sigma.expand(len(idx)), self.condition(picked),
+                self.samples[idx].to(device))
 
 
 class DMD2:
@@ -160,8 +169,11 @@ class DMD2:
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
         labels = batch.cond
+        regression = self.regression.rows(self.sigmas[0], batch) if train_generator and self.regression else None
         with torch.set_grad_enabled(train_generator):
-            x = generate(self.modules["generator"], self.sigmas, batch)
+            x = generate(self.modules["generator"], self.sigmas, batch, regression and regression[:3])
+        if regression:
+            x, fitted = x[:len(batch.x)], x[len(batch.x):]
         out = {}
         if train_generator:
             grad = self.dm_gradient(x.detach(), batch)
@@ -171,9 +183,8 @@ class DMD2:
                 with frozen(self.fake):
                     gan = F.softplus(-self.fake.logits(x_g, sigma_g, labels)).mean()
                 out["generator"] = out["generator"] + self.gan_weight * gan
-            if self.regression is not None:
-                out["generator"] = out["generator"] + self.regression.loss(self.modules["generator"], self.sigmas[0],
-                                                                           batch)
+            if regression:
+                out["generator"] = out["generator"] + self.regression.weight * ((fitted - regression[3]) ** 2).mean()
         if not self.gan_weight:
             out["fake"] = fake_score_loss(lambda *a: self.modules["fake"](*a)[0], x, batch, self.sigma_data)
             return out
