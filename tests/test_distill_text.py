@@ -155,6 +155,17 @@ def test_data_free_methods_distil_a_users_pipeline_on_a_prompts_file(user_pipeli
     assert (tmp_path / "samples" / "model.png").exists()
 
 
+def test_dmd2_regression_term_on_prompts(user_pipeline, prompts_file, tmp_path):
+    """DMD's regression term on a text teacher: the pairs are generated from the prompts file with the folded CFG and
+    their prompts' encodings ride in the generator's one pass."""
+    (path,) = distill(_cfg(user_pipeline, "dmd2", prompts=str(prompts_file), dmd_gan_weight=0.0,
+                           dmd_regression_weight=0.5, dmd_regression_pairs=4, dmd_fake_updates=1), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss_generator"] for r in rows if "loss_generator" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert sample_model(load_model(path), 2, PlanSettings(steps=1), prompts=PROMPTS).nfe == 1
+
+
 def test_a_users_pipeline_distils_on_a_folder_of_captioned_images(user_pipeline, tmp_path):
     """--dataset folder:DIR (a .txt caption beside each image) read at the teacher's image size, trained on as latents
     with the captions' encoding."""
