@@ -13,6 +13,7 @@ RUN holds modes.npz and teacher/ (benchmarks/modes.sh writes both).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import tempfile
@@ -28,7 +29,9 @@ from fewstep.config import LoopConfig
 from fewstep.data.batches import Batch, TensorSource
 from fewstep.core.noise import SampleNoise
 from fewstep.core.schedules import make_schedule
-from fewstep.distill.dmd import DMD2, Regression, noised
+from fewstep.distill.dmd import DMD2, REGRESSION_STEPS, Regression
+from fewstep.distill.reflow import PAIR_SEED_OFFSET
+from fewstep.distill.sid import karras_sigma
 from fewstep.metrics.toy import mode_coverage, mode_masses, mode_radius
 from fewstep.models.io import load_model
 from fewstep.samplers import generate as solve
@@ -56,20 +59,21 @@ class MixtureScore(nn.Module):
 
 
 class EmpiricalFake:
-    """The exact fake score of the generator's current distribution: a fresh pool of its samples, smoothed by a small
-    kernel (bandwidth h), as a mixture score; used in the generator's turn in place of the fake network."""
+    """The exact fake score of the generator's current distribution: a fresh pool of its samples (seeded by the
+    step), smoothed by a small kernel (bandwidth h), as a mixture score; used in the generator's turn in place of the
+    fake network."""
 
-    def __init__(self, generator: Callable[[], torch.Tensor], h: float = 0.03):
+    def __init__(self, generator: Callable[[int], torch.Tensor], h: float = 0.03):
         self.draw, self.h = generator, h
-        self.pool: torch.Tensor | None = None
+        self.score: MixtureScore | None = None
 
-    def refresh(self) -> None:
+    def refresh(self, step: int) -> None:
         with torch.no_grad():
-            self.pool = self.draw()
+            pool = self.draw(step)
+        self.score = MixtureScore(pool, torch.full((len(pool),), 1.0 / len(pool)), self.h)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> tuple[torch.Tensor, None]:
-        score = MixtureScore(self.pool, torch.full((len(self.pool),), 1.0 / len(self.pool)), self.h)
-        return score(x, sigma), None
+        return self.score(x, sigma), None
 
 
 class Diagnosed(DMD2):
@@ -80,18 +84,13 @@ class Diagnosed(DMD2):
         super().__init__(*args, **kw)
         self.exact_fake, self.batch_norm = exact_fake, batch_norm
 
-    @torch.no_grad()
-    def dm_gradient(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if not self.batch_norm:
-            return super().dm_gradient(x, batch)
-        x_s, sigma = noised(x, batch, self.dm_sigma(batch))
-        real = self.teacher(x_s, sigma, batch.cond)
-        return (self.fake(x_s, sigma, batch.cond)[0] - real) / (x - real).abs().mean().clamp(min=1e-8)
+    def normaliser(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return (x - real).abs().mean().clamp(min=1e-8) if self.batch_norm else super().normaliser(x, real)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.exact_fake is None or batch.step % self.update_every["generator"]:
             return super().losses(batch)
-        self.exact_fake.refresh()
+        self.exact_fake.refresh(batch.step)
         network_fake, self.fake = self.fake, self.exact_fake
         try:
             return super().losses(batch)
@@ -102,12 +101,6 @@ class Diagnosed(DMD2):
 def log_uniform(lo: float, hi: float) -> SigmaDraw:
     """Noise levels log-uniform in [lo, hi]."""
     return lambda b: (math.log(lo) + b.rand() * (math.log(hi) - math.log(lo))).exp()
-
-
-def karras_ramp(sigma_min: float, sigma_max: float, rho: float = 7.0) -> SigmaDraw:
-    """Noise levels uniform in position on the Karras ramp (DMD's uniform timestep, heavy at high noise)."""
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return lambda b: (hi + b.rand() * (lo - hi)) ** rho
 
 
 VARIANTS = {  # name: what differs from DMD2 without its GAN term (EDM's log-normal noise levels, 5 fake updates)
@@ -164,21 +157,20 @@ def main() -> None:
 
     def regression(weight: float) -> Regression:
         nonlocal pairs
-        if pairs is None:  # the teacher's 18-step Heun samples of 8192 noises (what fewstep distill generates)
-            noise = SampleNoise(1_000_003, range(8192)).randn((2,))
-            pairs = noise, solve(teacher, (2,), 8192, make_schedule("karras", 18, sr), "heun", 1_000_003,
-                                 batch_size=4096, noise=noise).samples
+        if pairs is None:  # the teacher's Heun samples of 8192 noises, as fewstep distill generates them (seed 0)
+            noise = SampleNoise(PAIR_SEED_OFFSET, range(8192)).randn((2,))
+            pairs = noise, solve(teacher, (2,), 8192, make_schedule("karras", REGRESSION_STEPS, sr), "heun",
+                                 PAIR_SEED_OFFSET, batch_size=4096, noise=noise).samples
         return Regression(*pairs, None, lambda c: c, weight)
 
     rows = []
     for name in args.variants.split(","):
         v = VARIANTS[name]
-        generator = __import__("copy").deepcopy(teacher).train().requires_grad_(True)
+        generator = copy.deepcopy(teacher).train().requires_grad_(True)
         sigma = v.get("sigma")
-        draw = edm_sigma if sigma is None else karras_ramp(sr.sigma_min, sr.sigma_max) if sigma == "ramp" \
-            else log_uniform(*sigma)
-        fake = EmpiricalFake(lambda: sample(generator, 4096, int(time.time_ns() % 2**31))) if v.get("exact_fake") \
-            else None
+        draw = edm_sigma if sigma is None else (lambda b: karras_sigma(b.rand(), sr)) if sigma == "ramp" \
+            else log_uniform(*sigma)  # the ramp: DMD's uniform timestep, as SiD draws its noise levels
+        fake = EmpiricalFake(lambda step: sample(generator, 4096, 10**6 + step)) if v.get("exact_fake") else None
         method = Diagnosed(generator, exact if v.get("exact_real") else teacher, torch.tensor([sr.sigma_max]),
                            v.get("fake_updates", 5), v.get("gan", 0.0), (2,), 0, None, dm_sigma=draw,
                            exact_fake=fake, batch_norm=v.get("batch_norm", False),

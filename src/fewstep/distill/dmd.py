@@ -122,15 +122,16 @@ class Regression:
     condition: Callable[[torch.Tensor | list[str] | None], CondLike]  # pairs' conditions -> what the networks take
     weight: float
 
-    def rows(self, sigma_max: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, CondLike, torch.Tensor]:
-        """A batch of pairs: the generator's inputs (x, sigma, cond) and the targets."""
+    def rows(self, sigma_max: torch.Tensor, batch: Batch
+             ) -> tuple[tuple[torch.Tensor, torch.Tensor, CondLike], torch.Tensor]:
+        """A batch of pairs: the generator's inputs (x, sigma, cond) and their targets."""
         idx = (batch.rand() * len(self.noise)).long().clamp(max=len(self.noise) - 1)
         device = batch.x.device
         picked = None if self.conditions is None else (
             [self.conditions[i] for i in idx.tolist()] if isinstance(self.conditions, list)
             else self.conditions[idx].to(device))
         sigma = sigma_max.to(device)
-        return (self.noise[idx].to(device) * sigma, sigma.expand(len(idx)), self.condition(picked),
+        return ((self.noise[idx].to(device) * sigma, sigma.expand(len(idx)), self.condition(picked)),
                 self.samples[idx].to(device))
 
 
@@ -163,16 +164,19 @@ class DMD2:
         """DMD's gradient at the generator's samples: (D_fake - D_real)(x_s) / mean|x - D_real(x_s)|, x_s = x + s n."""
         x_s, sigma = noised(x, batch, self.dm_sigma(batch))
         real = self.teacher(x_s, sigma, batch.cond)
-        norm = (x - real).abs().flatten(1).mean(1).clamp(min=1e-8)
-        return (self.fake(x_s, sigma, batch.cond)[0] - real) / append_dims(norm, x.ndim)
+        return (self.fake(x_s, sigma, batch.cond)[0] - real) / self.normaliser(x, real)
+
+    def normaliser(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Each sample's mean |x - D_real| (DMD's), broadcastable over x."""
+        return append_dims((x - real).abs().flatten(1).mean(1).clamp(min=1e-8), x.ndim)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
         labels = batch.cond
-        regression = self.regression.rows(self.sigmas[0], batch) if train_generator and self.regression else None
+        pairs = self.regression.rows(self.sigmas[0], batch) if train_generator and self.regression else None
         with torch.set_grad_enabled(train_generator):
-            x = generate(self.modules["generator"], self.sigmas, batch, regression and regression[:3])
-        if regression:
+            x = generate(self.modules["generator"], self.sigmas, batch, pairs and pairs[0])
+        if pairs:
             x, fitted = x[:len(batch.x)], x[len(batch.x):]
         out = {}
         if train_generator:
@@ -183,8 +187,8 @@ class DMD2:
                 with frozen(self.fake):
                     gan = F.softplus(-self.fake.logits(x_g, sigma_g, labels)).mean()
                 out["generator"] = out["generator"] + self.gan_weight * gan
-            if regression:
-                out["generator"] = out["generator"] + self.regression.weight * ((fitted - regression[3]) ** 2).mean()
+            if pairs:
+                out["generator"] = out["generator"] + self.regression.weight * ((fitted - pairs[1]) ** 2).mean()
         if not self.gan_weight:
             out["fake"] = fake_score_loss(lambda *a: self.modules["fake"](*a)[0], x, batch, self.sigma_data)
             return out
