@@ -241,6 +241,9 @@ def test_bad_input_is_one_line(target, spec, message):
     assert "\n" not in str(error.value)
 
 
-def test_bad_cache_from_the_cli_exits_2(dit_folder, capsys):
-    assert main(["sample", "--model", dit_folder, "--cache", "teacache:speed=2", "--out", "x.png"]) == 2
-    assert "has no setting 'speed'" in capsys.readouterr().err
+@pytest.mark.parametrize("spec,message", [("teacache:speed=2", "has no setting 'speed'"),
+                                          ("peer:diffusers-taylorseer", "matched no module of this DiTTransformer2DModel")])
+def test_bad_cache_from_the_cli_exits_2(dit_folder, capsys, tmp_path, spec, message):
+    assert main(["sample", "--model", dit_folder, "--cache", spec, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
