@@ -1,0 +1,99 @@
+"""A distillation's learning curve: `fewstep distill` run in segments (each one resumes the last: the same run as one
+uninterrupted job), the student exported after each segment scored by `fewstep eval`, one JSON row per segment with
+its training step; then FD (with its interval) and recall against the step, the reference model's row as a line.
+
+    python benchmarks/distill_curve.py OUT --every 250 --total 1500 --reference TEACHER \
+        -- --teacher TEACHER --method dmd2 --steps 1 --preset small --dmd-regression-weight 1
+    python benchmarks/distill_curve.py OUT --replot          # redraw OUT/curve.png from OUT/curve.jsonl
+
+Rows go to OUT/curve.jsonl (a segment already there is not re-run); the plot to OUT/curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+
+def fewstep(*argv: str) -> str:
+    """Run one fewstep command; its stdout (progress and logs stream to stderr and the terminal)."""
+    return subprocess.run(["fewstep", *argv], check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def score(model: Path, eval_args: list[str]) -> dict:
+    """The eval row of MODEL (the last JSON line `fewstep eval --json` prints)."""
+    out = fewstep("eval", "--model", str(model), "--json", "--no-agreement", *eval_args)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(out: Path, every: int, total: int, distill: list[str], eval_args: list[str], reference: str | None) -> None:
+    """Distill OUT/run segment by segment up to TOTAL steps, scoring each segment's student into OUT/curve.jsonl."""
+    rows = out / "curve.jsonl"
+    done = {r["train_step"] for r in read(rows)}
+    if reference and "reference" not in done:
+        write(rows, {**score(Path(reference), eval_args), "train_step": "reference"})
+    for step in range(every, total + 1, every):
+        if step in done:
+            continue
+        resume = ["--resume"] if (out / "run" / "train" / "checkpoints").exists() else distill
+        fewstep("distill", "--out", str(out / "run"), "--train-steps", str(step), *resume)
+        write(rows, {**score(out / "run", eval_args), "train_step": step})
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"step {row['train_step']}: fd {row.get('fd')}, recall {row.get('recall')}", flush=True)
+
+
+def plot(out: Path) -> None:
+    """FD [interval] and recall against training steps; the reference row as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read(out / "curve.jsonl")
+    ref = next((r for r in rows if r["train_step"] == "reference"), None)
+    seg = sorted((r for r in rows if r["train_step"] != "reference"), key=lambda r: r["train_step"])
+    steps = [r["train_step"] for r in seg]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key in zip(axes, ("fd", "recall")):
+        ax.plot(steps, [r[key] for r in seg], "o-", label="student")
+        if f"{key}_lo" in (seg[0] if seg else {}):
+            ax.fill_between(steps, [r[f"{key}_lo"] for r in seg], [r[f"{key}_hi"] for r in seg], alpha=0.25)
+        if ref:
+            ax.axhline(ref[key], ls="--", c="k", label="teacher")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel(key)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=120)
+    print(f"wrote {out / 'curve.png'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path)
+    p.add_argument("--every", type=int, default=250, help="training steps per segment")
+    p.add_argument("--total", type=int, default=1500, help="training steps in all")
+    p.add_argument("--eval", default="--n 2000", help="fewstep eval flags for every row (one string)")
+    p.add_argument("--reference", help="a model scored once with the same flags (the teacher), drawn as a line")
+    p.add_argument("--replot", action="store_true", help="only redraw the plot from OUT/curve.jsonl")
+    args, distill = p.parse_known_args()
+    distill = [a for a in distill if a != "--"]
+    if not args.replot:
+        run(args.out, args.every, args.total, distill, args.eval.split(), args.reference)
+    plot(args.out)
+
+
+if __name__ == "__main__":
+    main()
