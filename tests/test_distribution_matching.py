@@ -112,3 +112,14 @@ def test_dmd2_fake_score_takes_its_own_learning_rate(tmp_path):
              for n, m in method.modules.items()}
     assert moved["generator"] == pytest.approx(1e-2, rel=1e-3)
     assert moved["fake"] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_dmd2_normaliser_floor_bounds_one_samples_weight():
+    """--dmd-normaliser-floor f: no sample's normaliser falls below f x the batch's median (in 2-D one sample's
+    mean|x - D_real| can be ~0 and its gradient then swamps the batch's); 0 keeps DMD's per-sample normaliser."""
+    x = torch.zeros(5, 2)
+    real = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [1e-6, 0.0], [4.0, 4.0]])
+    plain, floored = (DMD2(ShiftedGenerator(torch.zeros(2)), Teacher(MU), SIGMAS, normaliser_floor=f)
+                      for f in (0.0, 0.1))
+    torch.testing.assert_close(plain.normaliser(x, real).flatten(), torch.tensor([1.0, 2.0, 3.0, 5e-7, 4.0]))
+    torch.testing.assert_close(floored.normaliser(x, real).flatten(), torch.tensor([1.0, 2.0, 3.0, 0.2, 4.0]))

@@ -38,6 +38,8 @@ class DMD2Options:
                                                "the teacher's ODE samples of the same noise (0 = none)", at_least=0.0)
     dmd_regression_pairs: int = option(8192, "dmd2: (noise, teacher sample) pairs of the regression term, "
                                              "generated once (cached like reflow's)", at_least=1)
+    dmd_normaliser_floor: float = option(0.0, "dmd2: each sample's normaliser mean|x - D_real| is at least this "
+                                              "fraction of the batch's median (0 = DMD's, none)", at_least=0.0)
 
     PRESETS: ClassVar[dict] = {}
 
@@ -150,7 +152,7 @@ class DMD2:
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
                  example: CondLike = None, dm_sigma: Callable[[Batch], torch.Tensor] = edm_sigma,
-                 fake_lr_scale: float = 1.0, regression: Regression | None = None):
+                 fake_lr_scale: float = 1.0, regression: Regression | None = None, normaliser_floor: float = 0.0):
         # unwrapped, for the generator's turn
         self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
         self.modules = {"generator": generator, "fake": self.fake}
@@ -158,6 +160,7 @@ class DMD2:
         self.update_every, self.lr_scale = {"generator": fake_updates}, {"fake": fake_lr_scale}
         self.teacher, self.sigmas, self.gan_weight = teacher, sigmas.float(), gan_weight
         self.sigma_data, self.dm_sigma, self.regression = generator.sigma_data, dm_sigma, regression
+        self.normaliser_floor = normaliser_floor
 
     @torch.no_grad()
     def dm_gradient(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -167,8 +170,11 @@ class DMD2:
         return (self.fake(x_s, sigma, batch.cond)[0] - real) / self.normaliser(x, real)
 
     def normaliser(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Each sample's mean |x - D_real| (DMD's), broadcastable over x."""
-        return append_dims((x - real).abs().flatten(1).mean(1).clamp(min=1e-8), x.ndim)
+        """Each sample's mean |x - D_real| (DMD's), at least normaliser_floor x the batch's median, broadcastable
+        over x. In few dimensions one sample's mean can be tiny and its gradient then swamps the batch's."""
+        weight = (x - real).abs().flatten(1).mean(1)
+        floor = (self.normaliser_floor * weight.median()).clamp(min=1e-8)
+        return append_dims(torch.maximum(weight, floor), x.ndim)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
@@ -234,5 +240,5 @@ def run(ctx) -> list[Path]:
         regression = Regression(noise, samples, conditions, ctx.condition, opts.dmd_regression_weight)
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
                   tuple(info.shape), info.num_classes, ctx.example_condition(), fake_lr_scale=opts.dmd_fake_lr_scale,
-                  regression=regression)
+                  regression=regression, normaliser_floor=opts.dmd_normaliser_floor)
     return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)
