@@ -95,7 +95,7 @@ def test_vp_student_grid_is_diffusers_trailing(vp_teacher, tmp_path):
     assert abs(info.sampler["sigmas"][0] - float(sigmas)) < 1e-4 * float(sigmas)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", [*sorted(METHODS), "sid-init-sigma"])
 def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, method):
     """A fewstep EDM teacher: UNet2DModel + EDMEulerScheduler on the student's ramp reproduce its Euler-sampled
     students at every step count and its consistency-sampled students at one step (a single denoising; diffusers has
@@ -104,7 +104,8 @@ def test_edm_students_sample_in_diffusers_as_in_fewstep(tiny_teacher, tmp_path, 
 
     from fewstep.samplers import initial_latents
 
-    for path in _distill(tiny_teacher, method, tmp_path / method):
+    extra = {"sid_init_sigma": 2.5} if method == "sid-init-sigma" else None  # its ramp starts at 2.5, not 80
+    for path in _distill(tiny_teacher, method.removesuffix("-init-sigma"), tmp_path / method, extra):
         model = load_model(path)
         unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
         steps_list = _student_steps(path) if model.info.sampler["name"] == "euler" else [1]

@@ -108,6 +108,7 @@ class DistillContext:
             raise UserError("--lora-rank takes a rank >= 1 and trains adapters on the teacher's own network; "
                             "drop --student-preset and --init")
         self.seconds = 0.0  # distillation wall-clock, summed over stages (and teacher pair generation)
+        self.top_sigma: float | None = None  # a method's own first noise level for its students (SiD's init_sigma)
         if self.acc.is_main_process:
             from fewstep.config import to_toml
 
@@ -226,8 +227,9 @@ class DistillContext:
         return VP_STUDENT_SCHEDULE if self.vp_unet else STUDENT_SCHEDULE
 
     def student_schedule(self, steps: int) -> torch.Tensor:
-        """The sigmas a student samples with at `steps` steps."""
-        return make_schedule(self.schedule, steps, self.sigma_range)
+        """The sigmas a student samples with at `steps` steps (from top_sigma where a method sets one)."""
+        rng = self.sigma_range if self.top_sigma is None else replace(self.sigma_range, sigma_max=self.top_sigma)
+        return make_schedule(self.schedule, steps, rng)
 
     def make_student(self) -> nn.Module:
         """A trainable copy of the teacher denoiser (default), re-initialised (init=scratch), or a smaller preset."""
@@ -348,6 +350,7 @@ class DistillContext:
                        dataset=str(self.data.spec or self.data.name) if self.data is not None else t.info.dataset,
                        data=self.data.spec.record() if self.data is not None and self.data.spec else t.info.data,
                        consistency=consistency, acceleration=dict(TEXT_STUDENT_GUIDANCE) if self.text else None,
+                       sigma_max=self.top_sigma or t.info.sigma_max,  # diffusers' scheduler ramp starts there too
                        sampler={"name": sampler, "schedule": self.schedule, "steps": steps[0],
                                 "sigmas": [round(float(s), 6) for s in sigmas[:-1]]},
                        extra={"distill": {"method": method, "steps": steps, "cfg_scale": self.cfg.cfg_scale,

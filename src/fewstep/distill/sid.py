@@ -13,6 +13,7 @@ from torch import nn
 
 from fewstep.config import option
 from fewstep.core.denoiser import SigmaRange
+from fewstep.core.errors import UserError
 from fewstep.data.batches import Batch
 from fewstep.distill.dmd import fake_score_loss, frozen, generate, noised, train_generator
 
@@ -26,6 +27,9 @@ class SiDOptions:
     sid_tmax: float = option(0.8, "sid: the generator's noise levels span the lowest tmax of the Karras ramp "
                                   "(0.8 in the paper)", above=0.0, at_most=1.0)
     sid_fake_updates: int = option(1, "sid: fake-score updates per generator update", at_least=1)
+    sid_init_sigma: float = option(0.0, "sid: the generator's input noise level, its first sigma (the paper's "
+                                        "init_sigma, 2.5 on EDM teachers); 0 = the teacher's sigma_max",
+                                   at_least=0.0)
 
     PRESETS: ClassVar[dict] = {}
 
@@ -76,6 +80,15 @@ class SiD:
 def run(ctx) -> list[Path]:
     """Train a SiD generator for the most requested steps (data-free: data only for class labels)."""
     opts = ctx.options
+    if opts.sid_init_sigma:
+        rng = ctx.sigma_range
+        if ctx.vp_unet:
+            raise UserError("--sid-init-sigma: a diffusers VP teacher's students start from its own timesteps; "
+                            "drop the flag")
+        if not rng.sigma_min < opts.sid_init_sigma <= rng.sigma_max:
+            raise UserError(f"--sid-init-sigma must lie in ({rng.sigma_min:g}, {rng.sigma_max:g}], the teacher's "
+                            f"noise levels; got {opts.sid_init_sigma:g}")
+        ctx.top_sigma = opts.sid_init_sigma
     method = SiD(ctx.make_student(), ctx.guided_teacher(), ctx.student_schedule(ctx.steps[-1])[:-1],
                  opts.sid_alpha, opts.sid_tmax, opts.sid_fake_updates)
     return train_generator(ctx, method, "sid", needs_data=False)
