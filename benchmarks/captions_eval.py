@@ -25,16 +25,22 @@ from fewstep.models import load_model
 from fewstep.plan import PlanSettings, build_plan, sample
 
 
-def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
-          batch_size: int, grid: str | None = None) -> dict:
-    """One row: the model's samples for the first n captions of a split, scored against their floors."""
+def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
+         batch_size: int):
+    """The model's decoded images for the first n captions of a split: (images, prompts, nfe, seconds)."""
     prompts = caption_prompts(split, n)
     cond = model.encode_prompts(prompts.captions)
     plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale))
     start = time.perf_counter()
     result = sample(model, plan, n, seed=seed, cond=cond, batch_size=batch_size)
     images = torch.cat([model.decode(result.samples[i:i + batch_size]) for i in range(0, n, batch_size)])
-    seconds = time.perf_counter() - start
+    return images, prompts, result.nfe, time.perf_counter() - start
+
+
+def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
+          batch_size: int, grid: str | None = None) -> dict:
+    """One row: the model's samples for the first n captions of a split, scored against their floors."""
+    images, prompts, nfe, seconds = draw(model, sampler, schedule, steps, cfg_scale, split, n, seed, batch_size)
     if grid:  # the first 32 samples, 8 per row, beside the real renders of the same captions (grid-real.png)
         from fewstep.data.captions import render
         from fewstep.data.visualize import save_image_grid
@@ -45,7 +51,7 @@ def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, spli
         print("\n".join(prompts.captions[:32]), file=sys.stderr)
     quality = caption_quality(images, prompts.captions, split)
     accuracy = quality["prompt_accuracy"]
-    return {"sampler": sampler, "schedule": schedule, "steps": steps, "nfe": result.nfe, "cfg_scale": cfg_scale,
+    return {"sampler": sampler, "schedule": schedule, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale,
             "seed": seed, "seconds": round(seconds, 1), **quality,
             "prompt_accuracy_std": round(math.sqrt(accuracy * (1 - accuracy) / n), 4)}
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from fewstep.distill import METHODS
 from safetensors.torch import load_file
