@@ -4,7 +4,7 @@ its training step; then FD (with its interval) and recall against the step, the 
 
     python benchmarks/distill_curve.py OUT --every 250 --total 1500 --reference TEACHER \
         -- --teacher TEACHER --method dmd2 --steps 1 --preset small --dmd-regression-weight 1
-    python benchmarks/distill_curve.py OUT --replot          # redraw OUT/curve.png from OUT/curve.jsonl
+    python benchmarks/distill_curve.py OUT --replot [--with OUT2 ...] [--plot FILE]   # redraw from curve.jsonl
 
 Rows go to OUT/curve.jsonl (a segment already there is not re-run); the plot to OUT/curve.png.
 """
@@ -22,9 +22,10 @@ def fewstep(*argv: str) -> str:
     return subprocess.run(["fewstep", *argv], check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
-def score(model: Path, eval_args: list[str]) -> dict:
-    """The eval row of MODEL (the last JSON line `fewstep eval --json` prints)."""
-    out = fewstep("eval", "--model", str(model), "--json", "--no-agreement", *eval_args)
+def score(model: Path, eval_args: list[str], results: Path) -> dict:
+    """The eval row of MODEL (the last JSON line `fewstep eval --json` prints; its results file is the curve's own,
+    so two curves can run side by side)."""
+    out = fewstep("eval", "--model", str(model), "--json", "--no-agreement", "--results", str(results), *eval_args)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -33,13 +34,13 @@ def run(out: Path, every: int, total: int, distill: list[str], eval_args: list[s
     rows = out / "curve.jsonl"
     done = {r["train_step"] for r in read(rows)}
     if reference and "reference" not in done:
-        write(rows, {**score(Path(reference), eval_args), "train_step": "reference"})
+        write(rows, {**score(Path(reference), eval_args, out / "results.jsonl"), "train_step": "reference"})
     for step in range(every, total + 1, every):
         if step in done:
             continue
         resume = ["--resume"] if (out / "run" / "train" / "checkpoints").exists() else distill
         fewstep("distill", "--out", str(out / "run"), "--train-steps", str(step), *resume)
-        write(rows, {**score(out / "run", eval_args), "train_step": step})
+        write(rows, {**score(out / "run", eval_args, out / "results.jsonl"), "train_step": step})
 
 
 def read(path: Path) -> list[dict]:
@@ -53,31 +54,34 @@ def write(path: Path, row: dict) -> None:
     print(f"step {row['train_step']}: fd {row.get('fd')}, recall {row.get('recall')}", flush=True)
 
 
-def plot(out: Path) -> None:
-    """FD [interval] and recall against training steps; the reference row as a dashed line."""
+def plot(outs: list[Path], path: Path) -> None:
+    """FD [interval] and recall against training steps, one line per curve (named by its folder); the first
+    curve's reference row as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read(out / "curve.jsonl")
-    ref = next((r for r in rows if r["train_step"] == "reference"), None)
-    seg = sorted((r for r in rows if r["train_step"] != "reference"), key=lambda r: r["train_step"])
-    steps = [r["train_step"] for r in seg]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, out in enumerate(outs):
+        rows = read(out / "curve.jsonl")
+        ref = next((r for r in rows if r["train_step"] == "reference"), None)
+        seg = sorted((r for r in rows if r["train_step"] != "reference"), key=lambda r: r["train_step"])
+        steps = [r["train_step"] for r in seg]
+        for ax, key in zip(axes, ("fd", "recall")):
+            ax.plot(steps, [r[key] for r in seg], "o-", label=out.name)
+            if seg and f"{key}_lo" in seg[0]:
+                ax.fill_between(steps, [r[f"{key}_lo"] for r in seg], [r[f"{key}_hi"] for r in seg], alpha=0.2)
+            if ref and i == 0:
+                ax.axhline(ref[key], ls="--", c="k", label="teacher")
     for ax, key in zip(axes, ("fd", "recall")):
-        ax.plot(steps, [r[key] for r in seg], "o-", label="student")
-        if f"{key}_lo" in (seg[0] if seg else {}):
-            ax.fill_between(steps, [r[f"{key}_lo"] for r in seg], [r[f"{key}_hi"] for r in seg], alpha=0.25)
-        if ref:
-            ax.axhline(ref[key], ls="--", c="k", label="teacher")
         ax.set_xlabel("training steps")
         ax.set_ylabel(key)
         ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=120)
-    print(f"wrote {out / 'curve.png'}")
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -88,11 +92,13 @@ def main() -> None:
     p.add_argument("--eval", default="--n 2000", help="fewstep eval flags for every row (one string)")
     p.add_argument("--reference", help="a model scored once with the same flags (the teacher), drawn as a line")
     p.add_argument("--replot", action="store_true", help="only redraw the plot from OUT/curve.jsonl")
+    p.add_argument("--with", dest="others", nargs="*", type=Path, default=[], help="more curves' folders to draw")
+    p.add_argument("--plot", type=Path, help="where the plot goes (default OUT/curve.png)")
     args, distill = p.parse_known_args()
     distill = [a for a in distill if a != "--"]
     if not args.replot:
         run(args.out, args.every, args.total, distill, args.eval.split(), args.reference)
-    plot(args.out)
+    plot([args.out, *args.others], args.plot or args.out / "curve.png")
 
 
 if __name__ == "__main__":
