@@ -16,6 +16,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from fewstep.core.files import append_json_lines, read_json_lines
+
 
 def fewstep(*argv: str) -> str:
     """Run one fewstep command; its stdout (progress and logs stream to stderr and the terminal)."""
@@ -32,7 +34,7 @@ def score(model: Path, eval_args: list[str], results: Path) -> dict:
 def run(out: Path, every: int, total: int, distill: list[str], eval_args: list[str], reference: str | None) -> None:
     """Distill OUT/run segment by segment up to TOTAL steps, scoring each segment's student into OUT/curve.jsonl."""
     rows = out / "curve.jsonl"
-    done = {r["train_step"] for r in read(rows)}
+    done = {r["train_step"] for r in read_json_lines(rows)}
     if reference and "reference" not in done:
         write(rows, {**score(Path(reference), eval_args, out / "results.jsonl"), "train_step": "reference"})
     for step in range(every, total + 1, every):
@@ -43,14 +45,8 @@ def run(out: Path, every: int, total: int, distill: list[str], eval_args: list[s
         write(rows, {**score(out / "run", eval_args, out / "results.jsonl"), "train_step": step})
 
 
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def write(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_json_lines(path, [row])
     print(f"step {row['train_step']}: fd {row.get('fd')}, recall {row.get('recall')}", flush=True)
 
 
@@ -64,7 +60,7 @@ def plot(outs: list[Path], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for i, out in enumerate(outs):
-        rows = read(out / "curve.jsonl")
+        rows = read_json_lines(out / "curve.jsonl")
         ref = next((r for r in rows if r["train_step"] == "reference"), None)
         seg = sorted((r for r in rows if r["train_step"] != "reference"), key=lambda r: r["train_step"])
         steps = [r["train_step"] for r in seg]

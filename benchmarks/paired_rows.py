@@ -10,14 +10,10 @@ Each row of STUDENTS is compared with the REFERENCE row that has the same --matc
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from fewstep.core.files import read_json_lines
 from fewstep.metrics.uncertainty import difference, ratio
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def cell(value: tuple[float, float, float] | None, null: float = 0.0, form: str = "{:+.3g}") -> str:
@@ -36,10 +32,10 @@ def main() -> None:
     p.add_argument("--metrics", nargs="+", default=["prompt_accuracy", "fd"])
     p.add_argument("--label", nargs="+", default=["model", "steps", "split"], help="fields that name a row")
     args = p.parse_args()
-    references = rows(args.reference)
+    references = read_json_lines(args.reference)
     print("| " + " | ".join(args.label + [f"Δ {m}" for m in args.metrics] + ["fd ratio"]) + " |")
     print("|" + "---|" * (len(args.label) + len(args.metrics) + 1))
-    for row in rows(args.rows):
+    for row in read_json_lines(args.rows):
         ref = next((r for r in references if all(r.get(k) == row.get(k) for k in args.match)), None)
         if ref is None:
             continue

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from captions_eval import draw  # noqa: E402
 
+from fewstep.core.files import append_json_lines  # noqa: E402
 from fewstep.metrics.captions import AttributeConfig, caption_quality  # noqa: E402
 from fewstep.models import load_model  # noqa: E402
 
@@ -45,8 +46,7 @@ def main() -> None:
                **{k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items() if k in KEYS}}
         print(json.dumps(row), flush=True)
         if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_json_lines(args.out, [row])
 
 
 if __name__ == "__main__":

@@ -166,3 +166,12 @@ def test_trailing_grid_nests_for_progressive_rounds(n):
     assert torch.equal(make_schedule("trailing", 2 * n, rng)[::2], make_schedule("trailing", n, rng))
     with pytest.raises(Exception, match="discrete"):
         make_schedule("trailing", n, SigmaRange(0.002, 80.0))
+
+
+def test_sid_init_sigma_is_refused_on_a_vp_teacher(vp_teacher, tmp_path):
+    """A VP teacher's students start from diffusers' trailing timesteps (their export depends on it): one line."""
+    from fewstep.core.errors import UserError
+
+    with pytest.raises(UserError, match="--sid-init-sigma: a diffusers VP teacher") as error:
+        _distill(vp_teacher, "sid", tmp_path, {"dataset": "shapes", "sid_init_sigma": 2.5})
+    assert "\n" not in str(error.value)

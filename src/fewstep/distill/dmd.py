@@ -173,8 +173,9 @@ class DMD2:
         """Each sample's mean |x - D_real| (DMD's), at least normaliser_floor x the batch's median, broadcastable
         over x. In few dimensions one sample's mean can be tiny and its gradient then swamps the batch's."""
         weight = (x - real).abs().flatten(1).mean(1)
-        floor = (self.normaliser_floor * weight.median()).clamp(min=1e-8)
-        return append_dims(torch.maximum(weight, floor), x.ndim)
+        if self.normaliser_floor:
+            weight = torch.maximum(weight, self.normaliser_floor * weight.median())
+        return append_dims(weight.clamp(min=1e-8), x.ndim)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         train_generator = batch.step % self.update_every["generator"] == 0
