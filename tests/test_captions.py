@@ -139,8 +139,9 @@ def test_prompt_accuracy_of_real_shuffled_and_noise(net, heldout):
     assert shuffled["prompt_accuracy"] < 0.05 and shuffled["fd"] < 2 * shuffled["fd_floor"]  # same images overall
     # every number has its interval (the accuracies from per-sample hits): the shuffle is resolved
     assert real["prompt_accuracy_lo"] <= real["prompt_accuracy"] <= real["prompt_accuracy_hi"] <= 1
-    assert {f"{k}_accuracy" for k in ("prompt", "count", "layout", "shape", "colour", "size")} <= set(
-        shuffled["bootstrap"])
+    assert {*(f"{k}_accuracy" for k in ("prompt", "count", "layout", "shape", "colour", "size", "single", "pair")),
+            "swapped_rate"} <= set(shuffled["bootstrap"])
+    assert real["pair_accuracy"] >= 0.95 and real["swapped_rate"] <= 0.02 < shuffled["swapped_rate"]
     assert "fd" in shuffled["jackknife"] and real["fd_lo"] <= real["fd"] <= real["fd_hi"]  # FD: the jackknife's
     tied = ties(shuffled, real)
     assert not tied["prompt_accuracy"] and not tied["colour_accuracy"] and ties(real, real)["prompt_accuracy"]
@@ -218,3 +219,16 @@ def test_clip_score_from_a_local_safetensors_folder(tiny_clip, monkeypatch, tmp_
     assert 0 <= row["clip_score"] <= 100 and 0 <= row["clip_score_floor"] <= 100
     with pytest.raises(UserError, match="holds no CLIP weights in safetensors"):
         load_clip(tmp_path)
+
+
+def test_binding_terms_split_the_loss_and_count_swaps():
+    wanted = caption_attributes(["a small red circle on the left", "a large blue square left of a small red triangle",
+                                 "a small green circle above a small green square", "a large red circle on the right"])
+    read = wanted.clone()
+    read[1, [2, 5]] = read[1, [5, 2]]  # colours swapped between the two objects: a binding error
+    read[2, 1] = 2  # slot 0 drawn as a triangle: wrong, but no swap (and equal colours and sizes never count)
+    read[3, 0] = 0  # the single object on the wrong side
+    terms = {k: t.estimate() for k, t in ruler.binding_terms(read, wanted).items()}
+    assert terms == {"single_accuracy": 0.5, "pair_accuracy": 0.0, "swapped_rate": 0.5}
+    assert set(ruler.binding_terms(read[:1], wanted[:1])) == {"single_accuracy"}  # no pair asked: no pair terms
+    assert ruler.binding_terms(wanted, wanted)["swapped_rate"].estimate() == 0.0

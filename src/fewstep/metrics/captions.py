@@ -109,6 +109,23 @@ def attribute_terms(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, Sampl
     return {"prompt_accuracy": SampleMean(right), **out}
 
 
+def binding_terms(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, SampleMean]:
+    """Per-sample terms that say where prompt accuracy is lost: over one-object scenes (single_accuracy), over
+    two-object scenes (pair_accuracy), and the share of two-object scenes with an attribute swapped between the two
+    objects (swapped_rate: a binding error, e.g. "a red circle left of a blue square" drawn as a blue circle left of
+    a red square). A term is left out when no requested scene holds its kind."""
+    read, wanted = read.cpu(), wanted.cpu()
+    pair = wanted[:, 0] >= len(REGIONS)
+    right = attribute_terms(read, wanted)["prompt_accuracy"].values
+    swapped = torch.zeros_like(pair)
+    for first, second in ((1, 4), (2, 5), (3, 6)):
+        swapped |= ((read[:, first] == wanted[:, second]) & (read[:, second] == wanted[:, first])
+                    & (wanted[:, first] != wanted[:, second]))
+    terms = {"single_accuracy": SampleMean(right & ~pair, ~pair), "pair_accuracy": SampleMean(right & pair, pair),
+             "swapped_rate": SampleMean(swapped & pair, pair)}
+    return {k: t for k, t in terms.items() if t.weights.any()}
+
+
 def attribute_accuracy(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, float]:
     """prompt_accuracy and per-attribute accuracies of read rows vs requested rows (attribute_terms' estimates)."""
     return {k: t.estimate() for k, t in attribute_terms(read, wanted).items()}
@@ -220,7 +237,8 @@ def caption_quality(images: torch.Tensor, captions: list[str], split: str, clip:
     _check_split(wanted, split)
     net = attribute_network(images.shape[-1], config)
     reference = net.features(render(wanted, images.shape[-1], REFERENCE_SEED))
-    features, terms = net.features(images), attribute_terms(net.read(images), wanted)
+    read = net.read(images)
+    features, terms = net.features(images), {**attribute_terms(read, wanted), **binding_terms(read, wanted)}
     out = {"n": n, "split": split, "attribute_net": net.settings_hash, **{k: t.estimate() for k, t in terms.items()},
            **image_quality(features, reference), **_floor(net, wanted, reference)}
     if clip is not None:
