@@ -210,8 +210,11 @@ def test_accelerated_pipeline_folder_samples_as_the_plan_applied_by_hand(pipe, t
 def test_search_schedule_on_a_pipeline_folder(pipe, prompts_file, tmp_path, capsys):
     out = tmp_path / "schedule.json"
     assert main(["search-schedule", "--model", pipe, "--prompts", prompts_file, "--sampler", "euler", "--nfe", "3",
-                 "--n", "4", "--evaluations", "4", "--out", str(out)]) == 0
+                 "--n", "4", "--evaluations", "4", "--cfg-scale", "2.5", "--out", str(out)]) == 0
     found = json.loads(out.read_text())
+    model = load_model(pipe)  # the file's CFG scale is the plan's unless one is given
+    assert found["cfg_scale"] == 2.5 and build_plan(model, PlanSettings(schedule=str(out))).cfg_scale == 2.5
+    assert build_plan(model, PlanSettings(schedule=str(out), cfg_scale=1.0)).cfg_scale == 1.0
     assert len(found["sigmas"]) == 4 and found["sigmas"][-1] == 0 and found["objective"] == "agreement_rmse"
     assert found["prompts"] == prompts_file and found["quality"] <= found["start_quality"]
     assert main(["sample", "--model", pipe, "--prompts", prompts_file, "--schedule", str(out), "--n", "2",

@@ -44,7 +44,7 @@ class PlanSettings:
     sampler: str | None = None
     steps: int | None = None
     schedule: str | None = None  # karras | karras_trailing | loglinear | uniform | a schedule file (.json)
-    cfg_scale: float | None = None  # 1 = no guidance; None = the record's, else models.info.default_cfg_scale
+    cfg_scale: float | None = None  # 1 = no guidance; None = a schedule file's, the record's, else the default
     cfg_interval: tuple[float, float] | None = None  # guide only for LO < sigma <= HI
     guidance: str | None = None  # a guidance accelerator on top of CFG, e.g. "adaptive:threshold=0.995"; "none"
     cache: str | None = None  # a feature cache, e.g. "deepcache:interval=3"; "none"
@@ -125,8 +125,9 @@ class SamplingPlan:
 
 
 def _sigmas(model: LoadedModel, s: PlanSettings
-            ) -> tuple[str, str | None, torch.Tensor, tuple | None, dict | None]:
-    """(schedule name, a schedule file's sampler, sigmas, the sigmas as recorded, schedule options) for the settings."""
+            ) -> tuple[str, dict, torch.Tensor, tuple | None, dict | None]:
+    """(schedule name, a schedule file's record ({} without one), sigmas, the sigmas as recorded, schedule options) for
+    the settings."""
     recorded = {**DEFAULT_SAMPLER, **model.info.sampler}
     if is_schedule_file(s.schedule):
         found = read_schedule_file(s.schedule)
@@ -135,22 +136,22 @@ def _sigmas(model: LoadedModel, s: PlanSettings
             raise UserError(f"the schedule file {s.schedule} fixes the steps ({steps}); drop --steps")
         if s.schedule_options:
             raise UserError(f"the schedule file {s.schedule} fixes the sigmas; drop the schedule options")
-        return str(s.schedule), found["sampler"], explicit(found["sigmas"]), tuple(found["sigmas"][:-1]), None
+        return str(s.schedule), found, explicit(found["sigmas"]), tuple(found["sigmas"][:-1]), None
     if s.steps is None and s.schedule is None and not s.schedule_options and recorded.get("sigmas"):  # a student's
-        return recorded["schedule"], None, explicit(recorded["sigmas"]), tuple(recorded["sigmas"]), None
+        return recorded["schedule"], {}, explicit(recorded["sigmas"]), tuple(recorded["sigmas"]), None
     schedule = s.schedule or recorded["schedule"]
     steps = recorded["steps"] if s.steps is None else s.steps
     options = s.schedule_options or (recorded.get("schedule_options") if schedule == recorded["schedule"] else None)
     check_schedule_options(schedule, options or {})
-    return schedule, None, make_schedule(schedule, steps, model.denoiser.sigma_range, **(options or {})), None, options
+    return schedule, {}, make_schedule(schedule, steps, model.denoiser.sigma_range, **(options or {})), None, options
 
 
 def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> SamplingPlan:
     """Resolve `settings` against the model's record and a schedule file into an explicit, checked plan."""
     s = (settings or PlanSettings()).plan_settings()
-    schedule, file_sampler, sigmas, recorded_sigmas, schedule_options = _sigmas(model, s)
+    schedule, found, sigmas, recorded_sigmas, schedule_options = _sigmas(model, s)
     recorded_sampler = model.info.sampler.get("name", DEFAULT_SAMPLER["name"])
-    sampler = s.sampler or file_sampler or recorded_sampler
+    sampler = s.sampler or found.get("sampler") or recorded_sampler
     options = s.sampler_options or (model.info.sampler.get("options") if sampler == recorded_sampler else None)
     check_sampler_options(sampler, options or {})
     if s.mixed_precision not in (None, "no", "bf16", "fp16"):
@@ -158,7 +159,8 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
     recorded = model.info.acceleration or {}
     guided = {} if s.guidance == "none" else recorded
     interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
-    scale = s.cfg_scale if s.cfg_scale is not None else 1.0 if s.guidance == "none" else default_cfg_scale(model)
+    scale = (s.cfg_scale if s.cfg_scale is not None else 1.0 if s.guidance == "none"
+             else found.get("cfg_scale") or default_cfg_scale(model))  # a searched schedule's own scale
     return SamplingPlan(sampler=sampler, schedule=schedule, sigmas=sigmas, recorded_sigmas=recorded_sigmas,
                         cfg_scale=scale, cfg_interval=tuple(interval) if interval else None,
                         guidance=guided.get("guidance") if s.guidance is None else s.guidance,

@@ -99,7 +99,8 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
                     max_evaluations: int = 80, dataset: str | None = None, batch_size: int = 1000,
                     device: str = "cpu", prompts: str | None = None,
                     cfg_scale: float | None = None) -> dict[str, object]:
-    """Search `steps` sigmas for `sampler` on a model; the result (sigmas, quality, search cost) as a dict.
+    """Search `steps` sigmas for `sampler` on a model; the result (sigmas, quality, search cost, a text model's CFG
+    scale) as a dict.
 
     A text-to-image model samples `prompts` (a prompt set, fewstep.data.prompts) with CFG at `cfg_scale` (None = its
     recorded or default scale, 1 = no guidance) and is scored on decoded images (text_objective)."""
@@ -108,9 +109,10 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
     if seed == 0:
         raise UserError("the search must not see the ruler's seed 0; pick held-out seeds, e.g. --seed 1000")
     model = load_model(model_path, device)
-    denoiser, decode, prompt_set = model.denoiser, model.decode, None
+    denoiser, decode, prompt_set, guidance = model.denoiser, model.decode, None, {}
     if model.prompt_encoder is not None:
-        denoiser = guided_denoiser(model.denoiser, default_cfg_scale(model) if cfg_scale is None else cfg_scale)
+        guidance = {"cfg_scale": default_cfg_scale(model) if cfg_scale is None else cfg_scale}
+        denoiser = guided_denoiser(model.denoiser, guidance["cfg_scale"])
         name, quality, labels, prompt_set = text_objective(model, denoiser, n, prompts, dataset, seed, batch_size,
                                                            device)
     elif prompts is not None:
@@ -139,6 +141,7 @@ def search_schedule(model_path: str | Path, sampler: str, steps: int, n: int = 1
     return {"sigmas": append_zero(best.exp().float()).tolist(), "sampler": sampler, "steps": steps, "nfe": nfe,
             "objective": name, "quality": best_value, "start": "karras", "start_quality": values[0],
             "model": str(model.path), "model_hash": model_hash(model.path),
-            **({"dataset": data.name} if prompt_set is None else {"prompts": prompt_set}), "seed": seed, "n": n,
+            **({"dataset": data.name} if prompt_set is None else {"prompts": prompt_set}), **guidance, "seed": seed,
+            "n": n,
             "evaluations": len(values), "search_seconds": time.perf_counter() - began,
             "search_network_evaluations": len(values) * n * nfe}
