@@ -7,6 +7,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,21 @@ def test_torn_last_line_of_metrics_is_dropped(tmp_path):
     path.write_text('{"step": 5}\nnot json\n{"step": 10}\n')
     with pytest.raises(UserError, match="line 2"):
         read_json_lines(path)
+
+
+WRITER = ("import sys; from fewstep.core.files import append_json_lines\n"
+          "for i in range(200): append_json_lines(sys.argv[1], [{'writer': sys.argv[2], 'i': i, 'pad': 'x' * 20000}])")
+
+
+def test_concurrent_appends_never_interleave_a_row(tmp_path):
+    """Two evals appending to one results file at once keep every row whole (no run lock refuses the second)."""
+    from fewstep.core.files import read_json_lines
+
+    path = tmp_path / "results.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), w]) for w in "ab"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    rows = read_json_lines(path)
+    assert sorted((r["writer"], r["i"]) for r in rows) == [(w, i) for w in "ab" for i in range(200)]
 
 
 def _disk_full(*args, **kwargs):

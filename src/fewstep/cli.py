@@ -161,13 +161,6 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fewstep.runlock import hold
-
-    with hold(Path(args.out or ".") / args.results, folder=False):  # two evals never interleave rows in one file
-        return _run_eval(args)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
     from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -16,6 +15,7 @@ from fewstep.bench.reference import converged_samples
 from fewstep.core import cond as conds
 from fewstep.core.cond import Cond, CondLike
 from fewstep.core.errors import UserError
+from fewstep.core.files import append_json_lines
 from fewstep.core.noise import SampleNoise
 from fewstep.data import load_recorded
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
@@ -164,13 +164,8 @@ def sweep(model_path: str | Path, base: EvalSettings, samplers: Iterable[str], n
 
 
 def append_results(rows: list[dict[str, object]], path: str | Path) -> Path:
-    """Append rows to a JSON-lines results file (results only grow)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
+    """Append rows to a JSON-lines results file (results only grow; concurrent writers wait for each other)."""
+    return append_json_lines(path, rows)
 
 
 def write_csv(rows: list[dict[str, object]], path: str | Path) -> Path:

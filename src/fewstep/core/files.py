@@ -15,6 +15,11 @@ from typing import Any, Iterator
 
 from fewstep.core.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: appends are not locked
+    fcntl = None
+
 TEMPORARY = ".tmp-"  # prefix of every folder or file written beside its final name
 
 
@@ -61,10 +66,13 @@ def read_json_lines(path: str | Path, what: str = "a JSON-lines file") -> list[d
 
 
 def append_json_lines(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Append one JSON object per line, after completing a torn last line so no row is glued to a broken one."""
+    """Append one JSON object per line, after completing a torn last line so no row is glued to a broken one; writers
+    in other processes wait for each other (an OS lock on the file), so concurrent runs never interleave a row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
