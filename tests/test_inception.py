@@ -130,5 +130,7 @@ def test_eval_inception_adds_fid_inception_to_the_row(tiny_teacher, weights, net
     assert code == 0
     row = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert row["fid_inception"] > 0 and math.isfinite(row["fid_inception_floor"]) and row["fid_inception_floor"] > 0
+    assert row["fid_inception_lo"] <= row["fid_inception"] <= row["fid_inception_hi"]  # the jackknife's, as fd's
+    assert {"fd", "fid_inception"} <= set(row["jackknife"]) and len(row["jackknife"]["fid_inception"][0]) == 8
     assert row["inception_weights"] == net.weights_hash and row["inception"] == str(weights)
     assert row["n"] == 8 and row["floor_n"] == 8

@@ -128,7 +128,8 @@ def evaluate_model(model_path: str | Path, settings: EvalSettings) -> dict[str, 
         if s.agreement else None
     metrics = evaluate_samples(data, result.samples, labels, reference)
     if inception is not None:
-        metrics.update(inception_quality(data, result.samples, inception))
+        fid = inception_quality(data, result.samples, inception)
+        metrics.update(fid, jackknife={**metrics.get("jackknife", {}), **fid["jackknife"]})
     return result_row(model_path, model, s, {"dataset": data.name, "dataset_spec": str(data.spec or data.name),
                                              "nfe": result.nfe, **skipped, **metrics, **cost, **seeds_row,
                                              **(searched.row(cost) if searched else {})})

@@ -20,6 +20,7 @@ from fewstep.data.base import Dataset
 from fewstep.metrics.cache import cache_path, settings_hash, tensor_digest, write_atomically
 from fewstep.metrics.floor import real_split
 from fewstep.metrics.image import frechet_distance, real_images
+from fewstep.metrics.uncertainty import jackknife_interval, jackknife_values
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -262,12 +263,17 @@ def inception_fid(images_a: torch.Tensor, images_b: torch.Tensor, weights: str |
 
 def inception_quality(data: Dataset, samples: torch.Tensor, net: InceptionFeatures,
                       n_ref: int | None = None) -> dict[str, float | str]:
-    """fid_inception of samples against the ruler's real reference set, and its floor (held-out real images)."""
+    """fid_inception of samples against the ruler's real reference set, its jackknife interval (as fd's: leave-group
+    values of both sides, kept under "jackknife" for paired differences) and its floor (held-out real images)."""
     if data.kind != "image":
         raise UserError(f"{data.name} is not an image dataset: standard Inception FID needs images")
     images, _ = real_images(data)
     split = real_split(len(images), len(samples), n_ref)
     reference = inception_features(images[split.reference], net)
-    return {"fid_inception": frechet_distance(inception_features(samples, net, cache=False), reference),
+    features = inception_features(samples, net, cache=False)
+    fid = frechet_distance(features, reference)
+    values = jackknife_values(lambda a, b: frechet_distance(features[a], reference[b]), len(features), len(reference))
+    low, high = jackknife_interval("fid_inception", fid, values)
+    return {"fid_inception": fid, "fid_inception_lo": low, "fid_inception_hi": high,
             "fid_inception_floor": frechet_distance(inception_features(images[split.held_out], net), reference),
-            "inception_weights": net.weights_hash}
+            "inception_weights": net.weights_hash, "jackknife": {"fid_inception": values}}

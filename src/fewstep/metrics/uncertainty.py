@@ -42,7 +42,7 @@ SAMPLES, REFERENCE, SEEDS = 0, 1, 2  # the index streams: sample indices, refere
 JACKKNIFE_GROUPS = 20  # groups of the delete-a-group jackknife (items grouped by index mod g)
 
 SHARES = ("precision", "recall", "accuracy", "confidence", "logp_finite", "modes_covered", "off_mode")
-NON_NEGATIVE = ("fd", "sw2", "worst_mode_ratio", "clip_score")
+NON_NEGATIVE = ("fd", "fid_inception", "sw2", "worst_mode_ratio", "clip_score")
 
 Row = Mapping[str, object]
 
