@@ -1,5 +1,5 @@
-"""One run per folder: a second process on a held --out (or results file) is refused in one line naming the holder;
-the lock dies with its process (issue 14)."""
+"""One run per folder: a second process on a held --out is refused in one line naming the holder; the lock dies with
+its process (issue 14). A results file is shared: an eval waits for another writer's row, never refused."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,16 @@ from fewstep.core.errors import UserError
 from fewstep.runlock import hold
 
 HOLDER = ("import sys; from fewstep.runlock import hold\n"
-          "with hold(sys.argv[1], folder=sys.argv[2] == 'folder'):\n"
+          "with hold(sys.argv[1]):\n"
           "    print('held', flush=True); sys.stdin.read()")
+APPENDER = ("import fcntl, sys\n"  # a writer in the middle of appending to a results file
+            "with open(sys.argv[1], 'a+b') as f:\n"
+            "    fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read(); f.write(b'{}\\n')")
 
 
-def holder(path: Path, folder: bool = True) -> subprocess.Popen:
+def holder(path: Path, script: str = HOLDER) -> subprocess.Popen:
     """Another process holding `path`'s lock until its stdin closes."""
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "folder" if folder else "file"],
+    p = subprocess.Popen([sys.executable, "-c", script, str(path)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -49,14 +53,13 @@ def test_second_run_on_one_out_is_refused_and_the_first_finishes_alone(capsys, t
     assert steps == [5, 10]  # exactly one run's lines
 
 
-def test_results_files_and_bench_folders_are_locked(capsys, tmp_path, tiny_teacher):
+def test_an_eval_waits_for_another_writer_and_bench_folders_are_locked(capsys, tmp_path, tiny_teacher):
     results = tmp_path / "r.jsonl"
-    first = holder(results, folder=False)
-    try:
-        assert f"PID {first.pid}" in refusal(capsys, ["eval", "--model", str(tiny_teacher), "--results", str(results),
-                                                      "--n", "8"])
-    finally:
-        first.communicate("")
+    first = holder(results, APPENDER)
+    threading.Timer(1.0, first.communicate, [""]).start()  # the other writer finishes its row a second later
+    assert main(["eval", "--model", str(tiny_teacher), "--results", str(results), "--n", "8", "--no-agreement"]) == 0
+    assert first.returncode == 0
+    assert [json.loads(ln) == {} for ln in results.read_text().splitlines()] == [True, False]  # theirs, then ours
     bench = holder(tmp_path / "bench")
     try:
         assert f"PID {bench.pid}" in refusal(capsys, ["bench", "--teacher", str(tiny_teacher), "--out",

@@ -2,7 +2,7 @@
 
 The lock belongs to the open file, so it dies with the process: a run killed with kill -9 never leaves a stale lock.
 The holder writes its PID into the lock file, so a second run is refused with one line that names it. Nested holds
-of one path in one process (distill -> its stages, bench -> its results file) are counted, not re-locked; under a
+of one path in one process (distill -> its stages) are counted, not re-locked; under a
 multi-process launch only the main process (RANK 0) locks.
 """
 
@@ -27,10 +27,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _held: dict[Path, tuple[int, int]] = {}  # resolved lock path -> (file descriptor, nesting depth)
 
 
-def lock_path(path: str | Path, folder: bool = True) -> Path:
-    """The lock file of a run folder (FOLDER/.lock) or of a results file (FILE.lock beside it)."""
-    path = Path(path)
-    return path / LOCK_NAME if folder else path.with_name(path.name + ".lock")
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a run folder: FOLDER/.lock."""
+    return Path(path) / LOCK_NAME
 
 
 def _holder(fd: int) -> str:
@@ -40,13 +39,12 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
-    """Hold the lock of run folder `path` (or results file, folder=False) for the block; refused with a UserError if
-    another process holds it."""
+def hold(path: str | Path) -> Iterator[None]:
+    """Hold the lock of run folder `path` for the block; refused with a UserError if another process holds it."""
     if fcntl is None or os.environ.get("RANK", "0") != "0":
         yield
         return
-    lock = lock_path(path, folder)
+    lock = lock_path(path)
     created, fresh = not lock.parent.exists(), not lock.exists()
     lock.parent.mkdir(parents=True, exist_ok=True)
     key = lock.resolve()
@@ -80,7 +78,7 @@ def hold(path: str | Path, folder: bool = True) -> Iterator[None]:
             if created and [p.name for p in lock.parent.iterdir()] == [lock.name]:  # refused before writing anything
                 lock.unlink()
                 lock.parent.rmdir()
-            elif fresh and failed and folder:  # a refused run leaves a user's existing folder as it found it
+            elif fresh and failed:  # a refused run leaves a user's existing folder as it found it
                 lock.unlink(missing_ok=True)
             os.close(fd)  # closing the last descriptor releases the flock
 
