@@ -69,3 +69,10 @@ def test_search_mistakes(toy_teacher, tmp_path):
         read_schedule_file(tmp_path / "bad.json")
     assert main(["sample", "--model", str(toy_teacher), "--schedule", str(tmp_path / "none.json"),
                  "--out", str(tmp_path / "x.png")]) == 2
+    for scale in ("3", -1, None):  # a recorded CFG scale is a positive number
+        (tmp_path / "scale.json").write_text(json.dumps({"sigmas": [2.0, 1.0, 0.0], "sampler": "euler",
+                                                         "cfg_scale": scale}))
+        with pytest.raises(UserError, match="'cfg_scale' must be a positive number"):
+            read_schedule_file(tmp_path / "scale.json")
+    assert main(["sample", "--model", str(toy_teacher), "--schedule", str(tmp_path / "scale.json"),
+                 "--out", str(tmp_path / "x.png")]) == 2

@@ -161,8 +161,9 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fewstep.bench.evaluate import EvalSettings, append_results, evaluate_model, plot_sweep, sweep, write_csv
+    from fewstep.bench.evaluate import EvalSettings, evaluate_model, plot_sweep, sweep, write_csv
     from fewstep.core.errors import UserError
+    from fewstep.core.files import append_json_lines
 
     settings = EvalSettings(**vars(_plan_settings(args)), n=args.n, seed=_seeds(args)[0], batch_size=args.batch_size,
                             timing_batch=args.timing_batch, agreement=not args.no_agreement, dataset=args.dataset,
@@ -179,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = Path(args.out or ".") / args.results
     rows = []
     for row in found:  # each row is appended as soon as it is measured, so a stopped sweep keeps its rows
-        append_results([row], results)
+        append_json_lines(results, [row])
         rows.append(row)
         _print_row(row, args.json)
     if args.sweep:

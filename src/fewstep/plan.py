@@ -159,8 +159,12 @@ def build_plan(model: LoadedModel, settings: PlanSettings | None = None) -> Samp
     recorded = model.info.acceleration or {}
     guided = {} if s.guidance == "none" else recorded
     interval = guided.get("cfg_interval") if s.cfg_interval is None else s.cfg_interval
-    scale = (s.cfg_scale if s.cfg_scale is not None else 1.0 if s.guidance == "none"
-             else found.get("cfg_scale") or default_cfg_scale(model))  # a searched schedule's own scale
+    if s.cfg_scale is not None:
+        scale = s.cfg_scale
+    elif s.guidance == "none":
+        scale = 1.0
+    else:  # a searched schedule's own scale, else the record's or the default
+        scale = found["cfg_scale"] if "cfg_scale" in found else default_cfg_scale(model)
     return SamplingPlan(sampler=sampler, schedule=schedule, sigmas=sigmas, recorded_sigmas=recorded_sigmas,
                         cfg_scale=scale, cfg_interval=tuple(interval) if interval else None,
                         guidance=guided.get("guidance") if s.guidance is None else s.guidance,

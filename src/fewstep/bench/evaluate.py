@@ -15,7 +15,6 @@ from fewstep.bench.reference import converged_samples
 from fewstep.core import cond as conds
 from fewstep.core.cond import Cond, CondLike
 from fewstep.core.errors import UserError
-from fewstep.core.files import append_json_lines
 from fewstep.core.noise import SampleNoise
 from fewstep.data import load_recorded
 from fewstep.metrics import count_flops, evaluate_samples, peak_memory, time_per_sample
@@ -162,11 +161,6 @@ def sweep(model_path: str | Path, base: EvalSettings, samplers: Iterable[str], n
             for nfe in nfes:
                 yield evaluate_model(model_path, replace(base, sampler=sampler, schedule=schedule,
                                                          steps=steps_for_nfe(sampler, nfe)))
-
-
-def append_results(rows: list[dict[str, object]], path: str | Path) -> Path:
-    """Append rows to a JSON-lines results file (results only grow; concurrent writers wait for each other)."""
-    return append_json_lines(path, rows)
 
 
 def write_csv(rows: list[dict[str, object]], path: str | Path) -> Path:

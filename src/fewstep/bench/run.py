@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from fewstep.bench.evaluate import append_results, evaluate_model, quality_key, write_csv
+from fewstep.bench.evaluate import evaluate_model, quality_key, write_csv
 from fewstep.bench.provenance import stamp
-from fewstep.core.files import read_json_lines
+from fewstep.core.files import append_json_lines, read_json_lines
 from fewstep.bench.report import PLOTS, interval_text, label, plot_pareto, render_report
 from fewstep.bench.suite import BenchRow, Suite, suite_rows
 from fewstep.data import load_dataset
@@ -96,7 +96,7 @@ def _measure(planned: dict[str, BenchRow], results: Path) -> dict[str, dict]:
         for i, key in enumerate(todo, 1):
             p = planned[key]
             row = {**evaluate_model(p.model, p.settings), "row_id": row_id(p, key), "family": p.family, "role": p.role}
-            append_results([row], results)
+            append_json_lines(results, [row])
             done[key] = row
             bar.update()
             bar.write(_progress_line(row, i, len(todo), bar), file=sys.stderr)

@@ -131,6 +131,9 @@ def read_schedule_file(path: str | Path) -> dict[str, Any]:
         result["sigmas"] = explicit(result["sigmas"]).tolist()
         if not isinstance(result["sampler"], str):
             raise TypeError("'sampler' must be a sampler name")
+        scale = result.get("cfg_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise TypeError(f"'cfg_scale' must be a positive number, got {scale!r}")
     except UserError as e:
         raise UserError(f"{path} is not a schedule file: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
