@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -137,3 +138,16 @@ def test_other_backbones_train_and_lower_the_loss(tmp_path, arch, dataset):
     train_teacher(cfg, tmp_path)
     losses = [json.loads(ln)["loss_model"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_cosine_decay_warms_up_then_falls_to_a_tenth(tmp_path):
+    cfg = tiny_config(arch="mlp", dataset="moons", steps=40, log_every=1, lr=2e-3, lr_warmup_steps=10,
+                      lr_decay="cosine")
+    train_teacher(cfg, tmp_path)
+    lr = [json.loads(ln)["lr"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lr) == 40 and lr[0] == pytest.approx(2e-4)  # warm-up: (step + 1) / 10 of the rate
+    # half a cosine over the whole run (times the warm-up): from lr at step 0 to 0.1 x lr at the last step
+    assert lr[9] == pytest.approx(2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 9 / 39)))) == max(lr)
+    assert lr[-1] == pytest.approx(2e-4)
+    after = lr[lr.index(max(lr)):]
+    assert all(a >= b for a, b in zip(after, after[1:]))  # falls monotonically after the warm-up

@@ -119,6 +119,7 @@ def test_frozen_text_encoder_keeps_its_initialisation(data, tmp_path):
     (["--text-encoder", "nonsense"], "--text-encoder"),
     (["--prediction-type", "sample"], "--prediction-type"),
     (["--objective", "flow"], "--objective flow"),
+    (["--lr-decay", "linear"], "lr_decay must be one of none, cosine"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--dataset", "captions", "--preset", "tiny", "--out", str(tmp_path / "bad"), *flags])

@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 def option(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with its command-line help in the metadata; `at_least=`, `above=` and `at_most=` bound a
-    number (checked by build_config, which then also refuses NaN and infinity)."""
+    number (checked by build_config, which then also refuses NaN and infinity), `one_of=` lists the allowed values."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -83,7 +83,10 @@ BOUNDS = {"at_least": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: 
 
 
 def _check_bounds(f: dataclasses.Field, value: Any, where: str) -> None:
-    """A one-line UserError when a bounded number is out of its bounds, NaN or infinite."""
+    """A one-line UserError when a bounded number is out of its bounds, NaN or infinite, or a value not one_of."""
+    allowed = f.metadata.get("one_of")
+    if allowed is not None and value not in allowed:
+        raise UserError(f"{where}: {f.name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     bounds = [(k, f.metadata[k]) for k in BOUNDS if k in f.metadata]
     if not bounds or not isinstance(value, (int, float)):
         return
@@ -170,6 +173,7 @@ class LoopConfig:
     batch_size: int
     lr: float
     lr_warmup_steps: int = 0
+    lr_decay: str = "none"
     grad_clip: float = 0.0
     ema_halflife_steps: float = 100.0
     log_every: int = 50
@@ -178,6 +182,9 @@ class LoopConfig:
     keep_checkpoints: int = 2
     guard: GuardConfig = GuardConfig()
 
+
+LR_DECAYS = ("none", "cosine")  # constant, or half a cosine over the run (times the warm-up) down to LR_FLOOR x lr
+LR_FLOOR = 0.1
 
 # settings every training command shares; a resumed run may change those in RESUMABLE_RUN
 RESUMABLE_RUN = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device", "max_rollbacks")
@@ -213,6 +220,9 @@ class TrainConfig:
     batch_size: int = option(128, "global batch size (split over processes)", at_least=1)
     lr: float = option(1e-3, "Adam learning rate", above=0.0)
     lr_warmup_steps: int = option(200, "linear learning-rate warm-up", at_least=0)
+    lr_decay: str = option("none", "learning-rate decay: none (constant after warm-up) | cosine (half a cosine over "
+                                   "the run's steps, times the warm-up, down to 0.1x at the last step)",
+                           one_of=LR_DECAYS)
     grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", at_least=0.0)
     ema_halflife_steps: float = option(400.0, "EMA half-life in steps", above=0.0)
     p_mean: float = option(-1.2, "mean of ln(sigma) during training (EDM's log-normal noise)")
@@ -235,7 +245,7 @@ class TrainConfig:
     def loop(self) -> LoopConfig:
         """The training loop's settings."""
         return LoopConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                          lr_warmup_steps=self.lr_warmup_steps, grad_clip=self.grad_clip,
+                          lr_warmup_steps=self.lr_warmup_steps, lr_decay=self.lr_decay, grad_clip=self.grad_clip,
                           ema_halflife_steps=self.ema_halflife_steps, log_every=self.log_every,
                           sample_every=self.sample_every, checkpoint_every=self.checkpoint_every,
                           keep_checkpoints=self.keep_checkpoints,
@@ -254,10 +264,10 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("base", "vector"): dict(steps=20_000, batch_size=1024, lr=1e-3, ema_halflife_steps=1000, sample_every=5000,
                              checkpoint_every=2000),
     # latent text-to-image (captions): vae_steps of the autoencoder, then steps of the U-Net (train/text2image.py)
-    ("tiny", "text"): dict(vae_steps=6, steps=6, batch_size=8, lr_warmup_steps=2, ema_halflife_steps=3, log_every=2,
-                           sample_every=0, checkpoint_every=3),
-    ("small", "text"): dict(vae_steps=800, steps=4000, batch_size=32, lr=1e-3, ema_halflife_steps=300,
-                            sample_every=500, checkpoint_every=250),
+    ("tiny", "text"): dict(vae_steps=6, steps=6, batch_size=8, lr_warmup_steps=2, lr_decay="cosine",
+                           ema_halflife_steps=3, log_every=2, sample_every=0, checkpoint_every=3),
+    ("small", "text"): dict(vae_steps=800, steps=4000, batch_size=32, lr=1e-3, lr_decay="cosine",
+                            ema_halflife_steps=300, sample_every=500, checkpoint_every=250),
     ("base", "text"): dict(vae_steps=20_000, steps=100_000, batch_size=256, lr=5e-4, ema_halflife_steps=2000,
                            sample_every=5000, checkpoint_every=2000),
 }
@@ -328,7 +338,7 @@ class DistillConfig:
     def loop(self) -> LoopConfig:
         """The training loop's settings for one stage."""
         return LoopConfig(steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
-                          lr_warmup_steps=self.lr_warmup_steps, grad_clip=self.grad_clip,
+                          lr_warmup_steps=self.lr_warmup_steps, lr_decay=self.lr_decay, grad_clip=self.grad_clip,
                           ema_halflife_steps=self.ema_halflife_steps, log_every=self.log_every,
                           sample_every=self.sample_every, checkpoint_every=self.checkpoint_every,
                           keep_checkpoints=self.keep_checkpoints,

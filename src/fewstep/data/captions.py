@@ -10,7 +10,10 @@ Grammar (every caption is one of two forms; a parser reads any of them back):
 
 A scene's attributes are one canonical row of ATTRIBUTES: the layout (a region for one object, a horizontal or
 vertical pair for two), then shape, colour and size of slot 0 (the object, or the left / top one of a pair) and
-slot 1 (the right / bottom one; -1 when absent). Some colour+shape pairs (HELDOUT_PAIRS) never occur in training
+slot 1 (the right / bottom one; -1 when absent). Drawn captions name a pair from slot 0 ("left of", "above"): CLIP's
+text encoder is causal, so under free word order the first-named object's words cannot see the relation that says
+which object they describe, and a teacher then swaps attributes between the objects in about half of its pairs
+(docs/BENCHMARKS.md §13); the parser still reads both orders. Some colour+shape pairs (HELDOUT_PAIRS) never occur in training
 captions; the held-out test split holds exactly the captions that contain one, to measure compositional
 generalisation.
 """
@@ -147,7 +150,8 @@ def _objects(rng: np.random.Generator, pairs: list[tuple[int, int]], n: int) -> 
 def draw_prompts(split: str, n: int) -> Prompts:
     """n captions of a split (see SPLITS) with their attribute rows.
 
-    Half the scenes hold one object in a uniform region, half a horizontal or vertical pair. "train" and "seen" use
+    Half the scenes hold one object in a uniform region, half a horizontal or vertical pair, named from its left / top
+    object (caption_of's canonical order). "train" and "seen" use
     only the colour+shape pairs outside HELDOUT_PAIRS; every "heldout" scene contains at least one held-out pair;
     "ruler" (the attribute network's training data) uses every pair.
     """
@@ -168,8 +172,7 @@ def draw_prompts(split: str, n: int) -> Prompts:
             pairs = every if split == "ruler" else seen
             slot0, slot1 = _objects(rng, pairs, BLOCK), _objects(rng, pairs, BLOCK)
         block = np.concatenate([layout[:, None], slot0, np.where(pair[:, None], slot1, -1)], 1)[:rows]
-        flips = rng.random(BLOCK) < 0.5
-        captions += [caption_of(row, bool(flip)) for row, flip in zip(block, flips)]
+        captions += [caption_of(row) for row in block]
         blocks.append(block)
     return Prompts(captions, torch.from_numpy(np.concatenate(blocks)).long())
 

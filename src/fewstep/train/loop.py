@@ -35,7 +35,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from fewstep.config import GuardConfig, LoopConfig
+from fewstep.config import LR_FLOOR, GuardConfig, LoopConfig
 from fewstep.core.device import check_device
 from fewstep.core.errors import UserError
 from fewstep.core.files import append_json_lines, read_json_lines, remove_temporaries
@@ -88,7 +88,12 @@ def make_accelerator(device: str, mixed_precision: str):
 
 
 def _lr(config: LoopConfig, step: int, scale: float) -> float:
-    return config.lr * scale * min(1.0, (step + 1) / max(config.lr_warmup_steps, 1))
+    warm_up = min(1.0, (step + 1) / max(config.lr_warmup_steps, 1))
+    decay = 1.0
+    if config.lr_decay == "cosine":
+        done = min(step / max(config.steps - 1, 1), 1.0)
+        decay = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done))
+    return config.lr * scale * warm_up * decay
 
 
 class MetricsLog:

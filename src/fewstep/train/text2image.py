@@ -197,7 +197,8 @@ def train_text_to_image(cfg: TrainConfig, out: str | Path, resume: bool = False,
         vae = build_vae(cfg.preset, data.shape[-1])
         latent_shape = (vae.config.latent_channels, *[n // 2 ** (len(vae.config.block_out_channels) - 1)
                                                       for n in data.shape[1:]])
-        loop = replace(cfg.loop(), steps=cfg.vae_steps, sample_every=0)
+        # the autoencoder keeps a constant rate (--lr-decay is the U-Net's; the reconstruction is at 40 dB without it)
+        loop = replace(cfg.loop(), steps=cfg.vae_steps, sample_every=0, lr_decay="none")
         trained = run_loop(AutoencoderTraining(vae, latent_shape), TensorSource(data.train, seed=cfg.seed), loop,
                            vae_dir, accelerator=acc, stop_at=stop_at)
         if stop_at is not None and stop_at < cfg.vae_steps:
