@@ -255,19 +255,19 @@ def test_cli_sample_searches_caption_prompts_each_against_its_own_prompt(pipe, c
     from fewstep.search.run import model_data
 
     tensors = tmp_path / "s.safetensors"
-    assert main(["sample", "--model", pipe, "--prompts", captions_file, "--n", "4", "--steps", "2", "--search",
+    assert main(["sample", "--model", pipe, "--prompts", captions_file, "--n", "8", "--steps", "2", "--search",
                  f"best-of:n=3,{CAPTIONS_VERIFIER}", "--save-tensor", str(tensors),
                  "--out", str(tmp_path / "g.png")]) == 0
-    assert "3 candidates per sample, NFE 6 per sample over every candidate (24 in all)" in capsys.readouterr().out
+    assert "3 candidates per sample, NFE 6 per sample over every candidate (48 in all)" in capsys.readouterr().out
     model = load_model(pipe)
-    prompts = [read_prompts(captions_file)[i % 2] for i in range(4)]
+    prompts = [read_prompts(captions_file)[i % 2] for i in range(8)]
     verifier = build_verifier(fast_verifier, model_data(model))
     # candidate c of item i is the plain sample of noise index i + c * STRIDE, scored against prompt i
-    candidates = [sample_model(model, 4, PlanSettings(steps=2), prompts=prompts,
-                               indices=[i + c * STRIDE for i in range(4)]).samples for c in range(3)]
+    candidates = [sample_model(model, 8, PlanSettings(steps=2), prompts=prompts,
+                               indices=[i + c * STRIDE for i in range(8)]).samples for c in range(3)]
     scores = torch.stack([verifier.score(model.decode(x), prompts) for x in candidates])
     best = scores.argmax(0)
-    assert torch.equal(load_file(tensors)["samples"], torch.stack(candidates)[best, torch.arange(4)])
+    assert torch.equal(load_file(tensors)["samples"], torch.stack(candidates)[best, torch.arange(8)])
     assert len(set(best.tolist())) > 1  # the search did choose: not every item kept the same candidate
 
 

@@ -338,7 +338,7 @@ class DistillConfig:
     def loop(self) -> LoopConfig:
         """The training loop's settings for one stage."""
         return LoopConfig(steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
-                          lr_warmup_steps=self.lr_warmup_steps, lr_decay=self.lr_decay, grad_clip=self.grad_clip,
+                          lr_warmup_steps=self.lr_warmup_steps, grad_clip=self.grad_clip,
                           ema_halflife_steps=self.ema_halflife_steps, log_every=self.log_every,
                           sample_every=self.sample_every, checkpoint_every=self.checkpoint_every,
                           keep_checkpoints=self.keep_checkpoints,

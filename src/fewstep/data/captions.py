@@ -13,9 +13,9 @@ vertical pair for two), then shape, colour and size of slot 0 (the object, or th
 slot 1 (the right / bottom one; -1 when absent). Drawn captions name a pair from slot 0 ("left of", "above"): CLIP's
 text encoder is causal, so under free word order the first-named object's words cannot see the relation that says
 which object they describe, and a teacher then swaps attributes between the objects in about half of its pairs
-(docs/BENCHMARKS.md §13); the parser still reads both orders. Some colour+shape pairs (HELDOUT_PAIRS) never occur in training
-captions; the held-out test split holds exactly the captions that contain one, to measure compositional
-generalisation.
+(docs/BENCHMARKS.md §13); the parser still reads both orders. Some colour+shape pairs (HELDOUT_PAIRS) never
+occur in training captions; the held-out test split holds exactly the captions that contain one, to measure
+compositional generalisation.
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def draw_prompts(split: str, n: int) -> Prompts:
     """n captions of a split (see SPLITS) with their attribute rows.
 
     Half the scenes hold one object in a uniform region, half a horizontal or vertical pair, named from its left / top
-    object (caption_of's canonical order). "train" and "seen" use
-    only the colour+shape pairs outside HELDOUT_PAIRS; every "heldout" scene contains at least one held-out pair;
+    object (caption_of's canonical order). "train" and "seen" use only the colour+shape pairs outside HELDOUT_PAIRS;
+    every "heldout" scene contains at least one held-out pair;
     "ruler" (the attribute network's training data) uses every pair.
     """
     if split not in SPLITS:
