@@ -1,4 +1,4 @@
-"""The captions teacher's learning curve from a run that is still training: each U-Net checkpoint's EMA model draws
+"""The captions U-Net teacher's learning curve from a run that is still training: each checkpoint's EMA model draws
 the first N seen captions (the recorded sampler and CFG scale) and the captions ruler scores them.
 
     python benchmarks/captions_curve.py RUN --n 100 --out curve.jsonl   # every checkpoint present, one JSON line each
@@ -33,6 +33,7 @@ def ema_network(run: Path, cfg: dict):
 def main() -> None:
     from diffusers import AutoencoderKL
 
+    from fewstep.config import TrainConfig, build_config
     from fewstep.data.captions import caption_prompts
     from fewstep.metrics.captions import caption_quality
     from fewstep.train.text2image import noise_scheduler, preview_row, text_preview
@@ -53,7 +54,7 @@ def main() -> None:
         if step in done or not (checkpoint / "state.json").exists():
             continue
         network.load_state_dict(load_file(checkpoint / "model-ema.safetensors"))
-        images = text_preview(network, vae, noise_scheduler(cfg["prediction_type"]), cfg["prediction_type"],
+        images = text_preview(network, vae, noise_scheduler(build_config(TrainConfig, cfg)), cfg["prediction_type"],
                               captions, args.out.with_name(f"{args.out.stem}-step{step:05d}.png"))
         row = {"n": args.n, **preview_row(step, caption_quality(images, captions, "seen"))}
         print(json.dumps(row), flush=True)

@@ -1,5 +1,5 @@
 """Stable-Diffusion-layout pipeline folders: fewstep's samplers with classifier-free guidance equal diffusers' own
-StableDiffusion(XL)Pipeline from the same initial latents; scheduler settings honoured or refused; bad folders and
+StableDiffusion(XL / 3)Pipeline from the same initial latents; scheduler settings honoured or refused; bad folders and
 wrong conditions refused with one line."""
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import shutil
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from fewstep.core.cond import Cond
+from fewstep.core.noise import SampleNoise
 from fewstep.core.errors import UserError
 from fewstep.core.schedules import make_schedule
 from fewstep.models import load_model
-from fewstep.models.tiny import build_clip_tokenizer, save_tiny_pipeline, tiny_scheduler
-from fewstep.samplers import SAMPLERS, CFGDenoiser, initial_latents
+from fewstep.models.tiny import build_clip_tokenizer, save_tiny_pipeline, save_tiny_sd3_pipeline, tiny_scheduler
+from fewstep.samplers import SAMPLERS, CFGDenoiser, generate, initial_latents
 
 PROMPTS = ["a red cat", "a photo of a small dog on a tree"]
 VP_COORDINATES = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "PNDMScheduler")
@@ -124,6 +125,44 @@ def test_sdxl_layout_equals_stable_diffusion_xl_pipeline(tmp_path):
     ref = diffusers_images(StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True), x, 6, 3.0,
                            "a blue car")
     assert (with_negative - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("settings, negative", [({"shift": 3.0}, None), ({"use_dynamic_shifting": True}, "a blue car")])
+def test_sd3_layout_equals_stable_diffusion_3_pipeline(tmp_path, settings, negative):
+    """Two CLIP encoders side by side, padded to the joint width, then the 256 zero tokens of a missing T5; pooled
+    projections side by side; the shifted flow schedule; the VAE's shift and scale; prompts encoded by fewstep."""
+    folder = save_tiny_sd3_pipeline(tmp_path / "sd3", **settings)
+    model = load_model(folder)
+    assert model.info.kind == "latent" and model.info.shape == [4, 8, 8] and model.info.image_shape == [3, 16, 16]
+    cond = model.encode_prompts(PROMPTS, negative)
+    assert cond.text.shape == (2, 77 + 256, 64) and cond.pooled.shape == (2, 64)
+    assert not cond.text[:, 77:].any() and cond.text[:, :77].any()
+    sigmas = make_schedule(model.info.sampler["schedule"], 5, model.denoiser.sigma_range)
+    ours = model.decode(generate(CFGDenoiser(model.denoiser, 4.0), model.info.shape, 2, sigmas, "euler", 0,
+                                 cond).samples)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
+                                                    tokenizer_3=None)
+    with torch.no_grad():
+        ref = pipe(PROMPTS, negative_prompt=None if negative is None else [negative] * 2, num_inference_steps=5,
+                   guidance_scale=4.0, latents=SampleNoise(0, range(2)).randn(model.info.shape), height=16, width=16,
+                   output_type="pt").images * 2 - 1
+    assert ((ref > -1) & (ref < 1)).float().mean() > 0.9
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def test_sd3_folder_without_text_encoders_stays_a_bare_transformer(tmp_path):
+    """An SD3 pipeline saved without its encoders (text_encoder: [null, null]) takes prompt embeddings, as before."""
+    folder = save_tiny_sd3_pipeline(tmp_path / "sd3")
+    index = json.loads((folder / "model_index.json").read_text())
+    names = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    (folder / "model_index.json").write_text(json.dumps({**index, **{k: [None, None] for k in names}}))
+    model = load_model(folder)
+    assert model.prompt_encoder is None and model.info.extra["text_conditioned"]
+    with pytest.raises(UserError, match="has no text encoder"):
+        model.encode_prompts(PROMPTS)
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": ["transformers", "BertModel"]}))
+    with pytest.raises(UserError, match="text_encoder_3 is a BertModel; fewstep reads T5EncoderModel"):
+        load_model(folder)
 
 
 def test_set_alpha_to_one_false_stops_at_the_lowest_trained_sigma(base, tmp_path):
@@ -244,8 +283,8 @@ def test_unsupported_pipelines_are_refused(base, tmp_path):
     folder = tmp_path / "sd"
     shutil.copytree(base["epsilon"], folder)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
-    with pytest.raises(UserError, match="StableDiffusion3Pipeline is not supported"):
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyV22Pipeline"}))
+    with pytest.raises(UserError, match="KandinskyV22Pipeline is not supported"):
         load_model(folder)
     (folder / "model_index.json").write_text(json.dumps(index))
     config = json.loads((folder / "unet" / "config.json").read_text())

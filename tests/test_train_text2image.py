@@ -1,5 +1,6 @@
 """The captions text-to-image teacher (tiny preset): its three stages run and resume bit-exactly, and its export is a
-StableDiffusionPipeline folder that plain diffusers runs and fewstep loads, both sampling the same images."""
+StableDiffusionPipeline folder (or, with --objective flow, a StableDiffusion3Pipeline) that plain diffusers runs and
+fewstep loads, both sampling the same images."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import json
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from fewstep.cli import main
+from fewstep.core.noise import SampleNoise
 from fewstep.core.schedules import make_schedule
 from fewstep.data.captions import load_captions
 from fewstep.models import load_model
-from fewstep.samplers import SAMPLERS, CFGDenoiser, initial_latents
+from fewstep.samplers import SAMPLERS, CFGDenoiser, generate, initial_latents
 from fewstep.train.teacher import resolve_train_config, train_teacher
 
 PROMPTS = ["a small red circle on the left", "a large blue square above a small yellow triangle"]
@@ -106,6 +108,37 @@ def test_killed_stages_resume_to_the_uninterrupted_run(run, data, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
 
 
+def test_flow_teacher_exports_an_sd3_pipeline_that_diffusers_samples_as_fewstep_does(data, tmp_path):
+    """--objective flow: an SD3 transformer and two CLIP encoders trained by flow matching, saved as a
+    StableDiffusion3Pipeline without T5 (its 16 zero tokens recorded as max_sequence_length); it resumes bit-exactly."""
+    cfg = captions_config(objective="flow")
+    folder = train_teacher(cfg, tmp_path / "flow", data=data)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline" and index["text_encoder_3"] == [None, None]
+    info = json.loads((folder / "fewstep.json").read_text())
+    assert info["parameterization"] == "flow" and info["extra"]["max_sequence_length"] == 16
+    assert info["sampler"]["name"] == "euler" and info["sampler"]["schedule"] == "scheduler"
+    model = load_model(folder)
+    cond = model.encode_prompts(PROMPTS)
+    assert cond.text.shape == (2, 16 + 16, 64) and cond.pooled.shape == (2, 64)  # two 32-wide CLIPs side by side
+    sigmas = make_schedule("scheduler", 5, model.denoiser.sigma_range)
+    ours = model.decode(generate(CFGDenoiser(model.denoiser, 3.0), model.info.shape, 2, sigmas, "euler", 0,
+                                 cond).samples)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    local_files_only=True)
+    with torch.no_grad():
+        ref = pipe(PROMPTS, num_inference_steps=5, guidance_scale=3.0, max_sequence_length=16, output_type="pt",
+                   latents=SampleNoise(0, range(2)).randn(model.info.shape), height=32, width=32).images * 2 - 1
+    assert ref.shape == ours.shape == (2, 3, 32, 32)
+    assert (ours - ref).abs().max() < 1e-4
+    out = tmp_path / "resumed"
+    train_teacher(cfg, out, stop_at=cfg.vae_steps + cfg.steps - 2, data=data)  # killed inside the transformer's stage
+    train_teacher(cfg, out, resume=True, data=data)
+    for weights in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):
+        a, b = load_file(folder / weights), load_file(out / "model" / weights)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+
+
 def test_frozen_text_encoder_keeps_its_initialisation(data, tmp_path):
     cfg = captions_config(text_encoder="frozen", vae_steps=2, steps=2)
     folder = train_teacher(cfg, tmp_path / "frozen", data=data)
@@ -118,7 +151,7 @@ def test_frozen_text_encoder_keeps_its_initialisation(data, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--text-encoder", "nonsense"], "--text-encoder"),
     (["--prediction-type", "sample"], "--prediction-type"),
-    (["--objective", "flow"], "--objective flow"),
+    (["--objective", "ddpm"], "or flow (an SD3 transformer with flow matching"),
     (["--lr-decay", "linear"], "lr_decay must be one of none, cosine"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, flags, message):

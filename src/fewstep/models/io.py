@@ -83,8 +83,10 @@ def _load_folder(folder: Path, device: str | torch.device) -> LoadedModel:
     from fewstep.models.networks import ARCHS
     from fewstep.models.transformers import TRANSFORMERS, is_transformer_folder, load_transformer_folder
 
+    from fewstep.models.pipeline_folder import is_text_pipeline, load_pipeline_folder
+
     if not (folder / FEWSTEP_JSON).exists():
-        if is_transformer_folder(folder):
+        if is_transformer_folder(folder) and not is_text_pipeline(folder):
             return load_transformer_folder(folder, device)
         return load_diffusers_folder(folder, device)
     info = ModelInfo.from_json(folder / FEWSTEP_JSON)
@@ -98,9 +100,11 @@ def _load_folder(folder: Path, device: str | torch.device) -> LoadedModel:
         from fewstep.models.flow import flow_denoiser, scheduler_config_of
         net = load_network(folder, info.network_class)
         denoiser = flow_denoiser(net, info.num_classes, info.sigma_data, scheduler_config_of(folder))
-    elif info.network_class in TRANSFORMERS:  # a student of a user's transformer: its config + scheduler config
-        found = load_transformer_folder(folder, device)
+    elif info.network_class in TRANSFORMERS:  # a user's transformer's student, or a fewstep SD3 pipeline teacher
+        found = load_pipeline_folder(folder, device) if is_text_pipeline(folder) else load_transformer_folder(folder,
+                                                                                                             device)
         net, denoiser = found.network, found.denoiser
+        encoders = {"prompt_encoder": found.prompt_encoder, "autoencoder": found.autoencoder}
     elif info.parameterization in PREDICTION_TYPES:  # a student of a user's VP network: its UNet + scheduler config
         found = load_diffusers_folder(folder, device)
         net, denoiser = found.network, found.denoiser

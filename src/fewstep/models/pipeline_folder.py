@@ -23,7 +23,15 @@ PIPELINES = {
                                   "text_encoder": ("CLIPTextModel",), "tokenizer": TOKENIZERS,
                                   "text_encoder_2": ("CLIPTextModelWithProjection",), "tokenizer_2": TOKENIZERS,
                                   "scheduler": None},
+    "StableDiffusion3Pipeline": {"transformer": ("SD3Transformer2DModel",), "vae": ("AutoencoderKL",),
+                                 "text_encoder": ("CLIPTextModelWithProjection",), "tokenizer": TOKENIZERS,
+                                 "text_encoder_2": ("CLIPTextModelWithProjection",), "tokenizer_2": TOKENIZERS,
+                                 "scheduler": None},
 }
+# components a pipeline may leave out (null in model_index.json): SD3 without its T5 encoder
+OPTIONAL = {"StableDiffusion3Pipeline": {"text_encoder_3": ("T5EncoderModel",),
+                                         "tokenizer_3": ("T5TokenizerFast", "T5Tokenizer")}}
+SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length: the T5 (or zero) tokens
 # UNet2DConditionModel settings that need inputs a text-to-image pipeline of these classes does not give
 UNET_REFUSED = {"time_cond_proj_dim": "a guidance-scale embedding (an LCM-distilled U-Net's w input)",
                 "encoder_hid_dim_type": "projected image or text embeddings (IP-Adapter / Kandinsky style)",
@@ -31,12 +39,14 @@ UNET_REFUSED = {"time_cond_proj_dim": "a guidance-scale embedding (an LCM-distil
 
 
 def is_text_pipeline(folder: Path) -> bool:
-    """Whether a folder's model_index.json describes a text-conditioned pipeline (it has a text encoder or tokenizer)."""
+    """Whether a folder's model_index.json describes a text-conditioned pipeline: it names a text encoder or
+    tokenizer (an SD3 pipeline saved without them, text_encoder = [null, null], is a bare transformer)."""
     index = folder / "model_index.json"
     if not index.exists():
         return False
     data = json.loads(index.read_text())
-    return data.get("_class_name") in PIPELINES or any(k.startswith(("text_encoder", "tokenizer")) for k in data)
+    return any(k.startswith(("text_encoder", "tokenizer")) and isinstance(v, list) and v[:1] != [None]
+               for k, v in data.items())
 
 
 def _components(folder: Path) -> tuple[str, dict, dict]:
@@ -55,6 +65,12 @@ def _components(folder: Path) -> tuple[str, dict, dict]:
         if allowed is not None and entry[1] not in allowed:
             raise UserError(f"{folder}: {part} is a {entry[1]}; fewstep reads {' or '.join(allowed)} there")
         classes[part] = entry[1]
+    for part, allowed in OPTIONAL.get(name, {}).items():
+        entry = index.get(part) or [None, None]
+        if entry[1] is not None and entry[1] not in allowed:
+            raise UserError(f"{folder}: {part} is a {entry[1]}; fewstep reads {' or '.join(allowed)} there")
+        if entry[1] is not None:
+            classes[part] = entry[1]
     return name, classes, index
 
 
@@ -80,7 +96,7 @@ def _check_unet(unet, where: Path, xl: bool) -> None:
 
 
 def load_pipeline_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A StableDiffusion(XL)Pipeline folder as a latent, text-conditioned EDM denoiser with its encoders and VAE."""
+    """A StableDiffusion(XL / 3)Pipeline folder as a latent, text-conditioned EDM denoiser with its encoders and VAE."""
     import diffusers
     import transformers
 
@@ -90,6 +106,8 @@ def load_pipeline_folder(folder: Path, device: str | torch.device = "cpu") -> Lo
     from fewstep.models.text import PromptEncoder
 
     name, classes, index = _components(folder)
+    if name == "StableDiffusion3Pipeline":
+        return _load_sd3(folder, classes, device)
     xl = name == "StableDiffusionXLPipeline"
     sched_file = folder / "scheduler" / "scheduler_config.json"
     if not sched_file.exists():
@@ -118,3 +136,32 @@ def load_pipeline_folder(folder: Path, device: str | torch.device = "cpu") -> Lo
                      extra={"pipeline": name, "scheduler": type(schedule.scheduler).__name__,
                             "num_train_timesteps": len(schedule.alphas_cumprod)})
     return LoadedModel(denoiser.to(device).eval(), unet, info, folder, prompts.to(device), autoencoder.to(device))
+
+
+def _load_sd3(folder: Path, classes: dict, device: str | torch.device) -> LoadedModel:
+    """A StableDiffusion3Pipeline folder: its flow transformer (models/transformers.py) with its VAE and its two CLIP
+    encoders (and T5, when the folder has one); prompts are encoded as the pipeline encodes them."""
+    import diffusers
+    import transformers
+
+    from fewstep.models.autoencoder import LatentAutoencoder
+    from fewstep.models.info import FEWSTEP_JSON
+    from fewstep.models.text import PromptEncoder
+    from fewstep.models.transformers import load_transformer_folder
+
+    found = load_transformer_folder(folder, device)
+    autoencoder = LatentAutoencoder(_load(diffusers.AutoencoderKL, folder / "vae"))
+    suffixes = ["", "_2", "_3"] if "text_encoder_3" in classes else ["", "_2"]
+    tokenizers = [_load(getattr(transformers, classes[f"tokenizer{s}"]), folder / f"tokenizer{s}", weights=False)
+                  for s in suffixes]
+    encoders = [_load(getattr(transformers, classes[f"text_encoder{s}"]), folder / f"text_encoder{s}")
+                for s in suffixes]
+    record = folder / FEWSTEP_JSON  # a fewstep teacher records the T5 length it was trained with
+    extra = json.loads(record.read_text()).get("extra", {}) if record.exists() else {}
+    t5_length = int(extra.get("max_sequence_length", SD3_T5_LENGTH))
+    prompts = PromptEncoder(tokenizers, encoders, joint=(found.network.config.joint_attention_dim, t5_length))
+    latent_hw = found.info.shape[1:]
+    info = replace(found.info, kind="latent", image_shape=[autoencoder.vae.config.out_channels,
+                                                           *[n * autoencoder.downscale for n in latent_hw]],
+                   extra={**found.info.extra, "pipeline": "StableDiffusion3Pipeline", "max_sequence_length": t5_length})
+    return LoadedModel(found.denoiser, found.network, info, folder, prompts.to(device), autoencoder.to(device))

@@ -18,15 +18,17 @@ class PromptEncoder(nn.Module):
     negative prompt). SDXL: both encoders' penultimate hidden states side by side, the second one's pooled
     projection and the size/crop `time_ids` as added conditions; the null condition is all zeros when the folder
     says force_zeros_for_empty_prompt and no negative prompt is given (StableDiffusionXLPipeline.encode_prompt).
+    SD3 (`joint` = the transformer's joint_attention_dim and the T5 sequence length): sd3_embeddings.
     """
 
     def __init__(self, tokenizers: Sequence, encoders: Sequence[nn.Module], time_ids: Sequence[int] | None = None,
-                 force_zeros_for_empty_prompt: bool = False):
+                 force_zeros_for_empty_prompt: bool = False, joint: tuple[int, int] | None = None):
         super().__init__()
         self.tokenizers = list(tokenizers)
         self.encoders = nn.ModuleList(encoders).eval().requires_grad_(False)
         self.time_ids = None if time_ids is None else torch.tensor([list(time_ids)], dtype=torch.float32)
         self.force_zeros = force_zeros_for_empty_prompt
+        self.joint = joint
 
     @property
     def xl(self) -> bool:
@@ -55,6 +57,8 @@ class PromptEncoder(nn.Module):
 
     def embed(self, prompts: list[str]) -> Cond:
         """Prompt embeddings of a list of prompts (padded to the tokenizer's max length, as the pipelines do)."""
+        if self.joint is not None:
+            return sd3_embeddings(self.tokenizers, self.encoders, prompts, *self.joint)
         device = next(self.encoders.parameters()).device
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):
@@ -69,3 +73,28 @@ class PromptEncoder(nn.Module):
             hidden.append(out.hidden_states[-2])
         added = {"time_ids": self.time_ids.to(device).expand(len(prompts), -1)}
         return Cond(text=torch.cat(hidden, dim=-1), pooled=pooled, added=added)
+
+
+def _tokens(tokenizer, prompts: list[str], length: int, device: torch.device) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def sd3_embeddings(tokenizers: Sequence, encoders: Sequence[nn.Module], prompts: list[str], joint_dim: int,
+                   t5_length: int) -> Cond:
+    """StableDiffusion3Pipeline.encode_prompt: both CLIPs' penultimate hidden states side by side, zero-padded to
+    joint_dim, then T5's last hidden states (zeros without a third encoder) along the sequence; the CLIPs' pooled
+    projections side by side. Gradients flow where the encoders have them (a teacher training its encoders)."""
+    device = next(encoders[0].parameters()).device
+    hidden, pooled = [], []
+    for tokenizer, encoder in zip(tokenizers[:2], encoders[:2]):
+        out = encoder(_tokens(tokenizer, prompts, tokenizer.model_max_length, device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled.append(out[0])
+    clip = torch.cat(hidden, dim=-1)
+    clip = torch.nn.functional.pad(clip, (0, joint_dim - clip.shape[-1]))
+    if len(encoders) > 2:
+        t5 = encoders[2](_tokens(tokenizers[2], prompts, t5_length, device))[0]
+    else:
+        t5 = clip.new_zeros(len(prompts), t5_length, joint_dim)
+    return Cond(text=torch.cat([clip, t5.to(clip.dtype)], dim=-2), pooled=torch.cat(pooled, dim=-1))

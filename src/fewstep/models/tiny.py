@@ -76,13 +76,13 @@ def tiny_unet(cross_attention_dim: int, sdxl: bool = False, sample_size: int = 8
                                 **extra)
 
 
-def tiny_vae():
-    """diffusers' test AutoencoderKL: 4 latent channels, downsampling by 2."""
+def tiny_vae(**config):
+    """diffusers' test AutoencoderKL: 4 latent channels, downsampling by 2; `config` adds settings (shift_factor)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4,
                          down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         norm_num_groups=4, sample_size=16)
+                         norm_num_groups=4, sample_size=16, **config)
 
 
 def tiny_scheduler(name: str = "DDIMScheduler", prediction_type: str = "epsilon", **config):
@@ -120,5 +120,37 @@ def save_tiny_pipeline(folder: str | Path, scheduler: str = "DDIMScheduler", pre
                      text_encoder=CLIPTextModel(tiny_clip_config(tokenizer)))
         pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def tiny_sd3_transformer(clip_hidden: int = 32, projection_dim: int = 32, sample_size: int = 8, num_layers: int = 1,
+                         heads: int = 2, head_dim: int = 8):
+    """An SD3Transformer2DModel for two CLIP encoders side by side (joint width 2 x hidden, pooled 2 x projection)."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4,
+                                 num_layers=num_layers, attention_head_dim=head_dim, num_attention_heads=heads,
+                                 joint_attention_dim=2 * clip_hidden, caption_projection_dim=heads * head_dim,
+                                 pooled_projection_dim=2 * projection_dim, pos_embed_max_size=sample_size)
+
+
+def save_tiny_sd3_pipeline(folder: str | Path, words: Iterable[str] = WORDS, seed: int = 0, **scheduler_config) -> Path:
+    """Save a random tiny StableDiffusion3Pipeline folder (two CLIP encoders, no T5) with safetensors weights.
+
+    Latents are 4 x 8 x 8, images 3 x 16 x 16, the VAE shifted and scaled as SD3's is; `scheduler_config` sets the FlowMatchEulerDiscreteScheduler's options.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    tokenizers = [build_clip_tokenizer(words, folder / name) for name in ("tokenizer", "tokenizer_2")]
+    torch.manual_seed(seed)
+    encoders = [CLIPTextModelWithProjection(tiny_clip_config(t)) for t in tokenizers]
+    pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(), vae=tiny_vae(shift_factor=0.1,
+                                                                                      scaling_factor=1.5),
+                                    scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_config),
+                                    text_encoder=encoders[0], tokenizer=tokenizers[0], text_encoder_2=encoders[1],
+                                    tokenizer_2=tokenizers[1], text_encoder_3=None, tokenizer_3=None)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -14,6 +14,7 @@ from fewstep.core import cond as conds
 from fewstep.core.denoiser import append_dims
 from fewstep.core.errors import UserError
 from fewstep.data.batches import Batch
+from fewstep.train.vp import dropped_captions
 
 TIME_SAMPLINGS = ("logit_normal", "uniform")
 T_EPS = 1e-4  # t is kept in [T_EPS, 1 - T_EPS]: sigma <= 1e4 and 1/t^2 <= 1e8 stay finite in float32
@@ -53,3 +54,22 @@ class FlowMatchingTraining:
         s = t / (1 - t)  # x = y + sigma n is x_t (1 + sigma)
         denoised = self.modules["model"](batch.x + append_dims(s, batch.x.ndim) * noise, s, cond)
         return {"model": (((denoised - batch.x) / append_dims(t, batch.x.ndim)) ** 2).mean()}
+
+
+class FlowTextTraining:
+    """Velocity regression of a text-to-image network v(x_t, t, captions) (train/sd3.py), with prompt dropout."""
+
+    def __init__(self, network: nn.Module, time_sampling: str = "logit_normal", prompt_dropout: float = 0.1):
+        if time_sampling not in TIME_SAMPLINGS:
+            raise UserError(f"unknown time sampling {time_sampling!r}; choose one of {', '.join(TIME_SAMPLINGS)}")
+        self.modules = {"model": network}
+        self.ema_modules = ("model",)
+        self.time_sampling, self.prompt_dropout = time_sampling, prompt_dropout
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        y = batch.x
+        t = flow_t(batch, self.time_sampling)
+        noise = batch.randn(*y.shape[1:])
+        captions = dropped_captions(batch, self.prompt_dropout)
+        x_t = (1 - append_dims(t, y.ndim)) * y + append_dims(t, y.ndim) * noise
+        return {"model": ((self.modules["model"](x_t, t, captions) - (noise - y)) ** 2).mean()}

@@ -9,10 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
 from fewstep.data.batches import Batch
 
 PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def dropped_captions(batch: Batch, prompt_dropout: float) -> list[str]:
+    """The batch's captions, each replaced by the empty prompt with probability prompt_dropout (for CFG)."""
+    dropped = (batch.rand() < prompt_dropout).tolist()
+    return ["" if drop else caption for caption, drop in zip(batch.text, dropped)]
 
 
 class TextToImageNetwork(nn.Module):
@@ -30,6 +37,10 @@ class TextToImageNetwork(nn.Module):
                                 truncation=True, return_tensors="pt")
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             return self.text_encoder(tokens.input_ids.to(self.unet.device))[0]
+
+    def cond(self, captions: list[str]) -> Cond:
+        """The captions' condition as the pipeline builds it."""
+        return Cond(text=self.encode(captions))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, captions: list[str]) -> torch.Tensor:
         return self.unet(x_t, t, self.encode(captions)).sample
@@ -52,8 +63,7 @@ class VPTextTraining:
         steps = len(self.alphas_cumprod)
         t = (batch.rand() * steps).long().clamp(max=steps - 1)
         noise = batch.randn(*y.shape[1:])
-        dropped = (batch.rand() < self.prompt_dropout).tolist()
-        captions = ["" if drop else caption for caption, drop in zip(batch.text, dropped)]
+        captions = dropped_captions(batch, self.prompt_dropout)
         a = self.alphas_cumprod.to(y.device)[t].view(-1, *[1] * (y.ndim - 1))
         x_t = a.sqrt() * y + (1 - a).sqrt() * noise
         target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * y
