@@ -2,6 +2,7 @@
 precision / recall in the attribute network's features, each with its real-data floor, for each sampler setting.
 
     python benchmarks/captions_eval.py MODEL --n 500 --cfg-scale 3 --settings dpmpp_2m:karras:15 euler:karras:10 ...
+    python benchmarks/captions_eval.py MODEL --cfg-interval 0,1 ...    # guidance only at sigma <= 1
 
 Each setting is SAMPLER:SCHEDULE:STEPS; one JSON line per (setting, split) goes to stdout and to --out (appended).
 """
@@ -26,11 +27,12 @@ from fewstep.plan import PlanSettings, build_plan, sample
 
 
 def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
-         batch_size: int):
+         batch_size: int, cfg_interval: tuple[float, float] | None = None):
     """The model's decoded images for the first n captions of a split: (images, prompts, nfe, seconds)."""
     prompts = caption_prompts(split, n)
     cond = model.encode_prompts(prompts.captions)
-    plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale))
+    plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale,
+                                          cfg_interval=cfg_interval))
     start = time.perf_counter()
     result = sample(model, plan, n, seed=seed, cond=cond, batch_size=batch_size)
     images = torch.cat([model.decode(result.samples[i:i + batch_size]) for i in range(0, n, batch_size)])
@@ -38,9 +40,10 @@ def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split
 
 
 def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
-          batch_size: int, grid: str | None = None) -> dict:
+          batch_size: int, grid: str | None = None, cfg_interval: tuple[float, float] | None = None) -> dict:
     """One row: the model's samples for the first n captions of a split, scored against their floors."""
-    images, prompts, nfe, seconds = draw(model, sampler, schedule, steps, cfg_scale, split, n, seed, batch_size)
+    images, prompts, nfe, seconds = draw(model, sampler, schedule, steps, cfg_scale, split, n, seed, batch_size,
+                                         cfg_interval)
     if grid:  # the first 32 samples, 8 per row, beside the real renders of the same captions (grid-real.png)
         from fewstep.data.captions import render
         from fewstep.data.visualize import save_image_grid
@@ -52,7 +55,7 @@ def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, spli
     quality = caption_quality(images, prompts.captions, split)
     accuracy = quality["prompt_accuracy"]
     return {"sampler": sampler, "schedule": schedule, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale,
-            "seed": seed, "seconds": round(seconds, 1), **quality,
+            "cfg_interval": cfg_interval, "seed": seed, "seconds": round(seconds, 1), **quality,
             "prompt_accuracy_std": round(math.sqrt(accuracy * (1 - accuracy) / n), 4)}
 
 
@@ -63,17 +66,20 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["seen", "heldout"])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
+    parser.add_argument("--cfg-interval", default=None, help="LO,HI: guide only at sigmas in [LO, HI]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--grid", default=None, help="save the first setting's first 32 samples here (.png)")
     parser.add_argument("--out", default=None, help="append the rows to this JSON-lines file")
     args = parser.parse_args()
     model = load_model(args.model)
+    interval = tuple(float(v) for v in args.cfg_interval.split(",")) if args.cfg_interval else None
     for setting in args.settings:
         sampler, schedule, steps = setting.split(":")
         for split in args.splits:
             row = score(model, sampler, schedule, int(steps), args.cfg_scale, split, args.n, args.seed,
-                        args.batch_size, args.grid if setting == args.settings[0] and split == args.splits[0] else None)
+                        args.batch_size, args.grid if setting == args.settings[0] and split == args.splits[0] else None,
+                        interval)
             row |= {"model": args.model, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
                     "load_average": round(os.getloadavg()[0], 1), "machine": platform.machine(),
                     "threads": torch.get_num_threads()}

@@ -81,12 +81,13 @@ def test_plain_diffusers_runs_the_export_and_equals_fewstep_ddim_with_cfg(run):
     assert (ours - ref).abs().max() < 1e-4
 
 
-def test_previews_draw_captions_and_log_their_prompt_accuracy(data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("objective", ["edm", "flow"])
+def test_previews_draw_captions_and_log_their_prompt_accuracy(data, tmp_path, monkeypatch, capsys, objective):
     from fewstep.metrics import captions as ruler
     from tests.test_text_cli import FAST_RULER
 
     monkeypatch.setattr(ruler, "RULER_CONFIG", FAST_RULER)
-    train_teacher(captions_config(sample_every=2), tmp_path / "run", data=data)
+    train_teacher(captions_config(sample_every=2, objective=objective), tmp_path / "run", data=data)
     samples = tmp_path / "run" / "unet" / "samples"
     assert sorted(p.name for p in samples.glob("*.png")) == ["step-0000002.png", "step-0000004.png"]
     rows = [json.loads(line) for line in (samples / "quality.jsonl").read_text().splitlines()]

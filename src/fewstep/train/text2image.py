@@ -134,8 +134,8 @@ def text_denoiser(network: TextToImageNetwork | SD3TextNetwork, scheduler, predi
     from fewstep.models.transformers import sd3_call
 
     if isinstance(network, SD3TextNetwork):
-        return FlowMatchDenoiser(network.transformer, sd3_call, read_flow_scheduler(dict(scheduler.config)),
-                                 text_conditioned=True)
+        config = {"_class_name": type(scheduler).__name__, **scheduler.config}
+        return FlowMatchDenoiser(network.transformer, sd3_call, read_flow_scheduler(config), text_conditioned=True)
     return DiffusersVPDenoiser(network.unet, scheduler.alphas_cumprod, prediction_type)
 
 
