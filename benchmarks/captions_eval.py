@@ -20,16 +20,17 @@ from datetime import datetime, timezone
 
 import torch
 
-from fewstep.data.captions import caption_prompts
+from fewstep.data.captions import Prompts, caption_prompts
 from fewstep.metrics.captions import caption_quality
 from fewstep.models import load_model
 from fewstep.plan import PlanSettings, build_plan, sample
 
 
 def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
-         batch_size: int, cfg_interval: tuple[float, float] | None = None):
-    """The model's decoded images for the first n captions of a split: (images, prompts, nfe, seconds)."""
-    prompts = caption_prompts(split, n)
+         batch_size: int, cfg_interval: tuple[float, float] | None = None, offset: int = 0):
+    """The model's decoded images for captions offset..offset+n of a split: (images, prompts, nfe, seconds)."""
+    prompts = caption_prompts(split, offset + n)
+    prompts = Prompts(prompts.captions[offset:], prompts.attributes[offset:])
     cond = model.encode_prompts(prompts.captions)
     plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale,
                                           cfg_interval=cfg_interval))
@@ -40,10 +41,11 @@ def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split
 
 
 def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
-          batch_size: int, grid: str | None = None, cfg_interval: tuple[float, float] | None = None) -> dict:
-    """One row: the model's samples for the first n captions of a split, scored against their floors."""
+          batch_size: int, grid: str | None = None, cfg_interval: tuple[float, float] | None = None,
+          offset: int = 0) -> dict:
+    """One row: the model's samples for captions offset..offset+n of a split, scored against their floors."""
     images, prompts, nfe, seconds = draw(model, sampler, schedule, steps, cfg_scale, split, n, seed, batch_size,
-                                         cfg_interval)
+                                         cfg_interval, offset)
     if grid:  # the first 32 samples, 8 per row, beside the real renders of the same captions (grid-real.png)
         from fewstep.data.captions import render
         from fewstep.data.visualize import save_image_grid
@@ -55,7 +57,7 @@ def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, spli
     quality = caption_quality(images, prompts.captions, split)
     accuracy = quality["prompt_accuracy"]
     return {"sampler": sampler, "schedule": schedule, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale,
-            "cfg_interval": cfg_interval, "seed": seed, "seconds": round(seconds, 1), **quality,
+            "cfg_interval": cfg_interval, "seed": seed, "caption_offset": offset, "seconds": round(seconds, 1), **quality,
             "prompt_accuracy_std": round(math.sqrt(accuracy * (1 - accuracy) / n), 4)}
 
 
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--cfg-interval", default=None, help="LO,HI: guide only at sigmas in [LO, HI]")
+    parser.add_argument("--offset", type=int, default=0, help="score captions OFFSET..OFFSET+N (a set disjoint from "
+                        "the reported first N, to choose settings on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--grid", default=None, help="save the first setting's first 32 samples here (.png)")
@@ -79,7 +83,7 @@ def main() -> None:
         for split in args.splits:
             row = score(model, sampler, schedule, int(steps), args.cfg_scale, split, args.n, args.seed,
                         args.batch_size, args.grid if setting == args.settings[0] and split == args.splits[0] else None,
-                        interval)
+                        interval, args.offset)
             row |= {"model": args.model, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
                     "load_average": round(os.getloadavg()[0], 1), "machine": platform.machine(),
                     "threads": torch.get_num_threads()}

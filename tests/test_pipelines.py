@@ -127,21 +127,23 @@ def test_sdxl_layout_equals_stable_diffusion_xl_pipeline(tmp_path):
     assert (with_negative - ref).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("settings, negative", [({"shift": 3.0}, None), ({"use_dynamic_shifting": True}, "a blue car")])
-def test_sd3_layout_equals_stable_diffusion_3_pipeline(tmp_path, settings, negative):
-    """Two CLIP encoders side by side, padded to the joint width, then the 256 zero tokens of a missing T5; pooled
+@pytest.mark.parametrize("settings, negative, t5", [({"shift": 3.0}, None, False),
+                                                     ({"use_dynamic_shifting": True}, "a blue car", False),
+                                                     ({"shift": 3.0}, "a blue car", True)])
+def test_sd3_layout_equals_stable_diffusion_3_pipeline(tmp_path, settings, negative, t5):
+    """Two CLIP encoders side by side, padded to the joint width, then T5's 256 tokens (zeros without T5); pooled
     projections side by side; the shifted flow schedule; the VAE's shift and scale; prompts encoded by fewstep."""
-    folder = save_tiny_sd3_pipeline(tmp_path / "sd3", **settings)
+    folder = save_tiny_sd3_pipeline(tmp_path / "sd3", t5=t5, **settings)
     model = load_model(folder)
     assert model.info.kind == "latent" and model.info.shape == [4, 8, 8] and model.info.image_shape == [3, 16, 16]
     cond = model.encode_prompts(PROMPTS, negative)
     assert cond.text.shape == (2, 77 + 256, 64) and cond.pooled.shape == (2, 64)
-    assert not cond.text[:, 77:].any() and cond.text[:, :77].any()
+    assert cond.text[:, 77:].any() == t5 and cond.text[:, :77].any()
     sigmas = make_schedule(model.info.sampler["schedule"], 5, model.denoiser.sigma_range)
     ours = model.decode(generate(CFGDenoiser(model.denoiser, 4.0), model.info.shape, 2, sigmas, "euler", 0,
                                  cond).samples)
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
-                                                    tokenizer_3=None)
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True,
+                                                    **({} if t5 else {"text_encoder_3": None, "tokenizer_3": None}))
     with torch.no_grad():
         ref = pipe(PROMPTS, negative_prompt=None if negative is None else [negative] * 2, num_inference_steps=5,
                    guidance_scale=4.0, latents=SampleNoise(0, range(2)).randn(model.info.shape), height=16, width=16,

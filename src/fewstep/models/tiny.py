@@ -135,22 +135,40 @@ def tiny_sd3_transformer(clip_hidden: int = 32, projection_dim: int = 32, sample
                                  pooled_projection_dim=2 * projection_dim, pos_embed_max_size=sample_size)
 
 
-def save_tiny_sd3_pipeline(folder: str | Path, words: Iterable[str] = WORDS, seed: int = 0, **scheduler_config) -> Path:
-    """Save a random tiny StableDiffusion3Pipeline folder (two CLIP encoders, no T5) with safetensors weights.
+def build_t5_tokenizer(words: Iterable[str]):
+    """A T5 (unigram) tokenizer that knows `words` (each one token, SentencePiece's "▁" word-start mark), else <unk>."""
+    from transformers import T5TokenizerFast
 
-    Latents are 4 x 8 x 8, images 3 x 16 x 16, the VAE shifted and scaled as SD3's is; `scheduler_config` sets the FlowMatchEulerDiscreteScheduler's options.
+    pieces = ["<pad>", "</s>", "<unk>", *dict.fromkeys("▁" + w.lower() for w in words)]
+    return T5TokenizerFast(vocab=[(piece, -1.0) for piece in pieces], extra_ids=0)
+
+
+def save_tiny_sd3_pipeline(folder: str | Path, words: Iterable[str] = WORDS, seed: int = 0, t5: bool = False,
+                           **scheduler_config) -> Path:
+    """Save a random tiny StableDiffusion3Pipeline folder (two CLIP encoders, and a T5 encoder if `t5`) with
+    safetensors weights.
+
+    Latents are 4 x 8 x 8, images 3 x 16 x 16, the VAE shifted and scaled as SD3's is; `scheduler_config` sets the
+    FlowMatchEulerDiscreteScheduler's options.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     folder = Path(folder)
+    words = list(words)
     tokenizers = [build_clip_tokenizer(words, folder / name) for name in ("tokenizer", "tokenizer_2")]
     torch.manual_seed(seed)
     encoders = [CLIPTextModelWithProjection(tiny_clip_config(t)) for t in tokenizers]
-    pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(), vae=tiny_vae(shift_factor=0.1,
-                                                                                      scaling_factor=1.5),
+    transformer = tiny_sd3_transformer()
+    third = {"text_encoder_3": None, "tokenizer_3": None}
+    if t5:
+        tokenizer = build_t5_tokenizer(words)
+        config = T5Config(vocab_size=len(tokenizer), d_model=transformer.config.joint_attention_dim, d_ff=32, d_kv=8,
+                          num_layers=1, num_heads=2)
+        third = {"text_encoder_3": T5EncoderModel(config), "tokenizer_3": tokenizer}
+    pipe = StableDiffusion3Pipeline(transformer=transformer, vae=tiny_vae(shift_factor=0.1, scaling_factor=1.5),
                                     scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_config),
                                     text_encoder=encoders[0], tokenizer=tokenizers[0], text_encoder_2=encoders[1],
-                                    tokenizer_2=tokenizers[1], text_encoder_3=None, tokenizer_3=None)
+                                    tokenizer_2=tokenizers[1], **third)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
