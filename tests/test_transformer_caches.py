@@ -216,6 +216,23 @@ def test_cache_dit_runs_and_its_f1b0_dbcache_is_the_first_block_cache():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+def test_cache_dit_on_sd3_through_its_pipeline_pattern_equals_the_first_block_cache():
+    """cache-dit adapts SD3 only inside StableDiffusion3Pipeline; fewstep hands it the blocks with that pattern."""
+    pytest.importorskip("cache_dit", reason="cache-dit is not installed (pip install 'fewstep[peers]')")
+    net, call, shape = tiny("sd3")
+    base = trajectory(net, call, shape)
+    handle = apply_cache(net, "peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.5,"
+                              "max_warmup_steps=1")
+    theirs = trajectory(net, call, shape)
+    handle.remove()
+    assert torch.equal(trajectory(net, call, shape), base)
+    handle = apply_cache(net, "fbcache:threshold=0.5")
+    ours = trajectory(net, call, shape)
+    handle.remove()
+    assert (theirs - base).abs().max() > 1e-4  # blocks were skipped
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
 class Unmapped(nn.Module):
     """A transformer whose block class diffusers does not describe."""
 
@@ -233,9 +250,12 @@ class Unmapped(nn.Module):
     (None, "teacache:calibrate=true", "fits the coefficients once, offline"),
     (None, "peer:turbo-cache", "unknown peer 'turbo-cache'"),
     (None, "peer:diffusers-fbcache:speed=2", "has no setting 'speed'"),
+    ("sd3-1", "peer:diffusers-fbcache", "peer diffusers-fbcache cannot be applied to this SD3Transformer2DModel"),
 ])
 def test_bad_input_is_one_line(target, spec, message):
-    target = model("dit") if target is None else target
+    from fewstep.models.tiny import tiny_sd3_transformer
+
+    target = model("dit") if target is None else tiny_sd3_transformer() if target == "sd3-1" else target
     with pytest.raises(UserError, match=message) as error:
         apply_cache(target, spec)
     assert "\n" not in str(error.value)

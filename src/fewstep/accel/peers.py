@@ -97,6 +97,10 @@ def _diffusers_hook(apply_name: str, config_name: str, stack: BlockStack, settin
     return reset, release
 
 
+# transformers cache-dit adapts only inside their pipeline (its register name), with that adapter's block pattern
+CACHE_DIT_PATTERNS = {"SD3Transformer2DModel": "Pattern_1"}  # StableDiffusion3: blocks return (context, hidden)
+
+
 def _cache_dit(stack: BlockStack, settings: dict[str, str]) -> tuple[Callable[[], None], Callable[[], None]]:
     """Apply cache-dit's DBCache to the transformer, as cache-dit adapts that transformer class."""
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # its info lines on every apply and remove
@@ -104,11 +108,17 @@ def _cache_dit(stack: BlockStack, settings: dict[str, str]) -> tuple[Callable[[]
         import cache_dit
     except ImportError as e:
         raise UserError(f"peer cache-dit is not installed ({e}); pip install 'fewstep[peers]'") from None
-    from cache_dit import DBCacheConfig
+    from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
 
     net = stack.net
     config = build_config(DBCacheConfig, settings, where="peer cache-dit DBCacheConfig")
-    cache_dit.enable_cache(net, cache_config=config)  # cache-dit's own adapter for the transformer's class
+    pattern = CACHE_DIT_PATTERNS.get(type(net).__name__)
+    # cache-dit's own adapter for the transformer's class, or (a class it only adapts inside its pipeline) the
+    # blocks with the pattern of cache-dit's pipeline adapter for it
+    target = net if pattern is None else BlockAdapter(transformer=net, blocks=net.transformer_blocks,
+                                                      forward_pattern=getattr(ForwardPattern, pattern),
+                                                      check_forward_pattern=True)
+    cache_dit.enable_cache(target, cache_config=config)
 
     def reset() -> None:
         cache_dit.refresh_context(net)
@@ -157,7 +167,11 @@ def apply_peer(model: Any, spec: str) -> PeerHandle:
         raise UserError(f"cannot apply peer {name}: this network is already accelerated; remove() the other first")
     slot: list = []
     attributes = {m: set(m.__dict__) for m in stack.net.modules()}
-    reset, release = PEERS[name].apply(stack, settings, slot)
+    try:
+        reset, release = PEERS[name].apply(stack, settings, slot)
+    except (ValueError, TypeError, RuntimeError, IndexError, AttributeError, NotImplementedError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"peer {name} cannot be applied to this {type(stack.net).__name__}: {message}") from None
     handle = PeerHandle(f"peer:{name}", stack, reset, release, attributes)
     slot.append(handle)
     return handle
