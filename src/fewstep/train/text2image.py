@@ -38,7 +38,7 @@ from fewstep.train.vp import PREDICTIONS, TextToImageNetwork, VPTextTraining
 
 TEXT_ENCODERS = ("trained", "frozen")
 MAX_TOKENS = 16  # the captions' longest is 10 words + BOS + EOS
-T5_TOKENS = 16  # the flow teacher's zero tokens in T5's place (StableDiffusion3Pipeline's default 256 costs 5x a step)
+T5_TOKENS = 16  # the flow teacher's zero tokens in T5's place (the pipeline's default 256 costs ~4x a CPU step)
 OBJECTIVES = {"edm": "a U-Net with SD's VP objective, saved as a StableDiffusionPipeline",
               "flow": "an SD3 transformer with flow matching, saved as a StableDiffusion3Pipeline"}
 # CLIPTextModel and UNet2DConditionModel sizes per preset (the tiny ones are diffusers' test sizes)
