@@ -163,6 +163,10 @@ def apply_peer(model: Any, spec: str) -> PeerHandle:
     if name not in PEERS:
         raise UserError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
     stack = block_stack(model, f"peer {name}")
+    if name == "diffusers-fbcache" and getattr(stack.blocks[-1].module, "context_pre_only", False):
+        raise UserError(f"peer diffusers-fbcache fails on this {type(stack.net).__name__}: its last block returns no "
+                        "text tokens and diffusers' FirstBlockCache subtracts from them; use fewstep's fbcache (the same "
+                        "algorithm) or peer:cache-dit")
     if any("forward" in m.__dict__ for m in stack.net.modules()):
         raise UserError(f"cannot apply peer {name}: this network is already accelerated; remove() the other first")
     slot: list = []
