@@ -144,6 +144,24 @@ def test_teacache_calibration_fits_the_polynomial_and_accelerate_records_it(tmp_
     assert recorded.startswith("teacache:threshold=0.2,coefficients=[") and "calibrate" not in recorded
 
 
+def test_teacache_calibration_of_a_text_to_image_pipeline_samples_its_prompts_guided(tmp_path, capsys):
+    """An SD3 pipeline folder: the fit runs the guided trajectory on the --prompts set; without prompts (a model that
+    records no prompt set) it asks for them in one line."""
+    from fewstep.models.tiny import save_tiny_sd3_pipeline, tiny_sd3_transformer
+
+    folder = save_tiny_sd3_pipeline(tmp_path / "sd3", shift=3.0)
+    tiny_sd3_transformer(num_layers=3).save_pretrained(folder / "transformer", safe_serialization=True)
+    flags = ["accelerate", "--model", str(folder), "--cache", "teacache:threshold=0.2,calibrate=true",
+             "--sampler", "euler", "--steps", "6", "--cfg-scale", "4"]
+    assert main([*flags, "--out", str(tmp_path / "no-prompts")]) == 2
+    assert "pass --prompts FILE" in capsys.readouterr().err and not (tmp_path / "no-prompts").exists()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na small dog on the tree\n")
+    assert main([*flags, "--out", str(tmp_path / "fast"), "--prompts", str(prompts)]) == 0
+    recorded = json.loads((tmp_path / "fast" / "fewstep.json").read_text())["acceleration"]
+    assert recorded["cache"].startswith("teacache:threshold=0.2,coefficients=[") and recorded["cfg_scale"] == 4
+
+
 def test_the_fitted_polynomial_predicts_held_out_samples():
     g = np.random.default_rng(0)
     x = g.uniform(0.02, 0.1, (8, 20))

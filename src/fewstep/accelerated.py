@@ -48,11 +48,12 @@ def _link_or_copy(src: str, dst: str) -> str:
 
 
 def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSettings | None = None,
-                     force: bool = False, dry_run: bool = False) -> ModelInfo:
+                     force: bool = False, dry_run: bool = False, prompts: str | None = None) -> ModelInfo:
     """Copy a model folder to `out` with its fewstep.json recording the sampling plan; the recorded ModelInfo.
 
     The plan is built and applied to the model before anything is written; `dry_run` writes nothing. Settings left
-    unset keep what the model already records (fewstep.plan); `force` replaces a model folder.
+    unset keep what the model already records (fewstep.plan); `force` replaces a model folder; `prompts` is the prompt
+    set a text-to-image model's teacache calibration samples (as --prompts names it).
     """
     from fewstep import __version__
 
@@ -60,7 +61,7 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     source, out = resolve_model_dir(model_path), Path(out)
     plan = build_plan(model, settings)
     if plan.cache:  # teacache:...,calibrate=true: fit its polynomial now, on this plan's sampler and sigmas
-        plan = replace(plan, cache=calibrated_spec(plan.cache, model, plan.sigmas, plan.sampler))
+        plan = replace(plan, cache=calibrated_spec(plan.cache, model, plan, prompts=prompts))
     plan.check(model)
     text = model.prompt_encoder is not None
     info = replace(model.info, sampler=plan.sampler_record(), acceleration=plan.acceleration_record(text),

@@ -233,7 +233,8 @@ def cmd_accelerate(args: argparse.Namespace) -> int:
 
     from fewstep.accelerated import save_accelerated
 
-    info = save_accelerated(args.model, args.out, _plan_settings(args), force=args.force, dry_run=args.dry_run)
+    info = save_accelerated(args.model, args.out, _plan_settings(args), force=args.force, dry_run=args.dry_run,
+                            prompts=args.prompts)
     recorded = {"sampler": info.sampler, "acceleration": info.acceleration}
     if args.dry_run:
         print(json.dumps(recorded, indent=2))
@@ -458,6 +459,8 @@ def _accelerate_parser(p: argparse.ArgumentParser) -> None:
     _add_plan_flags(p, "record")
     p.add_argument("--force", action="store_true", help="replace --out if it is a model folder")
     p.add_argument("--dry-run", action="store_true", help="check the settings, print what would be recorded and exit")
+    p.add_argument("--prompts", help="text-to-image: the prompt set teacache's calibrate=true samples (FILE | "
+                                     "captions:seen; default: a captions model's seen captions)")
     p.set_defaults(func=cmd_accelerate)
 
 

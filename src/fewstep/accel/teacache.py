@@ -161,15 +161,27 @@ def calibrate(denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler
     return fit_polynomial(x, y, max_degree)
 
 
-def calibrated_spec(spec: str, model: Any, sigmas: torch.Tensor, sampler: str, n: int = 8) -> str:
+def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str | None = None) -> str:
     """A teacache spec with calibrate=true turned into one with the coefficients fitted on the LoadedModel `model`
-    (class labels cycling, as the ruler samples); any other spec unchanged."""
+    along `plan`'s sampler, sigmas and guidance: class labels cycling, as the ruler samples, or a text-to-image
+    model's prompt set (`prompts`, as --prompts names it; a captions model's default: captions:seen); any other spec
+    unchanged."""
+    from fewstep.accel.adaptive_guidance import guided_denoiser
+
     name, settings = parse_spec(spec)
     if name != "teacache" or settings.get("calibrate", "").lower() not in ("true", "1", "yes"):
         return spec
     classes = model.info.num_classes
     labels = torch.arange(n) % classes if classes else None
-    coefficients = calibrate(model.denoiser, model.info.shape, sigmas, sampler, n=n, labels=labels)
+    if model.prompt_encoder is not None:
+        from fewstep.data.prompts import prompt_sets
+        from fewstep.models.info import prompt_cond
+
+        captions_task = model.info.dataset.startswith("captions")
+        chosen = prompt_sets(prompts or ("captions:seen" if captions_task else None), n, captions_task)[0]
+        labels = prompt_cond(model, chosen.prompts, n)
+    denoiser = guided_denoiser(model.denoiser, plan.cfg_scale, plan.cfg_interval, plan.guidance)
+    coefficients = calibrate(denoiser, model.info.shape, plan.sigmas, plan.sampler, n=n, labels=labels)
     threshold = settings.get("threshold", TeaCacheConfig.threshold)
     return f"teacache:threshold={threshold},coefficients=[{','.join(f'{c:.6g}' for c in coefficients)}]"
 
