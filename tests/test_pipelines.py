@@ -165,6 +165,9 @@ def test_sd3_folder_without_text_encoders_stays_a_bare_transformer(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": ["transformers", "BertModel"]}))
     with pytest.raises(UserError, match="text_encoder_3 is a BertModel; fewstep reads T5EncoderModel"):
         load_model(folder)
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": ["transformers", "T5EncoderModel"]}))
+    with pytest.raises(UserError, match="has text_encoder_3 but not its partner"):
+        load_model(folder)
 
 
 def test_set_alpha_to_one_false_stops_at_the_lowest_trained_sigma(base, tmp_path):

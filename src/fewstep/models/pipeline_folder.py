@@ -71,6 +71,9 @@ def _components(folder: Path) -> tuple[str, dict, dict]:
             raise UserError(f"{folder}: {part} is a {entry[1]}; fewstep reads {' or '.join(allowed)} there")
         if entry[1] is not None:
             classes[part] = entry[1]
+    given = [part for part in OPTIONAL.get(name, {}) if part in classes]
+    if len(given) not in (0, len(OPTIONAL.get(name, {}))):
+        raise UserError(f"{folder}: the pipeline has {given[0]} but not its partner; save both or neither")
     return name, classes, index
 
 
