@@ -18,7 +18,7 @@ import torch
 from fewstep.accel import apply_cache
 from fewstep.core.schedules import make_schedule
 from fewstep.metrics.cost import time_per_sample
-from fewstep.data.prompts import prompt_sets
+from fewstep.data.prompts import fit_prompts
 from fewstep.models.info import default_cfg_scale, prompt_cond
 from fewstep.models.io import load_model
 from fewstep.samplers import CFGDenoiser, generate
@@ -41,8 +41,7 @@ def main() -> None:
     labels = torch.arange(a.batch) % classes if classes else None
     denoiser = model.denoiser
     if model.prompt_encoder is not None:  # the prompts once, then the guided denoiser the ruler samples with
-        captions = model.info.dataset.startswith("captions")
-        labels = prompt_cond(model, prompt_sets(a.prompts, a.batch, captions)[0].prompts, a.batch)
+        labels = prompt_cond(model, fit_prompts(a.prompts, model.info.dataset, a.batch).prompts, a.batch)
         denoiser = CFGDenoiser(model.denoiser, default_cfg_scale(model))
     seconds: dict[str, list[float]] = {s: [] for s in a.specs}
     for _ in range(a.rounds):

@@ -25,7 +25,7 @@ from fewstep.core.errors import UserError
 from fewstep.core.schedules import append_zero, make_schedule
 from fewstep.data import Dataset, load_recorded
 from fewstep.data.captions import caption_attributes, render
-from fewstep.data.prompts import prompt_sets
+from fewstep.data.prompts import fit_prompts
 from fewstep.metrics import captions, feature_network, frechet_distance, real_split, reference_features, \
     sliced_wasserstein2
 from fewstep.metrics.agreement import rmse
@@ -62,8 +62,7 @@ def text_objective(model: LoadedModel, denoiser: Denoiser, n: int, prompts: str 
     """A text-to-image model's quality to minimise on decoded samples, the prompts' condition and the prompt set:
     captions prompts: FD in the attribute network's features against renders of the same captions at a render
     seed the ruler does not use; other prompts: RMSE to the model's own converged guided ODE (64 Heun steps)."""
-    captions_task = (dataset or model.info.dataset or "").startswith("captions")
-    chosen = prompt_sets(prompts or ("captions:seen" if captions_task else None), n, captions_task)[0]
+    chosen = fit_prompts(prompts, dataset or model.info.dataset or "", n)
     cond = prompt_cond(model, chosen.prompts, n)
     if chosen.split is not None:
         net = attribute_network(ruler_resolution(model.info.image_shape[-1]), captions.RULER_CONFIG)

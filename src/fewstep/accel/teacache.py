@@ -174,12 +174,10 @@ def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str |
     classes = model.info.num_classes
     labels = torch.arange(n) % classes if classes else None
     if model.prompt_encoder is not None:
-        from fewstep.data.prompts import prompt_sets
+        from fewstep.data.prompts import fit_prompts
         from fewstep.models.info import prompt_cond
 
-        captions_task = model.info.dataset.startswith("captions")
-        chosen = prompt_sets(prompts or ("captions:seen" if captions_task else None), n, captions_task)[0]
-        labels = prompt_cond(model, chosen.prompts, n)
+        labels = prompt_cond(model, fit_prompts(prompts, model.info.dataset, n).prompts, n)
     denoiser = guided_denoiser(model.denoiser, plan.cfg_scale, plan.cfg_interval, plan.guidance)
     coefficients = calibrate(denoiser, model.info.shape, plan.sigmas, plan.sampler, n=n, labels=labels)
     threshold = settings.get("threshold", TeaCacheConfig.threshold)

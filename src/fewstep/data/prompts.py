@@ -48,6 +48,13 @@ def _caption_split(captions: list[str], path: str) -> str:
     return "heldout" if heldout.all() else "seen"
 
 
+def fit_prompts(spec: str | None, dataset: str, n: int) -> PromptSet:
+    """The prompt set an offline fit or search samples: `spec` (as --prompts names it), else, for a model trained on
+    the captions set (`dataset`), its first n seen captions."""
+    captions_task = dataset.startswith("captions")
+    return prompt_sets(spec or ("captions:seen" if captions_task else None), n, captions_task)[0]
+
+
 def prompt_sets(spec: str | None, n: int, captions_task: bool = False) -> list[PromptSet]:
     """The prompt sets `spec` names, each with n prompts; `captions_task`: the model was trained on captions, so
     its default is both caption splits and a file's prompts must be captions the ruler can score."""
