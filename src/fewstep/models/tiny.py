@@ -124,15 +124,17 @@ def save_tiny_pipeline(folder: str | Path, scheduler: str = "DDIMScheduler", pre
     return folder
 
 
-def tiny_sd3_transformer(clip_hidden: int = 32, projection_dim: int = 32, sample_size: int = 8, num_layers: int = 1,
-                         heads: int = 2, head_dim: int = 8):
-    """An SD3Transformer2DModel for two CLIP encoders side by side (joint width 2 x hidden, pooled 2 x projection)."""
+def tiny_sd3_transformer(clip_hidden: int = 32, projection_dim: int = 32, sample_size: int = 8, channels: int = 4,
+                         num_layers: int = 1, num_attention_heads: int = 2, attention_head_dim: int = 8, **config):
+    """An SD3Transformer2DModel on patches of 2 latent pixels for two CLIP encoders side by side (joint width 2 x
+    hidden, pooled width 2 x projection); `config` adds settings (qk_norm)."""
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4,
-                                 num_layers=num_layers, attention_head_dim=head_dim, num_attention_heads=heads,
-                                 joint_attention_dim=2 * clip_hidden, caption_projection_dim=heads * head_dim,
-                                 pooled_projection_dim=2 * projection_dim, pos_embed_max_size=sample_size)
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=channels, out_channels=channels,
+                                 num_layers=num_layers, attention_head_dim=attention_head_dim,
+                                 num_attention_heads=num_attention_heads, joint_attention_dim=2 * clip_hidden,
+                                 caption_projection_dim=num_attention_heads * attention_head_dim,
+                                 pooled_projection_dim=2 * projection_dim, pos_embed_max_size=sample_size, **config)
 
 
 def build_t5_tokenizer(words: Iterable[str]):

@@ -18,14 +18,10 @@ SD3_PRESETS = {"tiny": dict(num_layers=1, num_attention_heads=2, attention_head_
 def build_sd3_transformer(preset: str, latent_shape: tuple[int, ...], clip_hidden: int, projection_dim: int):
     """A fresh SD3Transformer2DModel of the preset's size on patches of 2 latent pixels, for two CLIP encoders side by
     side (joint width 2 x hidden, pooled width 2 x projection), with SD3.5's RMS-normalised queries and keys."""
-    from diffusers import SD3Transformer2DModel
+    from fewstep.models.tiny import tiny_sd3_transformer
 
-    size = SD3_PRESETS[preset]
-    return SD3Transformer2DModel(sample_size=latent_shape[-1], patch_size=2, in_channels=latent_shape[0],
-                                 out_channels=latent_shape[0], joint_attention_dim=2 * clip_hidden,
-                                 caption_projection_dim=size["num_attention_heads"] * size["attention_head_dim"],
-                                 pooled_projection_dim=2 * projection_dim, pos_embed_max_size=latent_shape[-1],
-                                 qk_norm="rms_norm", **size)
+    return tiny_sd3_transformer(clip_hidden, projection_dim, latent_shape[-1], latent_shape[0], qk_norm="rms_norm",
+                                **SD3_PRESETS[preset])
 
 
 class SD3TextNetwork(nn.Module):
