@@ -131,10 +131,20 @@ def _cache_dit(stack: BlockStack, settings: dict[str, str]) -> tuple[Callable[[]
 
 @dataclass(frozen=True)
 class Peer:
-    """How one peer's cache is applied: (stack, settings, handle slot) -> (reset, release)."""
+    """How one peer's cache is applied: (stack, settings, handle slot) -> (reset, release); `refuses` names why it
+    cannot run on a block stack it would otherwise take (None: it can)."""
 
     apply: Callable[..., tuple[Callable[[], None], Callable[[], None]]]
     summary: str
+    refuses: Callable[[BlockStack], str | None] = lambda stack: None
+
+
+def _text_free_tail(stack: BlockStack) -> str | None:
+    """diffusers 0.42's FirstBlockCache subtracts the last block's text tokens, which SD3's last block does not return."""
+    if getattr(stack.blocks[-1].module, "context_pre_only", False):
+        return ("its last block returns no text tokens and diffusers' FirstBlockCache subtracts from them; use "
+                "fewstep's fbcache (the same algorithm) or peer:cache-dit")
+    return None
 
 
 def _hook(apply_name: str, config_name: str) -> Callable:
@@ -143,7 +153,7 @@ def _hook(apply_name: str, config_name: str) -> Callable:
 
 PEERS: dict[str, Peer] = {
     "diffusers-fbcache": Peer(_hook("apply_first_block_cache", "FirstBlockCacheConfig"),
-                              "diffusers FirstBlockCache (threshold)"),
+                              "diffusers FirstBlockCache (threshold)", refuses=_text_free_tail),
     "diffusers-taylorseer": Peer(_hook("apply_taylorseer_cache", "TaylorSeerCacheConfig"),
                                  "diffusers TaylorSeer (cache_interval, max_order, disable_cache_before_step)"),
     "diffusers-magcache": Peer(_hook("apply_mag_cache", "MagCacheConfig"),
@@ -163,10 +173,9 @@ def apply_peer(model: Any, spec: str) -> PeerHandle:
     if name not in PEERS:
         raise UserError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
     stack = block_stack(model, f"peer {name}")
-    if name == "diffusers-fbcache" and getattr(stack.blocks[-1].module, "context_pre_only", False):
-        raise UserError(f"peer diffusers-fbcache fails on this {type(stack.net).__name__}: its last block returns no "
-                        "text tokens and diffusers' FirstBlockCache subtracts from them; use fewstep's fbcache (the same "
-                        "algorithm) or peer:cache-dit")
+    problem = PEERS[name].refuses(stack)
+    if problem:
+        raise UserError(f"peer {name} fails on this {type(stack.net).__name__}: {problem}")
     if any("forward" in m.__dict__ for m in stack.net.modules()):
         raise UserError(f"cannot apply peer {name}: this network is already accelerated; remove() the other first")
     slot: list = []
