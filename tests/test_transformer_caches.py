@@ -162,6 +162,40 @@ def test_teacache_calibration_of_a_text_to_image_pipeline_samples_its_prompts_gu
     assert recorded["cache"].startswith("teacache:threshold=0.2,coefficients=[") and recorded["cfg_scale"] == 4
 
 
+def test_magcache_calibrates_in_its_own_mode_and_accelerate_records_the_fit(tmp_path, dit_folder):
+    """The ratios are diffusers MagCache's own (each call's stack residual norm over the previous call's, token by
+    token), one per network call; fitted, they make MagCache skip; `fewstep accelerate` records them."""
+    from fewstep.accel.peers import magcache_ratios
+
+    d = model("dit", "small")
+    blocks = block_stack(d, "test").blocks
+    inputs, outputs = [], []
+    hooks = [blocks[0].module.register_forward_pre_hook(lambda m, a, k: inputs.append(a[0] if a else
+                                                                                   k["hidden_states"]),
+                                                        with_kwargs=True),
+             blocks[-1].module.register_forward_hook(lambda m, a, out: outputs.append(out))]
+    ratios = magcache_ratios(d, SHAPE, karras(6, 0.002, 80.0), "euler", n=4, labels=LABELS[:4] % 10)
+    for h in hooks:
+        h.remove()
+    residuals = [o - i for i, o in zip(inputs, outputs)]
+    expected = [1.0] + [float((r.norm(dim=-1) / (p.norm(dim=-1) + 1e-8)).mean())
+                        for p, r in zip(residuals, residuals[1:])]
+    np.testing.assert_allclose(ratios, expected, rtol=1e-5)
+    assert len(ratios) == 6
+    spec = f"peer:diffusers-magcache:threshold=1,retention_ratio=0,num_inference_steps=6,mag_ratios={ratios}"
+    full = count_flops(lambda: run(d, "euler", steps=6))
+    handle = apply_cache(d, spec.replace(" ", ""))
+    cached = count_flops(lambda: run(d, "euler", steps=6))
+    handle.remove()
+    assert cached < 0.9 * full
+    out = tmp_path / "fast"
+    assert main(["accelerate", "--model", dit_folder, "--out", str(out), "--cache",
+                 "peer:diffusers-magcache:threshold=0.1,calibrate=true", "--sampler", "euler", "--steps", "6"]) == 0
+    recorded = json.loads((out / "fewstep.json").read_text())["acceleration"]["cache"]
+    assert recorded.startswith("peer:diffusers-magcache:threshold=0.1,num_inference_steps=6,mag_ratios=[1,")
+    assert main(["sample", "--model", str(out), "--n", "2", "--out", str(tmp_path / "x.png")]) == 0
+
+
 def test_the_fitted_polynomial_predicts_held_out_samples():
     g = np.random.default_rng(0)
     x = g.uniform(0.02, 0.1, (8, 20))
@@ -275,6 +309,8 @@ class Unmapped(nn.Module):
     (None, "teacache:speed=2", "has no setting 'speed'"),
     (None, "teacache:threshold=-1", "threshold must be >= 0"),
     (None, "teacache:calibrate=true", "fits the coefficients once, offline"),
+    (None, "peer:diffusers-magcache:calibrate=true", "calibrate=true fits once, offline: run fewstep accelerate"),
+    (None, "peer:diffusers-fastercache", "fails on this DiTTransformer2DModel: FasterCache approximates the unc"),
     (None, "peer:turbo-cache", "unknown peer 'turbo-cache'"),
     (None, "peer:diffusers-fbcache:speed=2", "has no setting 'speed'"),
     ("dit-1", "peer:diffusers-fbcache", "peer diffusers-fbcache cannot be applied to this DiTTransformer2DModel: "),

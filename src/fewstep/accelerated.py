@@ -16,7 +16,7 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from fewstep.accel.teacache import calibrated_spec
+from fewstep.accel.calibrate import calibrated_spec
 from fewstep.core.errors import UserError
 from fewstep.core.files import replaced_folder
 from fewstep.models.io import FEWSTEP_JSON, ModelInfo, load_model, resolve_model_dir
@@ -60,7 +60,7 @@ def save_accelerated(model_path: str | Path, out: str | Path, settings: PlanSett
     model = load_model(model_path)
     source, out = resolve_model_dir(model_path), Path(out)
     plan = build_plan(model, settings)
-    if plan.cache:  # teacache:...,calibrate=true: fit its polynomial now, on this plan's sampler and sigmas
+    if plan.cache:  # teacache / peer:diffusers-magcache with calibrate=true: fit now, on this plan's sampler and sigmas
         plan = replace(plan, cache=calibrated_spec(plan.cache, model, plan, prompts=prompts))
     plan.check(model)
     text = model.prompt_encoder is not None

@@ -459,8 +459,8 @@ def _accelerate_parser(p: argparse.ArgumentParser) -> None:
     _add_plan_flags(p, "record")
     p.add_argument("--force", action="store_true", help="replace --out if it is a model folder")
     p.add_argument("--dry-run", action="store_true", help="check the settings, print what would be recorded and exit")
-    p.add_argument("--prompts", help="text-to-image: the prompt set teacache's calibrate=true samples (FILE | "
-                                     "captions:seen; default: a captions model's seen captions)")
+    p.add_argument("--prompts", help="text-to-image: the prompt set a calibrate=true fit (teacache, MagCache) "
+                                     "samples (FILE | captions:seen; default: a captions model's seen captions)")
     p.set_defaults(func=cmd_accelerate)
 
 

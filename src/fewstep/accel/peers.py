@@ -13,14 +13,17 @@ import inspect
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from fewstep.accel.base import AcceleratorHandle, parse_spec
 from fewstep.accel.blocks import BlockStack, block_stack
+from fewstep.accel.calibrate import wants_calibration
 from fewstep.config import build_config
 from fewstep.core.errors import UserError
+from fewstep.samplers import generate
 
 
 class PeerHandle(AcceleratorHandle):
@@ -147,6 +150,13 @@ def _text_free_tail(stack: BlockStack) -> str | None:
     return None
 
 
+def _branch_order(stack: BlockStack) -> str | None:
+    """diffusers' FasterCache reads a batch as [unconditional; conditional] halves, a diffusers pipeline's order."""
+    return ("FasterCache approximates the unconditional half of a diffusers pipeline's [unconditional; conditional] "
+            "batch, and fewstep's guidance batches [conditional; guided unconditional rows]: it would swap the "
+            "branches; use fewstep's guidance skipping (--guidance adaptive, --cfg-interval) for that saving")
+
+
 def _hook(apply_name: str, config_name: str) -> Callable:
     return lambda stack, settings, handle: _diffusers_hook(apply_name, config_name, stack, settings, handle)
 
@@ -157,21 +167,27 @@ PEERS: dict[str, Peer] = {
     "diffusers-taylorseer": Peer(_hook("apply_taylorseer_cache", "TaylorSeerCacheConfig"),
                                  "diffusers TaylorSeer (cache_interval, max_order, disable_cache_before_step)"),
     "diffusers-magcache": Peer(_hook("apply_mag_cache", "MagCacheConfig"),
-                               "diffusers MagCache (threshold, num_inference_steps, mag_ratios)"),
+                               "diffusers MagCache (threshold, num_inference_steps, mag_ratios; calibrate=true: "
+                               "fewstep accelerate fits mag_ratios)"),
     "diffusers-pab": Peer(_hook("apply_pyramid_attention_broadcast", "PyramidAttentionBroadcastConfig"),
                           "diffusers PyramidAttentionBroadcast (spatial_attention_block_skip_range, ...)"),
     "diffusers-fastercache": Peer(_hook("apply_faster_cache", "FasterCacheConfig"),
-                                  "diffusers FasterCache (spatial_attention_block_skip_range, ...)"),
+                                  "diffusers FasterCache (spatial_attention_block_skip_range, ...)",
+                                  refuses=_branch_order),
     "cache-dit": Peer(lambda stack, settings, handle: _cache_dit(stack, settings),
                       "cache-dit DBCache (Fn_compute_blocks, Bn_compute_blocks, residual_diff_threshold, ...)"),
 }
 
 
-def apply_peer(model: Any, spec: str) -> PeerHandle:
-    """Apply 'peer:NAME:key=value,...' (a peer's own setting names) to the transformer inside `model`."""
+def apply_peer(model: Any, spec: str, calibrating: bool = False) -> PeerHandle:
+    """Apply 'peer:NAME:key=value,...' (a peer's own setting names) to the transformer inside `model`; a peer's
+    calibration mode (calibrate=true) only when `calibrating` (fewstep.accel.calibrate runs it once, offline)."""
     name, settings = parse_spec(spec.strip()[len("peer:"):])
     if name not in PEERS:
         raise UserError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
+    if wants_calibration(settings) and not calibrating:
+        raise UserError(f"peer {name}: calibrate=true fits once, offline: run fewstep accelerate --cache "
+                        f"'peer:{name}:...,calibrate=true' and sample the folder it writes (its spec holds the fit)")
     stack = block_stack(model, f"peer {name}")
     problem = PEERS[name].refuses(stack)
     if problem:
@@ -188,3 +204,22 @@ def apply_peer(model: Any, spec: str) -> PeerHandle:
     handle = PeerHandle(f"peer:{name}", stack, reset, release, attributes)
     slot.append(handle)
     return handle
+
+
+def magcache_ratios(denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler: str = "euler", n: int = 8,
+                    seed: int = 1000, labels: Any = None, device: str = "cpu") -> list[float]:
+    """diffusers MagCache's magnitude ratio per network call (its own calibrate=True mode, which skips nothing), on
+    one run of samples 0..n-1 of the held-out `seed`."""
+    from diffusers.hooks.mag_cache import MagCacheHeadHook
+
+    # a step count no run reaches: MagCache prints and drops its ratios when a run reaches num_inference_steps
+    handle = apply_peer(denoiser, "peer:diffusers-magcache:calibrate=true,num_inference_steps=1000000000",
+                        calibrating=True)
+    try:
+        generate(denoiser, shape, n, sigmas, sampler, seed, labels, batch_size=n, device=device)
+        head = next(h for m in handle.net.modules() if hasattr(m, "_diffusers_hook")
+                    for h in m._diffusers_hook.hooks.values() if isinstance(h, MagCacheHeadHook))
+        ratios = list(head.state_manager.get_state().calibration_ratios)
+    finally:
+        handle.remove()
+    return ratios

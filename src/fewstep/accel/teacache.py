@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fewstep.accel.base import parse_spec
 from fewstep.accel.blockcache import BlockCacheHandle
 from fewstep.accel.blocks import Block, BlockStack, block_stack
 from fewstep.core.errors import UserError
@@ -159,29 +158,6 @@ def calibrate(denoiser: Any, shape: Sequence[int], sigmas: torch.Tensor, sampler
         raise UserError("teacache: calibration needs a sampler run of at least 2 network calls")
     x, y = torch.stack(recorder.inputs, 1).numpy(), torch.stack(recorder.outputs, 1).numpy()  # [samples, calls]
     return fit_polynomial(x, y, max_degree)
-
-
-def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str | None = None) -> str:
-    """A teacache spec with calibrate=true turned into one with the coefficients fitted on the LoadedModel `model`
-    along `plan`'s sampler, sigmas and guidance: class labels cycling, as the ruler samples, or a text-to-image
-    model's prompt set (`prompts`, as --prompts names it; a captions model's default: captions:seen); any other spec
-    unchanged."""
-    from fewstep.accel.adaptive_guidance import guided_denoiser
-
-    name, settings = parse_spec(spec)
-    if name != "teacache" or settings.get("calibrate", "").lower() not in ("true", "1", "yes"):
-        return spec
-    classes = model.info.num_classes
-    labels = torch.arange(n) % classes if classes else None
-    if model.prompt_encoder is not None:
-        from fewstep.data.prompts import fit_prompts
-        from fewstep.models.info import prompt_cond
-
-        labels = prompt_cond(model, fit_prompts(prompts, model.info.dataset, n).prompts, n)
-    denoiser = guided_denoiser(model.denoiser, plan.cfg_scale, plan.cfg_interval, plan.guidance)
-    coefficients = calibrate(denoiser, model.info.shape, plan.sigmas, plan.sampler, n=n, labels=labels)
-    threshold = settings.get("threshold", TeaCacheConfig.threshold)
-    return f"teacache:threshold={threshold},coefficients=[{','.join(f'{c:.6g}' for c in coefficients)}]"
 
 
 def apply_teacache(model: Any, config: TeaCacheConfig) -> TeaCacheHandle:

@@ -1,0 +1,52 @@
+"""Offline fits a cache needs before it runs: `calibrate=true` in a cache spec becomes the values fitted on this model.
+
+`fewstep accelerate --cache SPEC` fits them once, on one uncached run of the plan's own sampler, sigmas and guidance
+(held-out seed 1000; class labels cycling, as the ruler samples, or a text-to-image model's prompt set), and records
+the fitted spec: TeaCache's rescaling polynomial (fewstep.accel.teacache.calibrate) and diffusers MagCache's
+magnitude ratios, from MagCache's own calibration mode (fewstep.accel.peers.magcache_ratios).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fewstep.accel.base import parse_spec
+
+TRUE = ("true", "1", "yes")
+
+
+def wants_calibration(settings: dict[str, str]) -> bool:
+    """Whether a spec's settings ask for an offline fit (calibrate=true)."""
+    return settings.get("calibrate", "").lower() in TRUE
+
+
+def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str | None = None) -> str:
+    """`spec` with calibrate=true replaced by what it fits on the LoadedModel `model` along `plan` (n samples;
+    `prompts` as --prompts names it, a captions model's default: captions:seen); any other spec unchanged."""
+    from fewstep.accel.adaptive_guidance import guided_denoiser
+    from fewstep.accel.peers import magcache_ratios
+    from fewstep.accel.teacache import TeaCacheConfig, calibrate
+
+    peer = spec.strip().startswith("peer:")
+    name, settings = parse_spec(spec.strip()[len("peer:"):] if peer else spec)
+    if (peer, name) not in ((False, "teacache"), (True, "diffusers-magcache")) or not wants_calibration(settings):
+        return spec
+    classes = model.info.num_classes
+    labels = torch.arange(n) % classes if classes else None
+    if model.prompt_encoder is not None:
+        from fewstep.data.prompts import fit_prompts
+        from fewstep.models.info import prompt_cond
+
+        labels = prompt_cond(model, fit_prompts(prompts, model.info.dataset, n).prompts, n)
+    denoiser = guided_denoiser(model.denoiser, plan.cfg_scale, plan.cfg_interval, plan.guidance)
+    fit = dict(shape=model.info.shape, sigmas=plan.sigmas, sampler=plan.sampler, n=n, labels=labels)
+    if name == "teacache":
+        coefficients = calibrate(denoiser, **fit)
+        threshold = settings.get("threshold", TeaCacheConfig.threshold)
+        return f"teacache:threshold={threshold},coefficients=[{','.join(f'{c:.6g}' for c in coefficients)}]"
+    ratios = magcache_ratios(denoiser, **fit)
+    kept = [f"{k}={v}" for k, v in settings.items() if k not in ("calibrate", "num_inference_steps", "mag_ratios")]
+    fitted = [f"num_inference_steps={len(ratios)}", f"mag_ratios=[{','.join(f'{r:.5g}' for r in ratios)}]"]
+    return f"peer:{name}:" + ",".join(kept + fitted)
