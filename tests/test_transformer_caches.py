@@ -277,20 +277,24 @@ def test_cache_dit_runs_and_its_f1b0_dbcache_is_the_first_block_cache():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-def test_cache_dit_on_sd3_through_its_pipeline_pattern_equals_the_first_block_cache():
-    """cache-dit adapts SD3 only inside StableDiffusion3Pipeline; fewstep hands it the blocks with that pattern."""
+@pytest.mark.parametrize("warmup", [1, 2])
+def test_cache_dit_on_sd3_through_its_pipeline_pattern_equals_the_first_block_cache(warmup):
+    """cache-dit adapts SD3 only inside StableDiffusion3Pipeline; fewstep hands it the blocks with that pattern.
+    fbcache's warmup is cache-dit's max_warmup_steps: the first calls of a trajectory run in full."""
     pytest.importorskip("cache_dit", reason="cache-dit is not installed (pip install 'fewstep[peers]')")
     net, call, shape = tiny("sd3")
     base = trajectory(net, call, shape)
     handle = apply_cache(net, "peer:cache-dit:Fn_compute_blocks=1,Bn_compute_blocks=0,residual_diff_threshold=0.5,"
-                              "max_warmup_steps=1")
+                              f"max_warmup_steps={warmup}")
     theirs = trajectory(net, call, shape)
     handle.remove()
     assert torch.equal(trajectory(net, call, shape), base)
-    handle = apply_cache(net, "fbcache:threshold=0.5")
+    handle = apply_cache(net, f"fbcache:threshold=0.5,warmup={warmup}")
     ours = trajectory(net, call, shape)
+    stats = handle.stats()
     handle.remove()
     assert (theirs - base).abs().max() > 1e-4  # blocks were skipped
+    assert stats["full_calls"] >= warmup and stats["cached_calls"] >= 1
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
@@ -308,6 +312,7 @@ class Unmapped(nn.Module):
     (nn.Linear(2, 2), "teacache", "teacache works on transformers .* network is a Linear"),
     (None, "teacache:speed=2", "has no setting 'speed'"),
     (None, "teacache:threshold=-1", "threshold must be >= 0"),
+    (None, "fbcache:warmup=0", "fbcache: warmup counts the first calls"),
     (None, "teacache:calibrate=true", "fits the coefficients once, offline"),
     (None, "peer:diffusers-magcache:calibrate=true", "calibrate=true fits once, offline: run fewstep accelerate"),
     (None, "peer:diffusers-fastercache", "fails on this DiTTransformer2DModel: FasterCache approximates the unc"),

@@ -97,27 +97,35 @@ class FirstBlockCacheConfig:
     """Skip the tail blocks while the first block's residual changed by less than `threshold` (relative L1)."""
 
     threshold: float = 0.05
+    warmup: int = 1  # the first calls of a trajectory, always run in full (cache-dit's max_warmup_steps)
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
             raise UserError(f"fbcache: threshold must be >= 0 (0 = never skip), got {self.threshold}")
+        check_warmup("fbcache", self.warmup)
+
+
+def check_warmup(name: str, warmup: int) -> None:
+    """A cache's warmup counts calls: at least the first, which has nothing cached yet."""
+    if warmup < 1:
+        raise UserError(f"{name}: warmup counts the first calls of a trajectory that run in full, >= 1; got {warmup}")
 
 
 class FirstBlockCacheHandle(BlockCacheHandle):
     """First-block cache (ParaAttention's FBCache, as diffusers' FirstBlockCache hook): block 0 always runs; the tail
     is skipped when ||r - r_j||_1 / ||r_j||_1 < threshold, r the first block's residual now and r_j at the last full
-    call j (so drift accumulates until a full call). threshold 0 never skips."""
+    call j (so drift accumulates until a full call). threshold 0 never skips; the first `warmup` calls always run."""
 
     name = "fbcache"
 
     def __init__(self, stack: BlockStack, config: FirstBlockCacheConfig):
         super().__init__(stack, head=1)
-        self.threshold = config.threshold
+        self.threshold, self.warmup = config.threshold, config.warmup
         self.full_head_residual: torch.Tensor | None = None
 
     def reuse_scale(self) -> float | None:
         r, r_full = self.head_residual(), self.full_head_residual
-        if r_full is None:
+        if r_full is None or self.call_index <= self.warmup:
             return None
         change = float((r - r_full).abs().mean() / r_full.abs().mean())
         return 1.0 if change < self.threshold else None

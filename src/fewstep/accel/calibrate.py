@@ -43,10 +43,12 @@ def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str |
     denoiser = guided_denoiser(model.denoiser, plan.cfg_scale, plan.cfg_interval, plan.guidance)
     fit = dict(shape=model.info.shape, sigmas=plan.sigmas, sampler=plan.sampler, n=n, labels=labels)
     if name == "teacache":
-        coefficients = calibrate(denoiser, **fit)
-        threshold = settings.get("threshold", TeaCacheConfig.threshold)
-        return f"teacache:threshold={threshold},coefficients=[{','.join(f'{c:.6g}' for c in coefficients)}]"
-    ratios = magcache_ratios(denoiser, **fit)
-    kept = [f"{k}={v}" for k, v in settings.items() if k not in ("calibrate", "num_inference_steps", "mag_ratios")]
-    fitted = [f"num_inference_steps={len(ratios)}", f"mag_ratios=[{','.join(f'{r:.5g}' for r in ratios)}]"]
-    return f"peer:{name}:" + ",".join(kept + fitted)
+        fitted = {"coefficients": calibrate(denoiser, **fit)}
+        settings.setdefault("threshold", str(TeaCacheConfig.threshold))
+    else:
+        ratios = magcache_ratios(denoiser, **fit)
+        fitted = {"num_inference_steps": len(ratios), "mag_ratios": ratios}
+    kept = [f"{k}={v}" for k, v in settings.items() if k != "calibrate" and k not in fitted]
+    written = [f"{k}=[{','.join(f'{v:.6g}' for v in value)}]" if isinstance(value, list) else f"{k}={value}"
+               for k, value in fitted.items()]
+    return ("peer:" if peer else "") + f"{name}:" + ",".join(kept + written)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fewstep.accel.blockcache import BlockCacheHandle
+from fewstep.accel.blockcache import BlockCacheHandle, check_warmup
 from fewstep.accel.blocks import Block, BlockStack, block_stack
 from fewstep.core.errors import UserError
 from fewstep.samplers import generate
@@ -66,10 +66,12 @@ class TeaCacheConfig:
     threshold: float = 0.1
     coefficients: list[float] = field(default_factory=lambda: [1.0, 0.0])  # p, highest power first; fit: calibrate
     calibrate: bool = False  # fit the coefficients (fewstep accelerate only)
+    warmup: int = 1  # the first calls of a trajectory, always run in full (TeaCache's ret_steps)
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
             raise UserError(f"teacache: threshold must be >= 0 (0 = never skip), got {self.threshold}")
+        check_warmup("teacache", self.warmup)
         if not self.coefficients:
             raise UserError("teacache: coefficients takes a polynomial, highest power first, like [1,0]")
 
@@ -81,7 +83,7 @@ class TeaCacheHandle(BlockCacheHandle):
 
     def __init__(self, stack: BlockStack, config: TeaCacheConfig):
         super().__init__(stack, head=0)
-        self.threshold = config.threshold
+        self.threshold, self.warmup = config.threshold, config.warmup
         self.rescale = np.poly1d(config.coefficients)
         self.previous: torch.Tensor | None = None  # the modulated input of the previous call
         self.accumulated = 0.0
@@ -89,7 +91,8 @@ class TeaCacheHandle(BlockCacheHandle):
     def reuse_scale(self) -> float | None:
         m = modulated_input(*self.head_call)
         previous, self.previous = self.previous, m
-        if previous is None:
+        if previous is None or self.call_index <= self.warmup:
+            self.accumulated = 0.0
             return None
         self.accumulated += max(0.0, float(self.rescale(float(relative_l1(m, previous)))))
         if self.accumulated < self.threshold:
