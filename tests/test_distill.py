@@ -298,3 +298,7 @@ def test_sid_init_sigma_starts_the_generator_there_and_is_recorded(ring_teacher,
     assert student.std(0).min() > 1.4 * start.std(0).max()  # measured 0.79 vs 0.51: it starts spread out
     with pytest.raises(UserError, match="--sid-init-sigma must lie in"):
         toy_distill(ring_teacher, tmp_path / "bad", "sid", steps="1", train_steps=4, sid_init_sigma=500.0)
+    optimisers = sorted((tmp_path / "sid").glob("**/checkpoints/*/optim-*.json"))
+    assert {p.name for p in optimisers} == {"optim-fake.json", "optim-generator.json"}
+    for p in optimisers:  # SiD's Adams run without momentum, as its official code (beta1 = 0)
+        assert json.loads(p.read_text())["param_groups"][0]["betas"] == [0.0, 0.999]

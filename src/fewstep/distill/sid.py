@@ -51,7 +51,8 @@ def sid_generator_loss(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, 
 
 class SiD:
     """Two networks, two optimisers: the generator (one step from sigmas[0], or multistep by backward simulation)
-    and the fake score, initialised from the teacher and trained on the generator's detached samples."""
+    and the fake score, initialised from the teacher and trained on the generator's detached samples; both Adams
+    without momentum (beta1 = 0), as SiD's code trains them."""
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, alpha: float = 1.2,
                  tmax: float = 0.8, fake_updates: int = 1):
@@ -59,6 +60,7 @@ class SiD:
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
+        self.adam_betas = {"generator": (0.0, 0.999), "fake": (0.0, 0.999)}  # the official code's, both networks
         self.teacher, self.sigmas, self.alpha, self.tmax = teacher, sigmas.float(), alpha, tmax
         self.sigma_data, self.sigma_range = generator.sigma_data, generator.sigma_range
 

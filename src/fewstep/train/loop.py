@@ -4,8 +4,9 @@ A method is any object with `modules` (name -> trainable nn.Module, one Adam eac
 average) and `losses(batch) -> {name: loss}` (a module whose loss is absent is not stepped); optional
 `state_modules` (name -> nn.Module the method updates itself, e.g. a consistency target network) are checkpointed
 with the rest, optional `update_every` (name -> k) steps a module's optimiser only on every k-th step (two time-scale
-updates), optional `lr_scale` (name -> factor) multiplies a module's learning rate (a discriminator's), and
-optional `diverging(losses) -> reason | None` reports trouble only the method can see (a discriminator
+updates), optional `lr_scale` (name -> factor) multiplies a module's learning rate (a discriminator's), optional
+`adam_betas` (name -> (beta1, beta2)) replaces Adam's default (0.9, 0.999) (SiD's beta1 = 0), and optional
+`diverging(losses) -> reason | None` reports trouble only the method can see (a discriminator
 that wins). The loop never branches on what the method is.
 
 The divergence guard rolls back to the last checkpoint from before the bad step, logged, when a loss is
@@ -179,7 +180,8 @@ def run_loop(method: Method, source: BatchSource, config: LoopConfig, run_dir: P
     raw = {n: method.modules[n] for n in names}
     if hasattr(method, "to"):
         method.to(acc.device)
-    optims = {n: torch.optim.Adam(raw[n].parameters(), lr=config.lr, betas=(0.9, 0.999)) for n in names}
+    betas = dict(getattr(method, "adam_betas", {}))
+    optims = {n: torch.optim.Adam(raw[n].parameters(), lr=config.lr, betas=betas.get(n, (0.9, 0.999))) for n in names}
     prepared = acc.prepare(*[raw[n] for n in names], *[optims[n] for n in names])
     models = dict(zip(names, prepared[: len(names)]))
     method.modules.update(models)  # the method calls the wrapped (e.g. DDP) modules, so gradients are all-reduced
