@@ -302,3 +302,6 @@ def test_sid_init_sigma_starts_the_generator_there_and_is_recorded(ring_teacher,
     assert {p.name for p in optimisers} == {"optim-fake.json", "optim-generator.json"}
     for p in optimisers:  # SiD's Adams run without momentum, as its official code (beta1 = 0)
         assert json.loads(p.read_text())["param_groups"][0]["betas"] == [0.0, 0.999]
+    toy_distill(ring_teacher, tmp_path / "sid-b1", "sid", steps="1", train_steps=2, sid_adam_beta1=0.5)
+    for p in (tmp_path / "sid-b1").glob("**/checkpoints/*/optim-*.json"):
+        assert json.loads(p.read_text())["param_groups"][0]["betas"] == [0.5, 0.999]

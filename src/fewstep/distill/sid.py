@@ -30,6 +30,8 @@ class SiDOptions:
     sid_init_sigma: float = option(0.0, "sid: the generator's input noise level, its first sigma (the paper's "
                                         "init_sigma, 2.5 on EDM teachers); 0 = the teacher's sigma_max",
                                    at_least=0.0)
+    sid_adam_beta1: float = option(0.0, "sid: Adam's beta1 for the generator and the fake score (0 in SiD's code; "
+                                        "fewstep's other methods use 0.9)", at_least=0.0, at_most=0.99)
 
     PRESETS: ClassVar[dict] = {}
 
@@ -52,15 +54,15 @@ def sid_generator_loss(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, 
 class SiD:
     """Two networks, two optimisers: the generator (one step from sigmas[0], or multistep by backward simulation)
     and the fake score, initialised from the teacher and trained on the generator's detached samples; both Adams
-    without momentum (beta1 = 0), as SiD's code trains them."""
+    with `beta1` (0: without momentum, as SiD's code trains them)."""
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, alpha: float = 1.2,
-                 tmax: float = 0.8, fake_updates: int = 1):
+                 tmax: float = 0.8, fake_updates: int = 1, beta1: float = 0.0):
         self.fake = copy.deepcopy(generator)  # the teacher's weights at the start; unwrapped, for the generator's turn
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
-        self.adam_betas = {"generator": (0.0, 0.999), "fake": (0.0, 0.999)}  # the official code's, both networks
+        self.adam_betas = {"generator": (beta1, 0.999), "fake": (beta1, 0.999)}
         self.teacher, self.sigmas, self.alpha, self.tmax = teacher, sigmas.float(), alpha, tmax
         self.sigma_data, self.sigma_range = generator.sigma_data, generator.sigma_range
 
@@ -92,5 +94,5 @@ def run(ctx) -> list[Path]:
                             f"noise levels; got {opts.sid_init_sigma:g}")
         ctx.top_sigma = opts.sid_init_sigma
     method = SiD(ctx.make_student(), ctx.guided_teacher(), ctx.student_schedule(ctx.steps[-1])[:-1],
-                 opts.sid_alpha, opts.sid_tmax, opts.sid_fake_updates)
+                 opts.sid_alpha, opts.sid_tmax, opts.sid_fake_updates, opts.sid_adam_beta1)
     return train_generator(ctx, method, "sid", needs_data=False)
