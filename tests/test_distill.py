@@ -303,5 +303,6 @@ def test_sid_init_sigma_starts_the_generator_there_and_is_recorded(ring_teacher,
     for p in optimisers:  # SiD's Adams run without momentum, as its official code (beta1 = 0)
         assert json.loads(p.read_text())["param_groups"][0]["betas"] == [0.0, 0.999]
     toy_distill(ring_teacher, tmp_path / "sid-b1", "sid", steps="1", train_steps=2, sid_adam_beta1=0.5)
-    for p in (tmp_path / "sid-b1").glob("**/checkpoints/*/optim-*.json"):
-        assert json.loads(p.read_text())["param_groups"][0]["betas"] == [0.5, 0.999]
+    optimisers = sorted((tmp_path / "sid-b1").glob("**/checkpoints/*/optim-*.json"))
+    assert len(optimisers) >= 2 and all(json.loads(p.read_text())["param_groups"][0]["betas"] == [0.5, 0.999]
+                                        for p in optimisers)
