@@ -22,6 +22,9 @@ from fewstep.core.errors import UserError
 T = TypeVar("T")
 
 
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}  # a setting's text
+
+
 def option(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with its command-line help in the metadata; `at_least=`, `above=` and `at_most=` bound a
     number (checked by build_config, which then also refuses NaN and infinity), `one_of=` lists the allowed values."""
@@ -50,8 +53,8 @@ def _convert(value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+            return BOOLEAN_WORDS[value.lower()]
         raise ValueError(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):

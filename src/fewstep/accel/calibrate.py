@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fewstep.accel.base import parse_spec
-
-TRUE = ("true", "1", "yes")
+from fewstep.config import BOOLEAN_WORDS
 
 
 def wants_calibration(settings: dict[str, str]) -> bool:
     """Whether a spec's settings ask for an offline fit (calibrate=true)."""
-    return settings.get("calibrate", "").lower() in TRUE
+    return BOOLEAN_WORDS.get(settings.get("calibrate", "").lower(), False)
 
 
 def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str | None = None) -> str:
@@ -28,13 +25,13 @@ def calibrated_spec(spec: str, model: Any, plan: Any, n: int = 8, prompts: str |
     from fewstep.accel.adaptive_guidance import guided_denoiser
     from fewstep.accel.peers import magcache_ratios
     from fewstep.accel.teacache import TeaCacheConfig, calibrate
+    from fewstep.sample import class_labels
 
     peer = spec.strip().startswith("peer:")
     name, settings = parse_spec(spec.strip()[len("peer:"):] if peer else spec)
     if (peer, name) not in ((False, "teacache"), (True, "diffusers-magcache")) or not wants_calibration(settings):
         return spec
-    classes = model.info.num_classes
-    labels = torch.arange(n) % classes if classes else None
+    labels = class_labels(model, n, cycle=True)
     if model.prompt_encoder is not None:
         from fewstep.data.prompts import fit_prompts
         from fewstep.models.info import prompt_cond

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.config import BOOLEAN_WORDS
 from fewstep.core.errors import UserError
 
 BUILTIN = ("digits", "8gaussians", "checkerboard", "moons", "swissroll", "shapes", "captions")
@@ -77,9 +78,9 @@ def _convert(kind: str, name: str, value: Any) -> Any:
         return type(default)(value)
     try:
         if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            if value.lower() not in BOOLEAN_WORDS:
                 raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
+            return BOOLEAN_WORDS[value.lower()]
         return type(default)(value)
     except ValueError:
         raise UserError(f"dataset option {name}={value!r} is not a {type(default).__name__}") from None
