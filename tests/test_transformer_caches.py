@@ -334,7 +334,9 @@ def test_bad_input_is_one_line(target, spec, message):
 
 
 @pytest.mark.parametrize("spec,message", [("teacache:speed=2", "has no setting 'speed'"),
-                                          ("peer:diffusers-taylorseer", "matched no module of this DiTTransformer2DModel")])
+                                          ("peer:diffusers-taylorseer", "matched no module of this DiTTransformer2DModel"),
+                                          ("peer:diffusers-fastercache", "FasterCache approximates the unconditional"),
+                                          ("peer:diffusers-magcache:calibrate=true", "calibrate=true fits once, offline")])
 def test_bad_cache_from_the_cli_exits_2(dit_folder, capsys, tmp_path, spec, message):
     assert main(["sample", "--model", dit_folder, "--cache", spec, "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
