@@ -341,6 +341,26 @@ def test_clip_tokenizer_from_words(tmp_path):
     assert tokenizer.model_max_length == 77
 
 
+def test_every_listed_word_is_one_token(tmp_path):
+    """Merges of one word may break another's chain ("right" before "triangle", repeats as in "ccccg"); the builder
+    must still give each listed word one token, in the slow and the fast tokenizer alike."""
+    import random
+
+    from transformers import CLIPTokenizerFast
+
+    from fewstep.data.captions import COLOURS, REGION_WORDS, SHAPES, SIZES
+
+    rng = random.Random(0)
+    captions_words = {w for ws in (SHAPES, COLOURS, SIZES, *REGION_WORDS.values(), "a left right of above below")
+                      for w in (ws.split() if isinstance(ws, str) else ws)}
+    for i, words in enumerate([sorted(captions_words), ["right", "triangle", "ccccg", "cc"],
+                               ["".join(rng.choice("abc") for _ in range(rng.randint(1, 12))) for _ in range(300)]]):
+        slow = build_clip_tokenizer(words, tmp_path / str(i))
+        fast = CLIPTokenizerFast.from_pretrained(tmp_path / str(i))
+        assert [w for w in words if len(slow.tokenize(w)) != 1] == []
+        assert all(slow(w).input_ids == fast(w).input_ids for w in words)
+
+
 @pytest.mark.parametrize("name, settings", [
     ("EulerDiscreteScheduler", {}), ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     ("HeunDiscreteScheduler", {}), ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),

@@ -140,6 +140,34 @@ def test_flow_teacher_exports_an_sd3_pipeline_that_diffusers_samples_as_fewstep_
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
 
 
+def test_the_text_encoder_reads_every_training_caption_whole(run, data):
+    """Every caption word is one token and no caption is cut (a word split into bytes once truncated the second
+    object of 28 % of the captions, docs/BENCHMARKS.md §13)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(run / "model" / "tokenizer")
+    words = {w for caption in data.train_text for w in caption.split()}
+    assert all(len(tokenizer.tokenize(w)) == 1 for w in words)
+    assert tokenizer.model_max_length == 16
+    assert all(len(ids) <= 16 for ids in tokenizer(data.train_text).input_ids)
+
+
+def test_long_captions_lengthen_the_text_encoder_up_to_77_tokens(data, tmp_path, capsys):
+    from dataclasses import replace
+
+    from fewstep.train.text2image import text_encoder_stage
+
+    for words, length in ((30, 32), (90, 77)):  # BOS + words + EOS, capped at SD's 77
+        long = replace(data, train_text=[f"{c} " + " ".join(["and a red circle"] * (words // 4)) for c in
+                                         data.train_text])
+        longest = max(len(c.split()) for c in long.train_text) + 2
+        tokenizer, (encoder,) = text_encoder_stage(captions_config(), long, tmp_path / str(words))
+        assert tokenizer.model_max_length == min(longest, 77) == encoder.config.max_position_embeddings
+        assert json.loads((tmp_path / str(words) / "tokenizer" / "tokenizer_config.json").read_text())[
+            "model_max_length"] == min(longest, 77)
+    assert "reads the first 77" in capsys.readouterr().err
+
+
 def test_frozen_text_encoder_keeps_its_initialisation(data, tmp_path):
     cfg = captions_config(text_encoder="frozen", vae_steps=2, steps=2)
     folder = train_teacher(cfg, tmp_path / "frozen", data=data)

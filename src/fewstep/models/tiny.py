@@ -17,11 +17,31 @@ SD_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scal
                 "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True}
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word as CLIP's tokenizer does it: join every occurrence of the adjacent pair of
+    lowest rank, left to right, until no adjacent pair is a merge."""
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, len(ranks)))
+        if pair not in ranks:
+            break
+        joined, i = [], 0
+        while i < len(symbols):
+            if tuple(symbols[i:i + 2]) == pair:
+                joined.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                joined.append(symbols[i])
+                i += 1
+        symbols = joined
+    return symbols
+
+
 def build_clip_tokenizer(words: Iterable[str], folder: str | Path, model_max_length: int = 77):
     """Write vocab.json + merges.txt for a byte-level BPE CLIPTokenizer that knows `words`, and load it from `folder`.
 
-    The vocabulary is CLIP's layout: the 256 byte symbols, the same with the end-of-word mark `</w>`, one merge chain
-    per word (so a listed word is usually one token; any other text still tokenizes, byte by byte), then BOS and EOS.
+    The vocabulary is CLIP's layout: the 256 byte symbols, the same with the end-of-word mark `</w>`, then the merged
+    tokens, then BOS and EOS. Every listed word is one token: its merges join what the earlier merges leave of it and
+    rank after them, so they never change an earlier word's encoding; any other text still tokenizes, byte by byte.
     """
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
@@ -31,21 +51,19 @@ def build_clip_tokenizer(words: Iterable[str], folder: str | Path, model_max_len
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
         for piece in re.findall(r"[^\W\d_]+", word.lower()):  # CLIP pre-tokenizes into runs of letters
-            chars = byte_level.pre_tokenize_str(piece)[0][0]
-            token = chars[0] if len(chars) > 1 else chars + "</w>"
-            for i, char in enumerate(chars[1:], start=2):
-                pair = (token, char + ("</w>" if i == len(chars) else ""))
-                token = "".join(pair)
-                if pair not in merges:
-                    merges.append(pair)
-                vocab.setdefault(token, len(vocab))
+            chars = list(byte_level.pre_tokenize_str(piece)[0][0])
+            pieces = _bpe(chars[:-1] + [chars[-1] + "</w>"], ranks)
+            while len(pieces) > 1:  # no merge applies to these pieces: join the first two, then encode again
+                ranks[(pieces[0], pieces[1])] = len(ranks)
+                vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+                pieces = _bpe(pieces, ranks)
     for special in (BOS, EOS):
         vocab[special] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranks), encoding="utf-8")
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
     tokenizer.save_pretrained(folder)  # adds tokenizer.json and tokenizer_config.json (model_max_length)
     return tokenizer

@@ -37,7 +37,7 @@ from fewstep.train.sd3 import SD3TextNetwork, build_sd3_transformer
 from fewstep.train.vp import PREDICTIONS, TextToImageNetwork, VPTextTraining
 
 TEXT_ENCODERS = ("trained", "frozen")
-MAX_TOKENS = 16  # the captions' longest is 10 words + BOS + EOS
+MIN_TOKENS, MAX_TOKENS = 16, 77  # the encoder reads the longest training caption, in [16, 77] tokens (SD's 77)
 T5_TOKENS = 16  # the flow teacher's zero tokens in T5's place (the pipeline's default 256 costs ~4x a CPU step)
 OBJECTIVES = {"edm": "a U-Net with SD's VP objective, saved as a StableDiffusionPipeline",
               "flow": "an SD3 transformer with flow matching, saved as a StableDiffusion3Pipeline"}
@@ -83,6 +83,12 @@ def text_encoder_stage(cfg: TrainConfig, data: Dataset, folder: Path):
 
     words = sorted({w for caption in data.train_text for w in caption.lower().split()})
     tokenizer = build_clip_tokenizer(words, folder / "tokenizer", model_max_length=MAX_TOKENS)
+    longest = max(len(ids) for ids in tokenizer(list(data.train_text)).input_ids)
+    if longest > MAX_TOKENS:
+        print(f"note: the longest training caption has {longest} tokens; the text encoder reads the first "
+              f"{MAX_TOKENS}, as Stable Diffusion's does", file=sys.stderr)
+    tokenizer.model_max_length = min(max(longest, MIN_TOKENS), MAX_TOKENS)
+    tokenizer.save_pretrained(folder / "tokenizer")
     flow = cfg.objective == "flow"
     cls = CLIPTextModelWithProjection if flow else CLIPTextModel
     encoders = []
