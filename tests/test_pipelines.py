@@ -331,6 +331,23 @@ def test_prompts_are_encoded_once_without_gradients_and_latents_round_trip(base)
     assert torch.allclose(model.encode(images), z)
 
 
+def test_prompts_longer_than_the_encoder_are_cut_as_diffusers_cuts_them_and_said_once(base, caplog):
+    from fewstep.models import text
+
+    text._CUT_NOTED.clear()
+    model = load_model(base["epsilon"])
+    long = " ".join(["a small red cat"] * 30)  # 121 tokens
+    with caplog.at_level("WARNING", logger="fewstep.models.text"):
+        cond = model.encode_prompts([long, "a cat"])
+        model.encode_prompts([long])
+    notes = [r.getMessage() for r in caplog.records if "are cut" in r.getMessage()]
+    assert notes == ["note: 1 of 2 prompts are longer than the text encoder's 77 tokens and are cut there, as "
+                     "diffusers' pipelines cut them"]
+    pipe = StableDiffusionPipeline.from_pretrained(base["epsilon"], local_files_only=True)
+    reference, _ = pipe.encode_prompt([long, "a cat"], "cpu", 1, False)
+    assert torch.allclose(cond.text, reference, atol=1e-6)
+
+
 def test_clip_tokenizer_from_words(tmp_path):
     tokenizer = build_clip_tokenizer(["Zebra", "striped", "zebra"], tmp_path / "tok")
     assert {p.name for p in (tmp_path / "tok").iterdir()} >= {"vocab.json", "merges.txt"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -9,6 +10,9 @@ from torch import nn
 
 from fewstep.core.cond import Cond
 from fewstep.core.errors import UserError
+
+log = logging.getLogger(__name__)
+_CUT_NOTED: set[tuple[str, int]] = set()  # (tokenizer, length) pairs whose cut prompts were already reported
 
 
 class PromptEncoder(nn.Module):
@@ -62,8 +66,7 @@ class PromptEncoder(nn.Module):
         device = next(self.encoders.parameters()).device
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                               return_tensors="pt")
+            tokens = tokenize(tokenizer, prompts, tokenizer.model_max_length)
             mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
             out = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=self.xl)
             if not self.xl:
@@ -75,9 +78,16 @@ class PromptEncoder(nn.Module):
         return Cond(text=torch.cat(hidden, dim=-1), pooled=pooled, added=added)
 
 
-def _tokens(tokenizer, prompts: list[str], length: int, device: torch.device) -> torch.Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+def tokenize(tokenizer, prompts: list[str], length: int):
+    """Tokens padded and cut to length as the pipelines do, saying once per tokenizer when a prompt is cut."""
+    key = (str(tokenizer.name_or_path), length)
+    if key not in _CUT_NOTED:
+        cut = sum(len(ids) > length for ids in tokenizer(prompts).input_ids)
+        if cut:
+            _CUT_NOTED.add(key)
+            log.warning(f"note: {cut} of {len(prompts)} prompts are longer than the text encoder's {length} tokens "
+                        "and are cut there, as diffusers' pipelines cut them")
+    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
 
 
 def sd3_embeddings(tokenizers: Sequence, encoders: Sequence[nn.Module], prompts: list[str], joint_dim: int,
@@ -88,13 +98,14 @@ def sd3_embeddings(tokenizers: Sequence, encoders: Sequence[nn.Module], prompts:
     device = next(encoders[0].parameters()).device
     hidden, pooled = [], []
     for tokenizer, encoder in zip(tokenizers[:2], encoders[:2]):
-        out = encoder(_tokens(tokenizer, prompts, tokenizer.model_max_length, device), output_hidden_states=True)
+        ids = tokenize(tokenizer, prompts, tokenizer.model_max_length).input_ids
+        out = encoder(ids.to(device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled.append(out[0])
     clip = torch.cat(hidden, dim=-1)
     clip = torch.nn.functional.pad(clip, (0, joint_dim - clip.shape[-1]))
     if len(encoders) > 2:
-        t5 = encoders[2](_tokens(tokenizers[2], prompts, t5_length, device))[0]
+        t5 = encoders[2](tokenize(tokenizers[2], prompts, t5_length).input_ids.to(device))[0]
     else:
         t5 = clip.new_zeros(len(prompts), t5_length, joint_dim)
     return Cond(text=torch.cat([clip, t5.to(clip.dtype)], dim=-2), pooled=torch.cat(pooled, dim=-1))
