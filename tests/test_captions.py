@@ -231,6 +231,7 @@ def test_binding_terms_split_the_loss_and_count_swaps():
     read[2, 1] = 2  # slot 0 drawn as a triangle: wrong, but no swap (and equal colours and sizes never count)
     read[3, 0] = 0  # the single object on the wrong side
     terms = {k: t.estimate() for k, t in ruler.binding_terms(read, wanted).items()}
-    assert terms == {"single_accuracy": 0.5, "pair_accuracy": 0.0, "swapped_rate": 0.5}
+    assert terms == {"single_accuracy": 0.5, "pair_accuracy": 0.0, "swapped_rate": 0.5,
+                     "first_object_accuracy": 0.0, "second_object_accuracy": 0.5}  # row 1: both wrong; row 2: slot 0
     assert set(ruler.binding_terms(read[:1], wanted[:1])) == {"single_accuracy"}  # no pair asked: no pair terms
     assert ruler.binding_terms(wanted, wanted)["swapped_rate"].estimate() == 0.0

@@ -113,7 +113,9 @@ def binding_terms(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, SampleM
     """Per-sample terms that say where prompt accuracy is lost: over one-object scenes (single_accuracy), over
     two-object scenes (pair_accuracy), and the share of two-object scenes with an attribute swapped between the two
     objects (swapped_rate: a binding error, e.g. "a red circle left of a blue square" drawn as a blue circle left of
-    a red square). A term is left out when no requested scene holds its kind."""
+    a red square). first_object_accuracy / second_object_accuracy: the share of two-object scenes whose left / top
+    (slot 0, named first in canonical captions) or right / bottom object has every attribute right, whatever the
+    other object. A term is left out when no requested scene holds its kind."""
     read, wanted = read.cpu(), wanted.cpu()
     pair = wanted[:, 0] >= len(REGIONS)
     right = attribute_terms(read, wanted)["prompt_accuracy"].values
@@ -121,8 +123,10 @@ def binding_terms(read: torch.Tensor, wanted: torch.Tensor) -> dict[str, SampleM
     for first, second in ((1, 4), (2, 5), (3, 6)):
         swapped |= ((read[:, first] == wanted[:, second]) & (read[:, second] == wanted[:, first])
                     & (wanted[:, first] != wanted[:, second]))
+    first, second = ((read[:, slot] == wanted[:, slot]).all(1) & pair for slot in ([1, 2, 3], [4, 5, 6]))
     terms = {"single_accuracy": SampleMean(right & ~pair, ~pair), "pair_accuracy": SampleMean(right & pair, pair),
-             "swapped_rate": SampleMean(swapped & pair, pair)}
+             "swapped_rate": SampleMean(swapped & pair, pair), "first_object_accuracy": SampleMean(first, pair),
+             "second_object_accuracy": SampleMean(second, pair)}
     return {k: t for k, t in terms.items() if t.weights.any()}
 
 
