@@ -60,6 +60,21 @@ def test_basic_interval_reflects_the_replicates_about_the_estimate():
     assert basic_interval(2.0, [3.0 + i / 100 for i in range(101)]) == pytest.approx((0.025, 0.975), abs=1e-9)
 
 
+def test_a_share_at_0_or_1_gets_clopper_pearsons_interval_not_the_bootstraps_point():
+    hits = SampleMean(torch.ones(500))
+    row = mean_uncertainty({"prompt_accuracy": hits}, {"prompt_accuracy": 1.0})
+    assert row["prompt_accuracy_hi"] == 1.0 and row["prompt_accuracy_lo"] == pytest.approx(0.025 ** (1 / 500))
+    assert 0.992 < row["prompt_accuracy_lo"] < 0.993  # about 1 - 3.7 / n
+    objects = SampleMean(torch.zeros(100), torch.full((100,), 2.0))  # 200 objects, none right
+    row = mean_uncertainty({"shape_accuracy": objects}, {"shape_accuracy": 0.0})
+    assert (row["shape_accuracy_lo"], row["shape_accuracy_hi"]) == pytest.approx((0.0, 1 - 0.025 ** (1 / 200)))
+    one_miss = SampleMean(torch.cat([torch.ones(499), torch.zeros(1)]))  # a share inside (0, 1): the bootstrap's
+    row = mean_uncertainty({"prompt_accuracy": one_miss}, {"prompt_accuracy": 0.998})
+    assert row["prompt_accuracy_lo"] < 0.998 <= row["prompt_accuracy_hi"] <= 1.0
+    assert image_uncertainty(torch.randn(40, 3), torch.randn(40, 3) + 100, {"precision": 0.0, "recall": 0.0,
+                                                                            "fd": 1.0})["precision_hi"] > 0
+
+
 def synthetic(role: str, family: str, fd: float, seconds: float, spread: float, base: list[float], nfe: int = 4,
               n: int = 100) -> dict:
     """A bench row whose FD replicates are fd + spread * base (shared base = paired rows)."""

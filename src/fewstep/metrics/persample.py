@@ -24,6 +24,10 @@ class SampleMean:
         """The metric on all samples."""
         return self.resampled(torch.arange(len(self.values))[None])[0]
 
+    def trials(self) -> float:
+        """What the mean is taken over: the summed weights, or the number of samples."""
+        return float(self.weights.sum()) if self.weights is not None else float(len(self.values))
+
     def resampled(self, idx: torch.Tensor) -> list[float]:
         """The metric on each row of idx [resamples, n] (sample indices); nan where a resample has no weight."""
         total = self.values.double()[idx].sum(1)

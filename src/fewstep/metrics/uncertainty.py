@@ -116,8 +116,13 @@ def _clipped(metric: str, interval: tuple[float, float]) -> tuple[float, float]:
     return max(interval[0], low), min(interval[1], high)
 
 
-def metric_interval(metric: str, estimate: float, replicates: Sequence[float]) -> tuple[float, float]:
-    """basic_interval, clipped to the values the metric can take."""
+def metric_interval(metric: str, estimate: float, replicates: Sequence[float],
+                    trials: float | None = None) -> tuple[float, float]:
+    """basic_interval, clipped to the values the metric can take; for a share of `trials` that every resample puts at
+    0 or at 1 (every trial a miss, or a hit: the bootstrap's interval is the point), Clopper-Pearson's exact one."""
+    if trials and _range(metric) == (0.0, 1.0) and estimate in (0.0, 1.0) and all(r == estimate for r in replicates):
+        bound = ((1 - LEVEL) / 2) ** (1 / trials)
+        return (bound, 1.0) if estimate == 1.0 else (0.0, 1 - bound)
     return _clipped(metric, basic_interval(estimate, replicates))
 
 
@@ -134,16 +139,17 @@ def _finite(estimate: float, values: Sequence) -> bool:
 
 
 def _summary(estimates: Mapping[str, float], replicates: Mapping[str, list[float]],
-             jackknife: Mapping[str, list[list[float]]] | None = None) -> dict:
+             jackknife: Mapping[str, list[list[float]]] | None = None,
+             trials: Mapping[str, float] | None = None) -> dict:
     """Row fields: {metric}_lo / {metric}_hi, the bootstrap replicates and the jackknife's leave-group values (for
-    paired differences) and how they were drawn.
+    paired differences) and how they were drawn. trials: the count a share is taken over (metric_interval).
 
     A metric whose estimate or any replicate is not finite (logp with every sample off the support) gets none."""
     kept = {k: reps for k, reps in replicates.items() if _finite(estimates[k], reps)}
     jack = {k: values for k, values in (jackknife or {}).items() if _finite(estimates[k], values)}
     out: dict = {}
     for k, reps in kept.items():
-        out[f"{k}_lo"], out[f"{k}_hi"] = metric_interval(k, estimates[k], reps)
+        out[f"{k}_lo"], out[f"{k}_hi"] = metric_interval(k, estimates[k], reps, (trials or {}).get(k))
     for k, values in jack.items():
         out[f"{k}_lo"], out[f"{k}_hi"] = jackknife_interval(k, estimates[k], values)
     out.update(bootstrap={k: [round(v, 7) for v in reps] for k, reps in kept.items()},
@@ -162,10 +168,15 @@ def _term_replicates(terms: Mapping[str, SampleMean], idx: torch.Tensor) -> dict
     return {k: t.resampled(idx) for k, t in terms.items()}
 
 
+def _trials(terms: Mapping[str, SampleMean] | None) -> dict[str, float]:
+    return {k: t.trials() for k, t in (terms or {}).items()}
+
+
 def mean_uncertainty(terms: Mapping[str, SampleMean], estimates: Mapping[str, float]) -> dict:
     """Bootstrap intervals of metrics that are means over samples (accuracies, agreement, CLIP score)."""
     n = len(next(iter(terms.values())).values) if terms else 0
-    return _summary(estimates, _term_replicates(terms, resample_indices(n, SAMPLES)) if terms else {})
+    return _summary(estimates, _term_replicates(terms, resample_indices(n, SAMPLES)) if terms else {},
+                    trials=_trials(terms))
 
 
 def image_uncertainty(features: torch.Tensor, reference: torch.Tensor, estimates: Mapping[str, float],
@@ -177,7 +188,8 @@ def image_uncertainty(features: torch.Tensor, reference: torch.Tensor, estimates
     replicates = {"precision": _means(precision_hits, i), "recall": _means(recall_hits, j),
                   **_term_replicates(terms or {}, i)}
     fd = jackknife_values(lambda a, b: frechet_distance(features[a], reference[b]), len(features), len(reference))
-    return _summary(estimates, replicates, {"fd": fd})
+    trials = {"precision": len(features), "recall": len(reference), **_trials(terms)}
+    return _summary(estimates, replicates, {"fd": fd}, trials)
 
 
 def _mode_replicates(samples: torch.Tensor, reference: torch.Tensor, centres: torch.Tensor, i: torch.Tensor,
@@ -201,7 +213,7 @@ def toy_uncertainty(samples: torch.Tensor, reference: torch.Tensor, estimates: M
     if centres is not None:
         replicates.update(_mode_replicates(samples, reference, centres, i, j))
     mmd = {"mmd": mmd_jackknife(samples, reference)}
-    return _summary({k: estimates[k] for k in [*replicates, *mmd]}, replicates, mmd)
+    return _summary({k: estimates[k] for k in [*replicates, *mmd]}, replicates, mmd, _trials(terms))
 
 
 def mmd_jackknife(samples: torch.Tensor, reference: torch.Tensor) -> list[list[float]]:
