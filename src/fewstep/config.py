@@ -213,8 +213,9 @@ class TrainConfig:
     conditional: bool = option(True, "train class-conditional when the dataset has labels (true/false)")
     label_dropout: float = option(0.1, "probability of the null label (the empty prompt for captions), for "
                                        "classifier-free guidance", at_least=0.0, at_most=1.0)
-    text_encoder: str = option("trained", "captions: the CLIP text encoder is trained with the U-Net (trained) or "
-                                          "kept at its random initialisation (frozen)")
+    text_encoder: str = option("auto", "captions: the CLIP text encoder is trained with the network (trained) or "
+                                       "kept at its random initialisation (frozen); auto: frozen for the U-Net, "
+                                       "trained for --objective flow (the better of each, docs/BENCHMARKS.md §13)")
     prediction_type: str = option("v_prediction", "captions: what the U-Net predicts: v_prediction (SD 2's; learns the "
                                                   "layout about twice as fast, docs/BENCHMARKS.md §13) | epsilon (SD 1's)")
     vae_steps: int = option(2000, "captions: optimiser steps of the autoencoder stage (before the U-Net's steps)",

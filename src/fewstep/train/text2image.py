@@ -36,7 +36,8 @@ from fewstep.train.flow import FlowTextTraining
 from fewstep.train.sd3 import SD3TextNetwork, build_sd3_transformer
 from fewstep.train.vp import PREDICTIONS, TextToImageNetwork, VPTextTraining
 
-TEXT_ENCODERS = ("trained", "frozen")
+TEXT_ENCODERS = ("auto", "trained", "frozen")
+AUTO_TEXT_ENCODER = {"edm": "frozen", "flow": "trained"}  # measured per objective: docs/BENCHMARKS.md §13
 MIN_TOKENS, MAX_TOKENS = 16, 77  # the encoder reads the longest training caption, in [16, 77] tokens (SD's 77)
 T5_TOKENS = 16  # the flow teacher's zero tokens in T5's place (the pipeline's default 256 costs ~4x a CPU step)
 OBJECTIVES = {"edm": "a U-Net with SD's VP objective, saved as a StableDiffusionPipeline",
@@ -220,6 +221,8 @@ def train_text_to_image(cfg: TrainConfig, out: str | Path, resume: bool = False,
     from fewstep.train.teacher import load_training_data
 
     check_text_config(cfg)
+    if cfg.text_encoder == "auto":
+        cfg = replace(cfg, text_encoder=AUTO_TEXT_ENCODER[cfg.objective])
     run_dir = Path(out)
     if (run_dir / "config.toml").exists() and not resume:
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
