@@ -26,18 +26,26 @@ from fewstep.models import load_model
 from fewstep.plan import PlanSettings, build_plan, sample
 
 
+def draw_captions(model, captions: list[str], sampler: str, schedule: str, steps: int, cfg_scale: float, seed: int,
+                  batch_size: int, cfg_interval: tuple[float, float] | None = None):
+    """The model's decoded images for the given captions: (images, nfe, seconds)."""
+    cond = model.encode_prompts(captions)
+    plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale,
+                                          cfg_interval=cfg_interval))
+    start, n = time.perf_counter(), len(captions)
+    result = sample(model, plan, n, seed=seed, cond=cond, batch_size=batch_size)
+    images = torch.cat([model.decode(result.samples[i:i + batch_size]) for i in range(0, n, batch_size)])
+    return images, result.nfe, time.perf_counter() - start
+
+
 def draw(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,
          batch_size: int, cfg_interval: tuple[float, float] | None = None, offset: int = 0):
     """The model's decoded images for captions offset..offset+n of a split: (images, prompts, nfe, seconds)."""
     prompts = caption_prompts(split, offset + n)
     prompts = Prompts(prompts.captions[offset:], prompts.attributes[offset:])
-    cond = model.encode_prompts(prompts.captions)
-    plan = build_plan(model, PlanSettings(sampler=sampler, steps=steps, schedule=schedule, cfg_scale=cfg_scale,
-                                          cfg_interval=cfg_interval))
-    start = time.perf_counter()
-    result = sample(model, plan, n, seed=seed, cond=cond, batch_size=batch_size)
-    images = torch.cat([model.decode(result.samples[i:i + batch_size]) for i in range(0, n, batch_size)])
-    return images, prompts, result.nfe, time.perf_counter() - start
+    images, nfe, seconds = draw_captions(model, prompts.captions, sampler, schedule, steps, cfg_scale, seed,
+                                         batch_size, cfg_interval)
+    return images, prompts, nfe, seconds
 
 
 def score(model, sampler: str, schedule: str, steps: int, cfg_scale: float, split: str, n: int, seed: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,8 +18,10 @@ import torch
 from fewstep.data.captions import caption_of, caption_prompts, load_captions
 from fewstep.metrics.captions import caption_quality
 from fewstep.models import load_model
-from fewstep.plan import PlanSettings, build_plan, sample
 from fewstep.train.teacher import resolve_train_config, train_teacher
+
+sys.path.insert(0, str(Path(__file__).parent))
+from captions_eval import draw_captions  # noqa: E402
 
 SHOWN = ("prompt_accuracy", "pair_accuracy", "swapped_rate", "first_object_accuracy", "second_object_accuracy", "fd")
 
@@ -39,11 +42,8 @@ def train(out: str, text_encoder: str) -> None:
 
 def evaluate(model_dir: str, rows: str) -> None:
     """500 seen scenes with free-order prompts, DPM-Solver++(2M) 15 Karras steps, CFG 3, seed 0."""
-    model = load_model(model_dir)
     captions = free(caption_prompts("seen", 500).attributes, 11)
-    plan = build_plan(model, PlanSettings(sampler="dpmpp_2m", steps=15, schedule="karras", cfg_scale=3.0))
-    out = sample(model, plan, 500, seed=0, cond=model.encode_prompts(captions), batch_size=250)
-    images = torch.cat([model.decode(out.samples[i:i + 250]) for i in range(0, 500, 250)])
+    images, _, _ = draw_captions(load_model(model_dir), captions, "dpmpp_2m", "karras", 15, 3.0, 0, 250)
     quality = caption_quality(images, captions, "seen")
     row = {"model": model_dir, "order": "free",
            **{k: v for k, v in quality.items() if not isinstance(v, (dict, list))}}
