@@ -179,3 +179,24 @@ def test_init_from_a_student_folder_fine_tunes_it(tiny_teacher, tmp_path):
     assert not all(torch.equal(v, teacher[k]) for k, v in student.state_dict().items())
     with pytest.raises(UserError, match="--init must be teacher, scratch or a model folder"):
         DistillContext(resolve_distill_config({**cfg.flat(), "init": str(tmp_path / "nope")}), tmp_path / "x").make_student()
+
+
+def test_the_fake_score_starts_from_the_teacher_whatever_the_generator_starts_from(tiny_teacher, tmp_path,
+                                                                                    monkeypatch):
+    """DMD2's and SiD's fake score is a copy of the teacher (as in their papers), also when --init starts the
+    generator from a distilled student: it must first describe the teacher's distribution, not the student's net."""
+    from fewstep.distill import dmd, sid
+
+    (first,) = tiny_distill(tiny_teacher, tmp_path / "reflow", "reflow", steps="1")
+    student, teacher = load_model(first).denoiser.state_dict(), load_model(tiny_teacher).denoiser.state_dict()
+    for name, module in (("dmd2", dmd), ("sid", sid)):
+        built = []
+        monkeypatch.setattr(module, "train_generator", lambda ctx, method, *a, **k: built.append(method) or [])
+        cfg = resolve_distill_config({"teacher": str(tiny_teacher), "method": name, "preset": "tiny", "device": "cpu",
+                                      "steps": "1", "init": str(first)})
+        module.run(DistillContext(cfg, tmp_path / name))
+        fake = built[0].modules["fake"]
+        fake = fake.score if name == "dmd2" else fake
+        assert all(torch.equal(v, teacher[k]) for k, v in fake.state_dict().items()), name
+        assert all(torch.equal(v, student[k]) for k, v in built[0].modules["generator"].state_dict().items()), name
+        assert all(p.requires_grad for p in fake.parameters()), name  # it trains

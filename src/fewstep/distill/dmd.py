@@ -47,10 +47,10 @@ class DMD2Options:
 class FakeScore(nn.Module):
     """The online fake score network; with DMD2's GAN term, classifier heads on its own features."""
 
-    def __init__(self, generator: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool,
+    def __init__(self, start: nn.Module, shape: tuple[int, ...], num_classes: int, gan: bool,
                  example: CondLike = None):
         super().__init__()
-        self.score = merged(generator).requires_grad_(True)  # a LoRA generator's fake score is a full network
+        self.score = merged(start).requires_grad_(True)  # a full network, also when `start` carries LoRA adapters
         self.heads = Discriminator(self.score, shape, num_classes, example=example) if gan else None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
@@ -152,9 +152,11 @@ class DMD2:
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, fake_updates: int = 5,
                  gan_weight: float = 0.0, shape: tuple[int, ...] = (), num_classes: int = 0,
                  example: CondLike = None, dm_sigma: Callable[[Batch], torch.Tensor] = edm_sigma,
-                 fake_lr_scale: float = 1.0, regression: Regression | None = None, normaliser_floor: float = 0.0):
-        # unwrapped, for the generator's turn
-        self.fake = FakeScore(generator, shape, num_classes, gan_weight > 0, example)
+                 fake_lr_scale: float = 1.0, regression: Regression | None = None, normaliser_floor: float = 0.0,
+                 fake_start: nn.Module | None = None):
+        # unwrapped, for the generator's turn; a copy of `fake_start` (the teacher), else of the generator
+        self.fake = FakeScore(generator if fake_start is None else fake_start, shape, num_classes, gan_weight > 0,
+                              example)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every, self.lr_scale = {"generator": fake_updates}, {"fake": fake_lr_scale}
@@ -241,5 +243,5 @@ def run(ctx) -> list[Path]:
         regression = Regression(noise, samples, conditions, ctx.condition, opts.dmd_regression_weight)
     method = DMD2(ctx.make_student(), ctx.guided_teacher(), sigmas, opts.dmd_fake_updates, opts.dmd_gan_weight,
                   tuple(info.shape), info.num_classes, ctx.example_condition(), fake_lr_scale=opts.dmd_fake_lr_scale,
-                  regression=regression, normaliser_floor=opts.dmd_normaliser_floor)
+                  regression=regression, normaliser_floor=opts.dmd_normaliser_floor, fake_start=ctx.teacher.denoiser)
     return train_generator(ctx, method, "dmd2", needs_data=opts.dmd_gan_weight > 0)

@@ -3,7 +3,6 @@ identity, with the teacher's score and an online fake score evaluated at the gen
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +15,7 @@ from fewstep.core.denoiser import SigmaRange
 from fewstep.core.errors import UserError
 from fewstep.data.batches import Batch
 from fewstep.distill.dmd import fake_score_loss, frozen, generate, noised, train_generator
+from fewstep.distill.lora import merged
 
 
 @dataclass
@@ -57,8 +57,9 @@ class SiD:
     with `beta1` (0: without momentum, as SiD's code trains them)."""
 
     def __init__(self, generator: nn.Module, teacher: nn.Module, sigmas: torch.Tensor, alpha: float = 1.2,
-                 tmax: float = 0.8, fake_updates: int = 1, beta1: float = 0.0):
-        self.fake = copy.deepcopy(generator)  # the teacher's weights at the start; unwrapped, for the generator's turn
+                 tmax: float = 0.8, fake_updates: int = 1, beta1: float = 0.0, fake_start: nn.Module | None = None):
+        # unwrapped, for the generator's turn; a full copy of `fake_start` (the teacher), else of the generator
+        self.fake = merged(generator if fake_start is None else fake_start).requires_grad_(True)
         self.modules = {"generator": generator, "fake": self.fake}
         self.ema_modules = ("generator",)
         self.update_every = {"generator": fake_updates}
@@ -94,5 +95,5 @@ def run(ctx) -> list[Path]:
                             f"noise levels; got {opts.sid_init_sigma:g}")
         ctx.top_sigma = opts.sid_init_sigma
     method = SiD(ctx.make_student(), ctx.guided_teacher(), ctx.student_schedule(ctx.steps[-1])[:-1],
-                 opts.sid_alpha, opts.sid_tmax, opts.sid_fake_updates, opts.sid_adam_beta1)
+                 opts.sid_alpha, opts.sid_tmax, opts.sid_fake_updates, opts.sid_adam_beta1, ctx.teacher.denoiser)
     return train_generator(ctx, method, "sid", needs_data=False)
