@@ -4,7 +4,7 @@ its training step; then FD (with its interval) and recall against the step, the 
 
     python benchmarks/distill_curve.py OUT --every 250 --total 1500 --reference TEACHER \
         -- --teacher TEACHER --method dmd2 --steps 1 --preset small --dmd-regression-weight 1
-    python benchmarks/distill_curve.py OUT --replot [--with OUT2 ...] [--plot FILE]   # redraw from curve.jsonl
+    python benchmarks/distill_curve.py OUT --replot [--with OUT2 ...] [--plot FILE] [--no-fd-band]   # redraw
 
 Rows go to OUT/curve.jsonl (a segment already there is not re-run); the plot to OUT/curve.png.
 """
@@ -50,9 +50,10 @@ def write(path: Path, row: dict) -> None:
     print(f"step {row['train_step']}: fd {row.get('fd')}, recall {row.get('recall')}", flush=True)
 
 
-def plot(outs: list[Path], path: Path) -> None:
+def plot(outs: list[Path], path: Path, fd_band: bool = True) -> None:
     """FD [interval] and recall against training steps, one line per curve (named by its folder); the first
-    curve's reference row as a dashed line."""
+    curve's reference row as a dashed line. `fd_band` False leaves out FD's intervals (each row's own, unpaired: on
+    digits they span 0 to 3 and hide the lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +67,7 @@ def plot(outs: list[Path], path: Path) -> None:
         steps = [r["train_step"] for r in seg]
         for ax, key in zip(axes, ("fd", "recall")):
             ax.plot(steps, [r[key] for r in seg], "o-", label=out.name)
-            if seg and f"{key}_lo" in seg[0]:
+            if seg and f"{key}_lo" in seg[0] and (fd_band or key != "fd"):
                 ax.fill_between(steps, [r[f"{key}_lo"] for r in seg], [r[f"{key}_hi"] for r in seg], alpha=0.2)
             if ref and i == 0:
                 ax.axhline(ref[key], ls="--", c="k", label="teacher")
@@ -90,11 +91,12 @@ def main() -> None:
     p.add_argument("--replot", action="store_true", help="only redraw the plot from OUT/curve.jsonl")
     p.add_argument("--with", dest="others", nargs="*", type=Path, default=[], help="more curves' folders to draw")
     p.add_argument("--plot", type=Path, help="where the plot goes (default OUT/curve.png)")
+    p.add_argument("--no-fd-band", action="store_true", help="draw FD without its intervals")
     args, distill = p.parse_known_args()
     distill = [a for a in distill if a != "--"]
     if not args.replot:
         run(args.out, args.every, args.total, distill, args.eval.split(), args.reference)
-    plot([args.out, *args.others], args.plot or args.out / "curve.png")
+    plot([args.out, *args.others], args.plot or args.out / "curve.png", fd_band=not args.no_fd_band)
 
 
 if __name__ == "__main__":
