@@ -188,6 +188,8 @@ class LoopConfig:
 
 LR_DECAYS = ("none", "cosine")  # constant, or half a cosine over the run (times the warm-up) down to LR_FLOOR x lr
 LR_FLOOR = 0.1
+EMA_HALFLIFE_HELP = ("EMA half-life in steps (the warm-up decay (1+s)/(10+s) averages fewer steps until step ~13x "
+                     "the half-life)")
 
 # settings every training command shares; a resumed run may change those in RESUMABLE_RUN
 RESUMABLE_RUN = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "device", "max_rollbacks")
@@ -228,8 +230,7 @@ class TrainConfig:
                                    "the run's steps, times the warm-up, down to 0.1x at the last step)",
                            one_of=LR_DECAYS)
     grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", at_least=0.0)
-    ema_halflife_steps: float = option(400.0, "EMA half-life in steps (the warm-up decay (1+s)/(10+s) "
-                                              "averages fewer steps until step ~13x the half-life)", above=0.0)
+    ema_halflife_steps: float = option(400.0, EMA_HALFLIFE_HELP, above=0.0)
     p_mean: float = option(-1.2, "mean of ln(sigma) during training (EDM's log-normal noise)")
     p_std: float = option(1.2, "std of ln(sigma) during training (EDM)", above=0.0)
     sigma_min: float = option(0.002, "smallest sigma the model is sampled at", above=0.0)
@@ -305,8 +306,7 @@ class DistillConfig:
     lr: float = option(2e-4, "Adam learning rate", above=0.0)
     lr_warmup_steps: int = option(100, "linear learning-rate warm-up", at_least=0)
     grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", at_least=0.0)
-    ema_halflife_steps: float = option(200.0, "EMA half-life in steps (the warm-up decay (1+s)/(10+s) "
-                                              "averages fewer steps until step ~13x the half-life)", above=0.0)
+    ema_halflife_steps: float = option(200.0, EMA_HALFLIFE_HELP, above=0.0)
     solver: str = option("heun", "the teacher's ODE step: euler | heun")
     explode_factor: float = option(1000.0, "divergence guard: |loss| above this times its recent median rolls back "
                                            "(0 = off)", at_least=0.0)
