@@ -298,3 +298,22 @@ def test_jackknife_rows_pool_over_seeds_and_old_rows_still_load():
     assert "fd" not in ties(rows[0], old) and "fd" not in ties(old, rows[0])
     mixed = pool_seeds([rows[0], old])
     assert mixed["fd"] == rows[0]["fd"] and "fd_lo" not in mixed and "fd" not in mixed["per_seed"]  # not pooled
+
+
+def test_jackknife_groups_hold_every_class_of_labels_that_cycle_with_the_index():
+    # a class-conditional model's samples come labelled i mod 10 (digits: 0, 1, ..., 9, 0, ...). Grouped by index
+    # mod 20, each group held one class, every deletion took half of it, and the leave-group FDs sat far above the
+    # estimate: on digits the interval was about ten times too wide (0.20 [0, 1.6] for a teacher, 2026-12-04)
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(10, 16, generator=g)
+    samples = centres[torch.arange(2000) % 10] + torch.randn(2000, 16, generator=g)
+    reference = centres[torch.randint(10, (900,), generator=g)] + torch.randn(900, 16, generator=g)
+    fd = frechet_distance(samples, reference)
+    ordered = fd_row(samples, reference)
+    shuffled = fd_row(samples[torch.randperm(2000, generator=g)], reference)  # no order left to line up with
+    leave_group = torch.tensor(ordered["jackknife"]["fd"][0])
+    assert float((leave_group - fd).abs().max()) < 0.5 * fd  # each deletion keeps the classes' shares
+    width = lambda row: row["fd_hi"] - row["fd_lo"]  # noqa: E731
+    assert width(ordered) < 2 * width(shuffled)
+    assert ordered["jackknife_grouping"] == "shuffled" and difference(ordered, shuffled, "fd") is not None
+    assert difference(ordered, ordered | {"jackknife_grouping": None}, "fd") is None  # an old row's groups differ

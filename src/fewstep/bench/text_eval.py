@@ -33,7 +33,7 @@ from fewstep.samplers import generate
 from fewstep.search.run import model_data, prompt_request, search_rows
 
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
-SHARED = ("bootstrap_resamples", "bootstrap_seed", "jackknife_groups")  # the same for every prompt set: not prefixed
+SHARED = ("bootstrap_resamples", "bootstrap_seed", "jackknife_groups", "jackknife_grouping")  # the same for every prompt set: not prefixed
 RESAMPLED = ("bootstrap", "jackknife")  # dicts of each metric's replicates: their keys are prefixed
 
 

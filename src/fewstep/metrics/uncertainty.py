@@ -12,10 +12,11 @@ against independent re-draws; docs/BENCHMARKS.md sec. 9):
   these metrics read as a smaller, lumpier set: FD's small-sample bias grows as the effective n nears the
   feature dimension (on 128-d features at n = 500 the replicates sit near 50 while the estimate is 4.4) and
   duplicates add k(x, x) = 1 terms to MMD, so no bootstrap interval is centred (the basic one even falls below 0).
-  Instead the items are split into JACKKNIFE_GROUPS groups by index mod g; the metric is recomputed with each group
-  of the samples deleted, then each group of the reference, and var = sum over both sides of (g - 1) / g *
-  sum_k (theta_k - mean)^2 (the delete-a-group jackknife; Efron & Stein 1981 for why it errs on the large side).
-  The interval is theta +- z sd, which contains the estimate.
+  Instead the items are dealt into JACKKNIFE_GROUPS groups after a fixed shuffle (group_of: grouped by index mod g,
+  a class-conditional model's samples, labelled i mod 10, put one class in each group, and every deletion took half
+  of a class); the metric is recomputed with each group of the samples deleted, then each group of the reference,
+  and var = sum over both sides of (g - 1) / g * sum_k (theta_k - mean)^2 (the delete-a-group jackknife; Efron &
+  Stein 1981 for why it errs on the large side). The interval is theta +- z sd, which contains the estimate.
 
 Either way rows measured on the same seeds (sample i has the same noise in every row) against the same reference
 are paired: the interval of a difference or ratio comes from the per-resample (per-deleted-group) differences,
@@ -39,7 +40,9 @@ BOOTSTRAP_RESAMPLES = 100  # modest: the interval's ends move by about a tenth o
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 SAMPLES, REFERENCE, SEEDS = 0, 1, 2  # the index streams: sample indices, reference indices, seeds of pool_seeds
-JACKKNIFE_GROUPS = 20  # groups of the delete-a-group jackknife (items grouped by index mod g)
+JACKKNIFE_GROUPS = 20  # groups of the delete-a-group jackknife (items dealt into groups after a fixed shuffle)
+JACKKNIFE_SEED = 0  # the shuffle's seed
+JACKKNIFE_GROUPING = "shuffled"  # rows record it; rows grouped otherwise (by index mod g, before 2026-12-04) don't pair
 
 SHARES = ("precision", "recall", "accuracy", "confidence", "logp_finite", "modes_covered", "off_mode")
 NON_NEGATIVE = ("fd", "fid_inception", "sw2", "worst_mode_ratio", "clip_score")
@@ -59,10 +62,18 @@ def _counts(idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(len(idx), n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
 
 
+def group_of(n: int, groups: int = JACKKNIFE_GROUPS) -> torch.Tensor:
+    """[n] each item's jackknife group: a fixed shuffle of 0..n-1 dealt round-robin into g = min(groups, n) groups.
+    The same for every row at one n (rows stay paired), and exchangeable whatever order the items come in (by index
+    mod g, labels that cycle with the index, class i mod 10, put one class in each group)."""
+    group = torch.empty(n, dtype=torch.long)
+    group[torch.randperm(n, generator=torch.Generator().manual_seed(JACKKNIFE_SEED))] = torch.arange(n) % min(groups, n)
+    return group
+
+
 def group_masks(n: int, groups: int = JACKKNIFE_GROUPS) -> torch.Tensor:
-    """[g, n] float64 masks, row k zero on group k (index mod g == k, g = min(groups, n)): what each deletion keeps."""
-    g = min(groups, n)
-    return (torch.arange(n)[None] % g != torch.arange(g)[:, None]).double()
+    """[g, n] float64 masks, row k zero on group k (group_of): what each deletion keeps."""
+    return (group_of(n, groups)[None] != torch.arange(min(groups, n))[:, None]).double()
 
 
 def jackknife_values(fn: Callable[[torch.Tensor, torch.Tensor], float], n_a: int, n_b: int,
@@ -156,7 +167,7 @@ def _summary(estimates: Mapping[str, float], replicates: Mapping[str, list[float
                bootstrap_resamples=BOOTSTRAP_RESAMPLES, bootstrap_seed=BOOTSTRAP_SEED)
     if jackknife is not None:
         out.update(jackknife={k: [[round(v, 9) for v in side] for side in values] for k, values in jack.items()},
-                   jackknife_groups=JACKKNIFE_GROUPS)
+                   jackknife_groups=JACKKNIFE_GROUPS, jackknife_grouping=JACKKNIFE_GROUPING)
     return out
 
 
@@ -294,6 +305,8 @@ def _shared(rows: Sequence[Row], key: str) -> list[str]:
     """The metrics of the first row's `key` dict (bootstrap or jackknife) that every row has, drawn alike (rows
     written before a metric moved to the jackknife, or before it existed, lack it)."""
     first = rows[0].get(key, {})
+    if key == "jackknife" and len({r.get("jackknife_grouping") for r in rows}) > 1:
+        return []  # leave-group values of different groupings do not average
     shape = lambda v: [len(side) for side in v] if key == "jackknife" else len(v)  # noqa: E731
     return [m for m in first if all(m in r.get(key, {}) and shape(r[key][m]) == shape(first[m]) for r in rows)]
 
@@ -306,9 +319,11 @@ def _row(row: Row | Sequence[Row]) -> Row:
 def _jackknife_of(row_a: Row, row_b: Row, metric: str, op: Callable[[float, float], float]
                   ) -> tuple[list[list[float]], list[float] | None] | None:
     """op of the two rows' leave-group values (paired: the same groups are deleted at the same n), and of their
-    per-seed estimates when both are pooled over the same seeds; None when the groups differ."""
+    per-seed estimates when both are pooled over the same seeds; None when the groups differ (another n, or a row
+    grouped by index mod g, before jackknife_grouping was recorded)."""
     va, vb = row_a["jackknife"][metric], row_b["jackknife"][metric]
-    if [len(s) for s in va] != [len(s) for s in vb]:
+    same_groups = row_a.get("jackknife_grouping") == row_b.get("jackknife_grouping")
+    if [len(s) for s in va] != [len(s) for s in vb] or not same_groups:
         return None
     values = [[op(x, y) for x, y in zip(sa, sb)] for sa, sb in zip(va, vb)]
     same_seeds = row_a.get("seeds") is not None and row_a.get("seeds") == row_b.get("seeds")
