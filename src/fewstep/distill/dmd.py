@@ -128,7 +128,7 @@ class Regression:
     def rows(self, sigma_max: torch.Tensor, batch: Batch
              ) -> tuple[tuple[torch.Tensor, torch.Tensor, CondLike], torch.Tensor]:
         """A batch of pairs: the generator's inputs (x, sigma, cond) and their targets."""
-        idx = (batch.rand() * len(self.noise)).long().clamp(max=len(self.noise) - 1)
+        idx = (batch.rand() * len(self.noise)).long().clamp(max=len(self.noise) - 1).cpu()  # the pairs stay on the cpu
         device = batch.x.device
         picked = None if self.conditions is None else (
             [self.conditions[i] for i in idx.tolist()] if isinstance(self.conditions, list)
