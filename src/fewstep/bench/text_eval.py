@@ -33,7 +33,8 @@ from fewstep.samplers import generate
 from fewstep.search.run import model_data, prompt_request, search_rows
 
 NO_REFERENCE = "cost and agreement with the teacher only: these prompts have no reference data"
-SHARED = ("bootstrap_resamples", "bootstrap_seed", "jackknife_groups", "jackknife_grouping")  # the same for every prompt set: not prefixed
+# the same for every prompt set: not prefixed
+SHARED = ("bootstrap_resamples", "bootstrap_seed", "jackknife_groups", "jackknife_grouping")
 RESAMPLED = ("bootstrap", "jackknife")  # dicts of each metric's replicates: their keys are prefixed
 
 
