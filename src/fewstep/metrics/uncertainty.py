@@ -305,10 +305,14 @@ def _shared(rows: Sequence[Row], key: str) -> list[str]:
     """The metrics of the first row's `key` dict (bootstrap or jackknife) that every row has, drawn alike (rows
     written before a metric moved to the jackknife, or before it existed, lack it)."""
     first = rows[0].get(key, {})
-    if key == "jackknife" and len({r.get("jackknife_grouping") for r in rows}) > 1:
-        return []  # leave-group values of different groupings do not average
-    shape = lambda v: [len(side) for side in v] if key == "jackknife" else len(v)  # noqa: E731
-    return [m for m in first if all(m in r.get(key, {}) and shape(r[key][m]) == shape(first[m]) for r in rows)]
+    return [m for m in first if all(m in r.get(key, {}) and _drawn(r, key, m) == _drawn(rows[0], key, m) for r in rows)]
+
+
+def _drawn(row: Row, key: str, metric: str) -> object:
+    """How a row's replicates of a metric were drawn: the bootstrap's count, or the jackknife's grouping and each
+    side's number of groups (leave-group values of different groupings neither pair nor average)."""
+    values = row[key][metric]
+    return len(values) if key == "bootstrap" else (row.get("jackknife_grouping"), [len(side) for side in values])
 
 
 def _row(row: Row | Sequence[Row]) -> Row:
@@ -321,10 +325,9 @@ def _jackknife_of(row_a: Row, row_b: Row, metric: str, op: Callable[[float, floa
     """op of the two rows' leave-group values (paired: the same groups are deleted at the same n), and of their
     per-seed estimates when both are pooled over the same seeds; None when the groups differ (another n, or a row
     grouped by index mod g, before jackknife_grouping was recorded)."""
-    va, vb = row_a["jackknife"][metric], row_b["jackknife"][metric]
-    same_groups = row_a.get("jackknife_grouping") == row_b.get("jackknife_grouping")
-    if [len(s) for s in va] != [len(s) for s in vb] or not same_groups:
+    if _drawn(row_a, "jackknife", metric) != _drawn(row_b, "jackknife", metric):
         return None
+    va, vb = row_a["jackknife"][metric], row_b["jackknife"][metric]
     values = [[op(x, y) for x, y in zip(sa, sb)] for sa, sb in zip(va, vb)]
     same_seeds = row_a.get("seeds") is not None and row_a.get("seeds") == row_b.get("seeds")
     per_seed = [op(x, y) for x, y in zip(row_a["per_seed"][metric], row_b["per_seed"][metric])] if same_seeds else None
